@@ -1,0 +1,1 @@
+"""The cloud side: decode activations, finish inference, report latency, aggregate fleet telemetry."""

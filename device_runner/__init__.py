@@ -1,0 +1,1 @@
+"""The camera side: LiteRT heads, early exit, dynamic cut (LiteRT + numpy + paho only, never TensorFlow)."""

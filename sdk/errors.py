@@ -1,0 +1,122 @@
+"""Every error splitedge raises on bad input, in one place.
+
+Misuse of the API (a wrong argument type, an impossible parameter) stays ``ValueError`` /
+``TypeError``. Everything that comes from *outside* the program (a file, a payload, a broker, a
+config) raises one of these, and the message always says what was received, what was expected,
+and what to do about it.
+
+    SplitEdgeError                     base of everything below
+    ├── ConfigError                    a board/broker TOML: unknown key, wrong type, missing file
+    ├── MissingDependencyError         an optional extra is not installed (names the extra)
+    ├── ConversionError                a Keras model the converter cannot split (names the layer)
+    ├── BundleError                    a bundle that cannot be used
+    │   ├── ManifestError              manifest.json malformed, wrong schema version, bad field
+    │   └── IntegrityError             a file missing, truncated or tampered (names file + sha256)
+    ├── WireError                      a frame or message that cannot be decoded
+    │   ├── TruncatedError             fewer bytes than the header/tensors announce
+    │   ├── BadMagicError              not a splitedge frame
+    │   ├── UnsupportedVersionError    a format version this reader does not know
+    │   ├── ChecksumError              CRC32 over a payload does not match
+    │   ├── ShapeMismatchError         shape/bit width/payload length disagree, or absurd sizes
+    │   └── UnknownCodecError          a codec id this reader does not know
+    └── TransportError                 the MQTT side
+        ├── BrokerUnavailableError     cannot connect / connection lost (names host:port)
+        └── PayloadTooLargeError       larger than the broker accepts and cannot be chunked
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadMagicError",
+    "BrokerUnavailableError",
+    "BundleError",
+    "ChecksumError",
+    "ConfigError",
+    "ConversionError",
+    "IntegrityError",
+    "ManifestError",
+    "MissingDependencyError",
+    "PayloadTooLargeError",
+    "ShapeMismatchError",
+    "SplitEdgeError",
+    "TransportError",
+    "TruncatedError",
+    "UnknownCodecError",
+    "UnsupportedVersionError",
+    "WireError",
+]
+
+
+class SplitEdgeError(Exception):
+    """Base of every error splitedge raises on bad input from outside the program."""
+
+
+class ConfigError(SplitEdgeError):
+    """A configuration file or value is wrong: names the file, the key and what was expected."""
+
+
+class MissingDependencyError(SplitEdgeError, ImportError):
+    """An optional dependency is missing; the message names the pip extra that brings it."""
+
+    @classmethod
+    def for_extra(cls, module: str, extra: str) -> MissingDependencyError:
+        return cls(
+            f"{module} is not installed, and this step needs it. "
+            f"Install it with: pip install 'splitedge[{extra}]'"
+        )
+
+
+class ConversionError(SplitEdgeError):
+    """The converter cannot split or export this model: names the layer and what is supported."""
+
+
+class BundleError(SplitEdgeError):
+    """A bundle folder cannot be used."""
+
+
+class ManifestError(BundleError):
+    """manifest.json is malformed or of a schema version this code does not read."""
+
+
+class IntegrityError(BundleError):
+    """A bundle file is missing, truncated or tampered: names the file and the expected sha256."""
+
+
+class WireError(SplitEdgeError):
+    """A frame or message off the wire cannot be decoded."""
+
+
+class TruncatedError(WireError):
+    """Fewer bytes than the header or the tensor descriptors announce."""
+
+
+class BadMagicError(WireError):
+    """The first bytes are not a splitedge magic number."""
+
+
+class UnsupportedVersionError(WireError):
+    """The format version is newer (or older) than this reader supports."""
+
+
+class ChecksumError(WireError):
+    """The CRC32 over a payload does not match the one in the header."""
+
+
+class ShapeMismatchError(WireError):
+    """Shape, bit width and payload length disagree, or a size is beyond the sane limits."""
+
+
+class UnknownCodecError(WireError):
+    """The codec id in a tensor descriptor is not one this reader knows."""
+
+
+class TransportError(SplitEdgeError):
+    """The MQTT transport failed."""
+
+
+class BrokerUnavailableError(TransportError):
+    """The broker cannot be reached or went away."""
+
+
+class PayloadTooLargeError(TransportError):
+    """A payload is larger than the broker's maximum packet size and cannot be sent."""
