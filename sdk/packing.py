@@ -1,0 +1,218 @@
+"""Quantized activations on the wire: requantize int8 codes to n bits, pack them into bytes, and back.
+
+Pure numpy, vectorised (no Python loop over elements). The numerics only; the frame layout lives in
+``sdk/wire.py`` and the byte-level contract in ``docs/WIRE.md``.
+
+Affine convention everywhere: ``real = scale * (code - zero_point)``.
+
+Bit order of :func:`pack_bits` (a contract, see docs/WIRE.md "Bit packing"): codes are flattened in C
+order (for an NHWC activation, along the channel axis first) and written as one little-endian
+bit stream, LSB-first: code ``i`` occupies bits ``[i*bits, (i+1)*bits)`` of the stream, where stream
+bit ``k`` is bit ``k % 8`` (value ``1 << (k % 8)``) of byte ``k // 8``. So at 4 bits code 0 is the low
+nibble of byte 0 and code 1 its high nibble; at 2 bits byte 0 holds codes 0..3 from its low bits up;
+at 6 bits four codes fill three bytes (``c0 | c1 << 6 | c2 << 12 | c3 << 18`` little-endian); at 8
+bits a code is a byte. The last byte is padded with zero bits. Packed length: ``ceil(count*bits/8)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_BITS",
+    "Quantized",
+    "dequantize",
+    "pack_bits",
+    "packed_size",
+    "requant_int8",
+    "requantize",
+    "unpack_bits",
+]
+
+#: Bit widths this module packs (and the wire format carries).
+SUPPORTED_BITS: tuple[int, ...] = (8, 6, 4, 2)
+
+# Lookup tables are indexed by the uint8 view of an int8 code: entry u stands for int8 value
+# u (u < 128) or u - 256 (u >= 128). np.take on a uint8 view is the fastest numpy gather.
+_INT8_VALUES = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8).astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantized:
+    """Unsigned n-bit codes with their affine parameters: ``real ≈ scale * (codes - zero_point)``.
+
+    ``zero_point`` is an integer but may lie outside ``[0, 2**bits - 1]`` when the tensor does not
+    straddle zero (e.g. all-positive values); real 0 is exactly representable when it is in range.
+    """
+
+    codes: np.ndarray  # uint8, same shape as the input, values in [0, 2**bits - 1]
+    scale: float
+    zero_point: int
+    bits: int
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 values these codes stand for."""
+        return dequantize(self.codes, self.scale, self.zero_point)
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits={bits!r} is not supported; expected one of {SUPPORTED_BITS}")
+
+
+def packed_size(count: int, bits: int) -> int:
+    """Bytes that ``count`` codes of ``bits`` bits occupy once packed: ``ceil(count * bits / 8)``."""
+    _check_bits(bits)
+    if count < 0:
+        raise ValueError(f"count={count} must be >= 0")
+    return (count * bits + 7) // 8
+
+
+def _lut_int8(q: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry table (entry u is for the int8 whose bit pattern is u) to int8 ``q``."""
+    return np.take(lut, q.view(np.uint8))
+
+
+def _require_int8(q: np.ndarray, what: str) -> np.ndarray:
+    q = np.asarray(q)
+    if q.dtype != np.int8:
+        raise TypeError(f"{what} must be an int8 array (the head's quantized output); got dtype {q.dtype}")
+    return q
+
+
+def requantize(q: np.ndarray, scale: float, zero_point: int, bits: int) -> Quantized:
+    """Re-express int8 codes ``q`` (``real = scale * (q - zero_point)``) as unsigned ``bits``-bit codes.
+
+    bits=8 is lossless: ``code = q + 128``, ``zero_point + 128``, same scale. Below 8 bits the
+    per-tensor (per-frame) int8 range ``[min(q), max(q)]`` is mapped onto the n-bit grid with
+    ``step = max((max - min) / (2**bits - 1), 1)`` int8 units, ``scale' = scale * step`` and the
+    integer ``zero_point' = round((zero_point - min) / step)``. Error is at most half a step
+    (``scale' / 2``) per element; when the range fits in the grid (step 1) the result is lossless.
+    A constant tensor gives all-zero codes and is exact.
+    """
+    q = _require_int8(q, "q")
+    _check_bits(bits)
+    scale = float(scale)
+    zero_point = int(zero_point)
+    if bits == 8:
+        codes = np.bitwise_xor(q.view(np.uint8), np.uint8(0x80))
+        return Quantized(codes=codes, scale=scale, zero_point=zero_point + 128, bits=8)
+    levels = (1 << bits) - 1
+    if q.size == 0:
+        return Quantized(codes=np.zeros(q.shape, np.uint8), scale=scale, zero_point=zero_point, bits=bits)
+    lo, hi = int(q.min()), int(q.max())
+    step = max((hi - lo) / levels, 1.0)
+    new_zp = round((zero_point - lo) / step)
+    # grid point k stands for int8 value zero_point + step * (k - new_zp); pick the nearest one.
+    lut = np.clip(np.rint((_INT8_VALUES - zero_point) / step + new_zp), 0, levels).astype(np.uint8)
+    return Quantized(codes=_lut_int8(q, lut), scale=scale * step, zero_point=new_zp, bits=bits)
+
+
+def dequantize(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """``float32(scale * (codes - zero_point))`` for uint8 or int8 codes of any shape."""
+    codes = np.asarray(codes)
+    if codes.dtype == np.uint8:
+        lut = ((np.arange(256, dtype=np.float64) - zero_point) * scale).astype(np.float32)
+        return lut[codes]
+    if codes.dtype == np.int8:
+        lut = ((_INT8_VALUES.astype(np.float64) - zero_point) * scale).astype(np.float32)
+        return _lut_int8(codes, lut)
+    return ((codes.astype(np.float64) - zero_point) * scale).astype(np.float32)
+
+
+def requant_int8(q: np.ndarray, scale_in: float, zp_in: int, scale_out: float, zp_out: int) -> np.ndarray:
+    """Rescale int8 codes from ``(scale_in, zp_in)`` to ``(scale_out, zp_out)``, rounded and clipped.
+
+    Used to feed one int8 model's output into another int8 model whose input quantization differs.
+    """
+    q = _require_int8(q, "q")
+    if not scale_out > 0:
+        raise ValueError(f"scale_out={scale_out!r} must be > 0")
+    real = (_INT8_VALUES - int(zp_in)) * float(scale_in)
+    lut = np.clip(np.rint(real / float(scale_out)) + int(zp_out), -128, 127).astype(np.int8)
+    return _lut_int8(q, lut)
+
+
+# ---- bit packing -------------------------------------------------------------------------------
+# Each stage merges byte pairs: two codes of b bits in adjacent bytes become one 2b-bit value in one
+# byte. Viewing the pair as a little-endian u16 v = c0 | c1 << 8, the byte (v | v >> (8 - b)) & 0xff
+# is c0 | c1 << b. numpy runs these u16 ops with SIMD, which is far faster than strided slicing.
+
+
+def _merge_pairs(codes: np.ndarray, bits: int) -> np.ndarray:
+    v = codes.view("<u2")
+    return (v | (v >> (8 - bits))).astype(np.uint8)
+
+
+def _split_pairs(packed: np.ndarray, bits: int) -> np.ndarray:
+    v = packed.astype("<u2")
+    v |= v << (8 - bits)
+    v &= ((1 << bits) - 1) * 0x0101
+    return v.view(np.uint8)
+
+
+def _flat_uint8(codes: np.ndarray, bits: int) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.dtype != np.uint8:
+        raise TypeError(f"codes must be a uint8 array; got dtype {codes.dtype} (use requantize() first)")
+    flat = np.ascontiguousarray(codes).reshape(-1)
+    if bits < 8 and flat.size and int(flat.max()) >> bits:
+        raise ValueError(f"codes hold {int(flat.max())}, which does not fit in {bits} bits")
+    return flat
+
+
+def _padded(flat: np.ndarray, multiple: int) -> np.ndarray:
+    rest = flat.size % multiple
+    if rest == 0:
+        return flat
+    out = np.zeros(flat.size + multiple - rest, np.uint8)
+    out[: flat.size] = flat
+    return out
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned ``bits``-bit codes (uint8 array, any shape, C order) LSB-first into bytes."""
+    _check_bits(bits)
+    flat = _flat_uint8(codes, bits)
+    if bits == 8:
+        return flat.tobytes()
+    if bits == 4:
+        return _merge_pairs(_padded(flat, 2), 4).tobytes()
+    if bits == 2:
+        return _merge_pairs(_merge_pairs(_padded(flat, 4), 2), 4).tobytes()
+    # 6 bits: byte pairs -> 12-bit u16 (c0 | c1 << 6), u16 pairs -> 24-bit word in a u32, keep 3 bytes
+    v = _padded(flat, 4).view("<u2")
+    half = (v & 0x3F) | ((v >> 2) & 0xFC0)
+    u = half.view("<u4")
+    word = (u & 0xFFF) | ((u >> 4) & 0xFFF000)
+    lanes = word.view(np.uint8).reshape(-1, 4)
+    out = np.empty((lanes.shape[0], 3), np.uint8)
+    for k in range(3):  # three byte lanes, not a loop over elements (faster than one strided copy)
+        out[:, k] = lanes[:, k]
+    return out.tobytes()[: packed_size(flat.size, 6)]
+
+
+def unpack_bits(data: bytes | bytearray | memoryview, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: the first ``count`` codes as a flat uint8 array.
+
+    ``data`` must hold exactly ``ceil(count * bits / 8)`` bytes (``ValueError`` otherwise).
+    """
+    expected = packed_size(count, bits)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size != expected:
+        raise ValueError(f"{count} codes of {bits} bits need {expected} bytes; got {raw.size}")
+    if bits == 8:
+        return raw
+    if bits == 4:
+        return _split_pairs(raw, 4)[:count]
+    if bits == 2:
+        return _split_pairs(_split_pairs(raw, 4), 2)[:count]
+    # 6 bits
+    whole = _padded(raw, 3).reshape(-1, 3).astype(np.uint32)
+    word = whole[:, 0] | (whole[:, 1] << 8) | (whole[:, 2] << 16)
+    out = np.empty((word.size, 4), np.uint8)
+    for k in range(4):  # four output lanes, not a loop over elements
+        out[:, k] = (word >> (6 * k)) & 0x3F
+    return out.reshape(-1)[:count]
