@@ -1,0 +1,332 @@
+"""``splitedge broker`` and the broker the tests and the demo run: Mosquitto, else amqtt.
+
+:class:`EmbeddedBroker` starts a private broker on a free loopback port with its own config in a
+temporary folder, waits until it accepts connections, and can be stopped, killed and restarted on
+the same port (tests use that to pull the broker out from under a running client).
+
+* **Mosquitto** (preferred; ``apt-get install mosquitto``): ``listener PORT 127.0.0.1``,
+  ``allow_anonymous``, ``persistence false``, ``log_dest stderr`` (captured in ``broker.log``),
+  ``set_tcp_nodelay true``; optionally ``max_packet_size``, a TLS listener and a password file.
+  Run as root, Mosquitto drops to the ``mosquitto`` user after reading its config and cannot read
+  a password file in a private temp folder, so the folder is handed to that user.
+* **amqtt** (pure Python, ``pip install amqtt``): the fallback when Mosquitto is not installed.
+  It speaks MQTT 3.1.1 only (no shared subscriptions: every worker gets every frame) and is
+  several times slower; TLS, passwords and ``max_packet_size`` are Mosquitto-only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sdk.errors import BrokerUnavailableError, MissingDependencyError
+
+__all__ = ["BrokerTls", "EmbeddedBroker", "find_mosquitto", "free_port", "main", "parse_args"]
+
+Impl = Literal["auto", "mosquitto", "amqtt"]
+_MOSQUITTO_HINT = "install it with `apt-get install mosquitto` (Debian/Raspberry Pi OS) or `brew install mosquitto`"
+
+
+def find_mosquitto() -> str | None:
+    """Path of the ``mosquitto`` binary (also looked for in the sbin folders, off a user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def amqtt_available() -> bool:
+    return importlib.util.find_spec("amqtt") is not None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """Files for a TLS listener; ``require_certificate`` makes clients present a cert signed by ``ca``."""
+
+    ca: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = False
+
+
+class EmbeddedBroker:
+    """A private MQTT broker in a subprocess. Use as a context manager, or ``start()`` / ``close()``."""
+
+    def __init__(
+        self,
+        *,
+        impl: Impl = "auto",
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        max_packet_size: int | None = None,
+        tls: BrokerTls | None = None,
+        tls_port: int | None = None,
+        password_file: Path | str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        if impl not in ("auto", "mosquitto", "amqtt"):
+            raise ValueError(f"impl must be 'auto', 'mosquitto' or 'amqtt', got {impl!r}")
+        if max_packet_size is not None and max_packet_size < 20:
+            raise ValueError(f"max_packet_size must be >= 20 bytes, got {max_packet_size}")
+        self.host = host
+        self.port = port or free_port(host)
+        self.max_packet_size = max_packet_size
+        self.tls = tls
+        self.tls_port = (tls_port or free_port(host)) if tls is not None else None
+        self.password_file = Path(password_file) if password_file is not None else None
+        self.startup_timeout = startup_timeout
+        self.impl: Literal["mosquitto", "amqtt"] = self._resolve(impl)
+        self._dir: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ choosing
+    def _resolve(self, impl: Impl) -> Literal["mosquitto", "amqtt"]:
+        needs_mosquitto = [
+            name for name, value in (("TLS", self.tls), ("password_file", self.password_file),
+                                     ("max_packet_size", self.max_packet_size)) if value is not None
+        ]
+        if impl in ("auto", "mosquitto") and find_mosquitto():
+            return "mosquitto"
+        if impl == "mosquitto" or needs_mosquitto:
+            why = f" ({', '.join(needs_mosquitto)} need it)" if needs_mosquitto else ""
+            raise MissingDependencyError(f"mosquitto is not installed{why}; {_MOSQUITTO_HINT}")
+        if not amqtt_available():
+            raise MissingDependencyError(
+                "no MQTT broker available: mosquitto is not installed and neither is amqtt; "
+                f"{_MOSQUITTO_HINT}, or pip install 'splitedge[demo]' for the pure-Python amqtt"
+            )
+        if impl == "auto":
+            print("splitedge broker: mosquitto not found, using the pure-Python amqtt broker "
+                  "(MQTT 3.1.1 only: no shared subscriptions; slower)", file=sys.stderr)
+        return "amqtt"
+
+    # ------------------------------------------------------------------ addresses
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str | None:
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls_port is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    def log_text(self) -> str:
+        """What the broker wrote to stderr so far (useful in a failing test's message)."""
+        if self._dir is None or not (self._dir / "broker.log").exists():
+            return ""
+        return (self._dir / "broker.log").read_text(errors="replace")
+
+    # ------------------------------------------------------------------ config files
+    def _write_config(self) -> list[str]:
+        assert self._dir is not None
+        if self.impl == "amqtt":
+            conf = {
+                "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+            path = self._dir / "amqtt.yaml"
+            path.write_text(json.dumps(conf))  # JSON is YAML
+            return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(path)]
+        lines = [
+            "# written by splitedge.sdk.broker.EmbeddedBroker",
+            "persistence false",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "set_tcp_nodelay true",
+        ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.password_file is not None:
+            pw = self._dir / "passwords"
+            shutil.copyfile(self.password_file, pw)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines.append("allow_anonymous true")
+        if os.geteuid() == 0:
+            lines.append(self._drop_privileges_to())
+        lines.append(f"listener {self.port} {self.host}")
+        if self.tls is not None:
+            # Copied next to the config so that the unprivileged broker can read them.
+            ca, cert, key = (self._dir / "ca.pem", self._dir / "server.pem", self._dir / "server.key")
+            for src, dst in ((self.tls.ca, ca), (self.tls.certfile, cert), (self.tls.keyfile, key)):
+                shutil.copyfile(src, dst)
+                dst.chmod(0o600)
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                f"cafile {ca}",
+                f"certfile {cert}",
+                f"keyfile {key}",
+                f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
+            ]
+        path = self._dir / "mosquitto.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return [str(find_mosquitto()), "-c", str(path)]
+
+    def _drop_privileges_to(self) -> str:
+        """As root, Mosquitto switches to ``mosquitto`` before reading the password file: let it read ours."""
+        assert self._dir is not None
+        try:
+            user = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return "user root"  # no such user to drop to: stay root (a loopback test broker)
+        for path in [self._dir, *self._dir.iterdir()]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        return "user mosquitto"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> EmbeddedBroker:
+        """Start the broker and wait until it accepts TCP connections; ``BrokerUnavailableError`` if not."""
+        if self.running:
+            return self
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="splitedge-broker-"))
+        cmd = self._write_config()
+        with open(self._dir / "broker.log", "ab") as log_file:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        deadline = time.monotonic() + self.startup_timeout
+        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        for port in ports:
+            while not _accepts(self.host, port):
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise BrokerUnavailableError(
+                        f"{self.impl} did not start listening on {self.host}:{port} "
+                        f"(exit code {self._proc.returncode}); its log:\n{self.log_text()[-2000:]}"
+                    )
+                time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``); the port can be reused by restart()."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the broker vanishes at once, as in a crash."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self) -> EmbeddedBroker:
+        """Stop and start again on the same port(s); clients reconnect to the same URL."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        """Stop and remove the temporary folder."""
+        self.stop()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedBroker({self.impl}, {self.url}, {'running' if self.running else 'stopped'})"
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="splitedge broker", description="Run a local MQTT broker in the foreground.")
+    p.add_argument("--port", type=int, default=1883, help="TCP port (default 1883; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--impl", choices=["auto", "mosquitto", "amqtt"], default="auto",
+                   help="auto: Mosquitto if installed, else amqtt")
+    p.add_argument("--max-packet-size", type=int, default=None, help="Mosquitto max_packet_size (bytes)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.port != 0 and not 0 < args.port < 65536:
+        print(f"splitedge broker: --port {args.port} is not a TCP port (1..65535, or 0)", file=sys.stderr)
+        return 2
+    if args.port and _accepts(args.host, args.port):
+        print(f"splitedge broker: {args.host}:{args.port} is already in use (another broker?); "
+              "pick another with --port N, or --port 0", file=sys.stderr)
+        return 1
+    broker = EmbeddedBroker(impl=args.impl, port=args.port or None, host=args.host,
+                            max_packet_size=args.max_packet_size)
+    with broker:
+        print(f"{broker.impl} listening on {broker.url}  (Ctrl-C to stop)", flush=True)
+        stop = {"now": False}
+
+        def on_term(signum: int, frame: object) -> None:
+            stop["now"] = True
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+        try:
+            while not stop["now"]:
+                if not broker.running:
+                    print(f"splitedge broker: {broker.impl} exited; its log:\n{broker.log_text()[-2000:]}",
+                          file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            with contextlib.suppress(Exception):
+                broker.stop()
+    print("broker stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
