@@ -296,6 +296,11 @@ def _to_us(ts: float | None, what: str) -> int:
     return round(ts * 1e6)
 
 
+def _extent(shape: Sequence[int]) -> int:
+    """Product of the dimensions with 0 counted as 1: what MAX_ELEMENTS caps (numpy checks it too)."""
+    return math.prod(max(d, 1) for d in shape)
+
+
 def _zstd() -> Any:
     try:
         import zstandard
@@ -314,7 +319,7 @@ def _encode_tensor(record: TensorRecord, codec: Codec, zstd_level: int) -> list[
             f"tensor {record.name!r}: data is {data.dtype}{data.shape}; "
             f"expected {np.dtype(_NUMPY_DTYPES[dtype])}{tuple(record.shape)}"
         )
-    if len(record.shape) > MAX_NDIM or data.size > MAX_ELEMENTS:
+    if len(record.shape) > MAX_NDIM or _extent(record.shape) > MAX_ELEMENTS:
         raise ValueError(
             f"tensor {record.name!r}: shape {record.shape} exceeds {MAX_NDIM} dims or {MAX_ELEMENTS} elements"
         )
@@ -493,11 +498,11 @@ def _decode_tensor(view: memoryview, offset: int, index: int) -> tuple[TensorRec
         raise ShapeMismatchError(
             f"{where}: dtype {dtype} with bits {bits}; expected one of {_ALLOWED_BITS[dtype]}"
         )
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
+    if _extent(shape) > MAX_ELEMENTS:
         raise ShapeMismatchError(
-            f"{where}: shape {shape} has {count} elements; at most {MAX_ELEMENTS} accepted"
+            f"{where}: shape {shape} has {_extent(shape)} elements (0 counted as 1); at most {MAX_ELEMENTS} accepted"
         )
+    count = math.prod(shape)
     if not math.isfinite(scale):
         raise ShapeMismatchError(f"{where}: scale {scale} is not finite")
     start = offset + desc_len
@@ -542,8 +547,9 @@ def _zstd_decompress(payload: memoryview, expected: int, where: str) -> bytes:
             f"{where}: zstd payload is corrupt ({exc}); expected {expected} bytes once decompressed"
         ) from None
     if len(out) != expected:
+        got = f"more than {expected}" if len(out) > expected else str(len(out))
         raise ShapeMismatchError(
-            f"{where}: zstd payload decompresses to {len(out)}+ bytes; expected {expected}"
+            f"{where}: zstd payload decompresses to {got} bytes; shape and bits need {expected}"
         )
     return out
 

@@ -245,3 +245,20 @@ def test_every_error_is_a_wire_error():
     for bad in (b"", b"SPLT", GOLDEN[:-1], b"SPLX" + GOLDEN[4:]):
         with pytest.raises(WireError):
             decode_frame(bad)
+
+
+def test_zero_sized_tensor_with_a_huge_dimension_is_refused():
+    # shape (1, 0, 4294967295, 3): no elements, but numpy cannot even describe it
+    bad = (
+        HEADER
+        + DESCRIPTOR[:0x14]
+        + bytes.fromhex("00000000")  # payload length 0
+        + bytes.fromhex("00000000")  # CRC32 of no bytes
+        + bytes.fromhex("01000000")  # shape[0] = 1
+        + bytes.fromhex("00000000")  # shape[1] = 0
+        + bytes.fromhex("ffffffff")  # shape[2] = 4294967295
+        + bytes.fromhex("03000000")  # shape[3] = 3
+        + DESCRIPTOR[0x2C:]
+    )
+    with pytest.raises(ShapeMismatchError, match="0 counted as 1"):
+        decode_frame(bad)
