@@ -59,7 +59,8 @@ __all__ = [
 CONFIG_DIR_ENV = "SPLITEDGE_CONFIG_DIR"
 #: Bit widths the wire format can carry for an activation.
 ALLOWED_BITS: tuple[int, ...] = (8, 6, 4, 2)
-_DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A subset of what sdk.topics accepts, also safe as a certificate CN and a broker user name.
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
@@ -582,7 +583,7 @@ def with_overrides(
         if not _DEVICE_ID.fullmatch(device_id):
             raise ConfigError(
                 f"[device] device_id = {device_id!r} in an override: expected 1-64 characters from "
-                "A-Z a-z 0-9 _ - (it becomes an MQTT topic level)."
+                "A-Z a-z 0-9 . _ - (it becomes an MQTT topic level)."
             )
         device = dataclasses.replace(device, device_id=device_id)
     return dataclasses.replace(cfg, broker=broker, device=device)

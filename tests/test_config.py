@@ -128,7 +128,7 @@ def test_every_shipped_board_loads(name):
     assert cfg.board.threads >= 1 and cfg.board.memory_budget_mb > 0 and cfg.board.speed_factor > 0
     assert len(cfg.board.speed_factor_source) > 40  # a real explanation, not a placeholder
     assert set(cfg.device.bits) <= {8, 6, 4, 2} and 8 in cfg.device.bits
-    assert re.fullmatch(r"[A-Za-z0-9_-]+", cfg.device.device_id)
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", cfg.device.device_id)
     assert cfg.broker.port in (1883, 8883)
     assert load_config(cfg.path) == cfg  # by path gives the same value
 
@@ -724,7 +724,7 @@ def cloud_conf(tmp_path: Path, port: int, pki: dict[str, Path], password_file: P
 @pytest.mark.broker
 def test_cloud_tls_conf_enforces_certificates_and_acl(broker_dir, brokers):
     tmp_path = broker_dir
-    pki = make_pki(tmp_path, ["cam-a", "cam-b", "splitedge-tail"])
+    pki = make_pki(tmp_path, ["cam-a", "cam-b", "splitedge-tail", "splitedge-fleet"])
     port = free_port()
     brokers.append(start_broker(cloud_conf(tmp_path, port, pki), port))
 
@@ -754,7 +754,16 @@ def test_cloud_tls_conf_enforces_certificates_and_acl(broker_dir, brokers):
     cam_a.publish("splitedge/v1/cam-a/telemetry", b"t")  # allowed, and only to telemetry readers
     cam_b.publish("splitedge/v1/cam-b/act", b"b")
     assert tail.messages.get(timeout=5) == ("splitedge/v1/cam-b/act", b"b")
-    assert cam_b.messages.empty() and cam_a.messages.empty() and tail.messages.empty()
+    # A device's own report reaches the fleet monitor; another device's does not get through.
+    fleet = Client(port, tls("splitedge-fleet"))
+    assert fleet.subscribe("splitedge/v1/+/report")[0] < 0x80
+    cam_b.publish("splitedge/v1/cam-a/report", b"forged")
+    cam_a.publish("splitedge/v1/cam-a/report", b"r")
+    assert fleet.messages.get(timeout=5) == ("splitedge/v1/cam-a/report", b"r")
+    assert (
+        cam_a.messages.empty() and cam_b.messages.empty() and tail.messages.empty() and fleet.messages.empty()
+    )
+    fleet.close()
 
     # A client without a certificate never gets a CONNACK (the handshake or the session is refused).
     no_cert = Client(port, {"ca_certs": str(pki["ca.crt"])}, wait=1.0)
