@@ -1,0 +1,328 @@
+"""Small control messages: results, reports, errors, telemetry and status (docs/WIRE.md, "Messages").
+
+Each message is one UTF-8 JSON object with two envelope keys, ``"type"`` (which message) and
+``"v"`` (schema version, 1), plus its fields. Rules a reader follows:
+
+- ``v`` other than 1 -> UnsupportedVersionError; ``type`` not the expected one -> WireError.
+- a required field missing, or a value of the wrong JSON type -> WireError naming the field.
+- **unknown extra fields are ignored** (forward compatible): a newer writer may add fields at the
+  same ``v``; a field whose meaning changes needs a new ``v``.
+- fields with a default may be omitted (that is how they were added).
+- NaN/Infinity are not JSON and are refused; an unknown value is ``null`` where the field allows it.
+
+Every class has ``to_bytes()`` / ``from_bytes()`` and ``to_dict()`` / ``from_dict()``;
+:func:`decode_message` dispatches on ``type``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, ClassVar, Self
+
+from sdk.errors import UnsupportedVersionError, WireError
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SCHEMA_VERSION",
+    "AnsweredBy",
+    "ErrorCode",
+    "ErrorMessage",
+    "Message",
+    "ReportMessage",
+    "ResultMessage",
+    "StatusMessage",
+    "TelemetryMessage",
+    "decode_message",
+]
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+class AnsweredBy(enum.StrEnum):
+    """Who produced a result."""
+
+    CLOUD = "cloud"
+    DEVICE = "device"
+
+
+class ErrorCode(enum.StrEnum):
+    """Why the cloud refused a frame (ErrorMessage.code). Readers keep codes they do not know as str."""
+
+    MALFORMED = "malformed"  # decode_frame raised (detail: the WireError message)
+    UNKNOWN_CUT = "unknown_cut"  # this worker has no tail for the frame's cut id
+    BUNDLE_MISMATCH = "bundle_mismatch"  # the frame's bundle id is not the worker's bundle
+    OVERLOADED = "overloaded"  # queue full / deadline missed: answer locally
+    INTERNAL = "internal"  # the tail failed
+
+
+# ---- field checkers: (value, field name) -> value, raising WireError ------------------------------
+
+Check = Callable[[Any, str], Any]
+
+
+def _bad(name: str, value: Any, expected: str) -> WireError:
+    return WireError(f"field {name!r} is {value!r} ({type(value).__name__}); expected {expected}")
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, value, "an integer")
+    return value
+
+
+def _nonneg_int(value: Any, name: str) -> int:
+    if _int(value, name) < 0:
+        raise _bad(name, value, "an integer >= 0")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _bad(name, value, "a finite number")
+    return float(value)
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(name, value, "a string")
+    return value
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(name, value, "true or false")
+    return value
+
+
+def _optional(check: Check) -> Check:
+    def run(value: Any, name: str) -> Any:
+        return None if value is None else check(value, name)
+
+    return run
+
+
+def _answered_by(value: Any, name: str) -> AnsweredBy:
+    try:
+        return AnsweredBy(_str(value, name))
+    except ValueError:
+        raise _bad(name, value, f"one of {[a.value for a in AnsweredBy]}") from None
+
+
+def _topk(value: Any, name: str) -> tuple[tuple[int, float], ...]:
+    if not isinstance(value, list):
+        raise _bad(name, value, "a list of [class, probability] pairs")
+    out = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise _bad(f"{name}[{i}]", pair, "a [class, probability] pair")
+        out.append((_int(pair[0], f"{name}[{i}][0]"), _float(pair[1], f"{name}[{i}][1]")))
+    return tuple(out)
+
+
+# ---- the envelope ----------------------------------------------------------------------------
+
+
+class _Message:
+    """Mixin: JSON envelope ``{"type": TYPE, "v": 1, ...fields}`` with checked decoding."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    CHECKS: ClassVar[Mapping[str, Check]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (enums as str, tuples as lists), without the envelope."""
+        out = asdict(self)  # type: ignore[call-overload]
+        for key, value in out.items():
+            if isinstance(value, enum.Enum):
+                out[key] = value.value
+            elif isinstance(value, tuple):
+                out[key] = json.loads(json.dumps(value))
+        return out
+
+    def to_bytes(self) -> bytes:
+        body = {"type": self.TYPE, "v": SCHEMA_VERSION, **self.to_dict()}
+        try:
+            return json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode(
+                "utf-8"
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"{type(self).__name__} has a non-finite number ({exc}); use None or a number"
+            ) from exc
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Check and build from decoded JSON fields (envelope keys and unknown keys are ignored)."""
+        kwargs = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name in data:
+                kwargs[f.name] = cls.CHECKS[f.name](data[f.name], f.name)
+            elif f.default is MISSING and f.default_factory is MISSING:  # required
+                raise WireError(f"{cls.TYPE} message is missing field {f.name!r}; it has {sorted(data)}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Self:
+        body = _load(data)
+        if body.get("type") != cls.TYPE:
+            raise WireError(f"message type is {body.get('type')!r}; expected {cls.TYPE!r}")
+        return cls.from_dict(body)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _load(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message is {len(data)} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
+    try:
+        body = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(
+            f"message is not UTF-8 JSON ({exc}); expected a JSON object with 'type' and 'v'"
+        ) from None
+    if not isinstance(body, dict):
+        raise WireError(f"message is a JSON {type(body).__name__}; expected an object with 'type' and 'v'")
+    if "v" not in body:
+        raise WireError(f"message has no schema version field 'v'; it has {sorted(body)}")
+    version = body["v"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise UnsupportedVersionError(
+            f"message schema version {version!r}; this reader supports {SCHEMA_VERSION}. "
+            "Upgrade splitedge on the older side"
+        )
+    return body
+
+
+# ---- the messages ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResultMessage(_Message):
+    """The answer for one frame (cloud -> device, or the device's own early exit)."""
+
+    TYPE: ClassVar[str] = "result"
+    seq: int
+    device_id: str
+    cls: int
+    topk: tuple[tuple[int, float], ...]
+    answered_by: AnsweredBy
+    cut_id: int
+    worker_id: str
+    tail_ms: float = 0.0  # time the tail took on the worker
+    ts: float = 0.0  # when the result was sent, seconds since the epoch
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "seq": _nonneg_int, "device_id": _str, "cls": _int, "topk": _topk, "answered_by": _answered_by,
+        "cut_id": _nonneg_int, "worker_id": _str, "tail_ms": _float, "ts": _float,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answered_by", AnsweredBy(self.answered_by))
+        object.__setattr__(self, "topk", tuple((int(c), float(p)) for c, p in self.topk))
+
+
+@dataclass(frozen=True, slots=True)
+class ReportMessage(_Message):
+    """What the cloud saw of one frame: bytes, arrival, queueing and tail time (feeds the planner)."""
+
+    TYPE: ClassVar[str] = "report"
+    seq: int
+    device_id: str
+    cut_id: int
+    bytes_received: int
+    recv_ts: float  # arrival time at the worker, seconds since the epoch
+    queue_ms: float
+    tail_ms: float
+    worker_id: str
+    decode_ms: float = 0.0
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "seq": _nonneg_int, "device_id": _str, "cut_id": _nonneg_int, "bytes_received": _nonneg_int,
+        "recv_ts": _float, "queue_ms": _float, "tail_ms": _float, "worker_id": _str, "decode_ms": _float,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMessage(_Message):
+    """The cloud refuses a frame (see ErrorCode); the device then answers locally. seq None: unknown."""
+
+    TYPE: ClassVar[str] = "error"
+    seq: int | None
+    device_id: str
+    code: str
+    detail: str
+    worker_id: str
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "seq": _optional(_nonneg_int), "device_id": _str, "code": _str, "detail": _str, "worker_id": _str,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", str(self.code))
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryMessage(_Message):
+    """A device's periodic snapshot for the fleet view. Rates per second; None: not measured yet."""
+
+    TYPE: ClassVar[str] = "telemetry"
+    device_id: str
+    ts: float
+    cut: int
+    fps: float
+    exit_rate: float
+    bytes_per_s: float
+    bandwidth_estimate: float | None  # bytes/s
+    p50_ms: float | None
+    p95_ms: float | None
+    errors: int
+    queue_depth: int
+    emulated: bool
+    bits: int | None = None
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "device_id": _str, "ts": _float, "cut": _int, "fps": _float, "exit_rate": _float,
+        "bytes_per_s": _float, "bandwidth_estimate": _optional(_float), "p50_ms": _optional(_float),
+        "p95_ms": _optional(_float), "errors": _nonneg_int, "queue_depth": _nonneg_int, "emulated": _bool,
+        "bits": _optional(_int),
+    }  # fmt: skip
+
+    def __getitem__(self, key: str) -> Any:
+        """Dict-like access to a field: ``snapshot["fps"]``."""
+        if key not in self.CHECKS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage(_Message):
+    """Online/offline (retained; the offline one is the MQTT last will)."""
+
+    TYPE: ClassVar[str] = "status"
+    device_id: str
+    online: bool
+    ts: float
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {"device_id": _str, "online": _bool, "ts": _float}
+
+
+Message = ResultMessage | ReportMessage | ErrorMessage | TelemetryMessage | StatusMessage
+_BY_TYPE: dict[str, type[Message]] = {
+    c.TYPE: c for c in (ResultMessage, ReportMessage, ErrorMessage, TelemetryMessage, StatusMessage)
+}
+
+
+def decode_message(data: bytes | bytearray | memoryview) -> Message:
+    """Decode any message by its ``type``; raises only WireError subclasses."""
+    body = _load(data)
+    kind = body.get("type")
+    if not isinstance(kind, str) or kind not in _BY_TYPE:
+        raise WireError(f"message type is {kind!r}; expected one of {sorted(_BY_TYPE)}")
+    return _BY_TYPE[kind].from_dict(body)
