@@ -176,8 +176,6 @@ class EmbeddedBroker:
             lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
-        if os.geteuid() == 0:
-            lines.append(self._drop_privileges_to())
         lines.append(f"listener {self.port} {self.host}")
         if self.tls is not None:
             # Copied next to the config so that the unprivileged broker can read them.
@@ -194,6 +192,9 @@ class EmbeddedBroker:
             ]
         path = self._dir / "mosquitto.conf"
         path.write_text("\n".join(lines) + "\n")
+        if os.geteuid() == 0:  # a global option: goes before the listeners
+            lines.insert(1, self._drop_privileges_to())
+            path.write_text("\n".join(lines) + "\n")
         return [str(find_mosquitto()), "-c", str(path)]
 
     def _drop_privileges_to(self) -> str:
@@ -212,22 +213,35 @@ class EmbeddedBroker:
         """Start the broker and wait until it accepts TCP connections; ``BrokerUnavailableError`` if not."""
         if self.running:
             return self
+        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        busy = [p for p in ports if _accepts(self.host, p)]
+        if busy:  # else "accepts connections" below would be someone else answering
+            raise BrokerUnavailableError(
+                f"cannot start {self.impl} on {self.host}:{busy[0]}: something already listens there; "
+                "leave port=None to get a free port, or stop the other broker"
+            )
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="splitedge-broker-"))
         cmd = self._write_config()
+        log_start = len(self.log_text())  # restart() appends to the same log
         with open(self._dir / "broker.log", "ab") as log_file:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
         deadline = time.monotonic() + self.startup_timeout
-        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
-        for port in ports:
-            while not _accepts(self.host, port):
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    raise BrokerUnavailableError(
-                        f"{self.impl} did not start listening on {self.host}:{port} "
-                        f"(exit code {self._proc.returncode}); its log:\n{self.log_text()[-2000:]}"
-                    )
-                time.sleep(0.02)
+
+        def ready() -> bool:
+            if not all(_accepts(self.host, p) for p in ports):
+                return False
+            # Mosquitto opens each listener before loading its certificates: only "running" means all is set.
+            return self.impl != "mosquitto" or " running" in self.log_text()[log_start:]
+
+        while not ready():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise BrokerUnavailableError(
+                    f"{self.impl} did not start listening on {self.host}:{', '.join(map(str, ports))} "
+                    f"(exit code {self._proc.returncode}); its log:\n{self.log_text()[-2000:]}"
+                )
+            time.sleep(0.02)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

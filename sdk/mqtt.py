@@ -61,6 +61,7 @@ FEATURE_SHARED_SUBSCRIPTIONS = "shared-subscriptions"
 FEATURE_MAX_PACKET_SIZE = "maximum-packet-size"
 Protocol = Literal["auto", "v5", "v311"]
 _UNSUPPORTED_PROTOCOL = (132, 1)  # v5 reason code 0x84; 3.1.1 CONNACK return code 1
+_CLOSED_BEFORE_CONNACK = -1  # some pre-v5 brokers just hang up on a v5 CONNECT
 _DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
 
 
@@ -274,7 +275,7 @@ class MqttTransport:
             if not self._attempt["event"].wait(self._connect_timeout):
                 self._abandon(client)
                 raise BrokerUnavailableError(self._unreachable(
-                    f"no CONNACK within {self._connect_timeout:g} s (is it an MQTT port? TLS expected?)"))
+                    f"no CONNACK within {self._connect_timeout:g} s", "is it an MQTT port? Does it expect TLS?"))
             code = self._attempt["code"]
             if code == 0:
                 if not v5:
@@ -284,14 +285,18 @@ class MqttTransport:
                         self.address.hostport, ", ".join(self.lost_features))
                 return
             self._abandon(client)
-            if code in _UNSUPPORTED_PROTOCOL and v5 and len(versions) > 1:
+            if code in (*_UNSUPPORTED_PROTOCOL, _CLOSED_BEFORE_CONNACK) and v5 and len(versions) > 1:
                 log.info("broker %s refused MQTT v5 (%s); retrying with 3.1.1",
                          self.address.hostport, self._attempt["reason"])
                 continue
+            if code == _CLOSED_BEFORE_CONNACK:
+                raise BrokerUnavailableError(self._unreachable(
+                    f"{self._attempt['reason']}", "a TLS client certificate the broker rejected, a TLS "
+                    "listener reached without TLS, or not an MQTT port? Check the broker's log"))
             hint = "check username/password or the client certificate" if code in (4, 5, 134, 135) else (
                 "check the broker's log")
             raise BrokerUnavailableError(self._unreachable(
-                f"the broker refused the connection: {self._attempt['reason']} (code {code}); {hint}"))
+                f"the broker refused the connection: {self._attempt['reason']} (code {code})", hint))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _open_in_background(self) -> None:
@@ -307,12 +312,10 @@ class MqttTransport:
             time.sleep(delay)
             delay = min(delay * 2, self._reconnect[1])
 
-    def _unreachable(self, why: str) -> str:
+    def _unreachable(self, why: str, todo: str = "") -> str:
         scheme = "mqtts" if self._tls is not None else "mqtt"
-        return (
-            f"cannot connect to the MQTT broker at {scheme}://{self.address.hostport}: {why}. "
-            "Start one (e.g. `splitedge broker`) or pass the right URL (mqtt://host:port)"
-        )
+        todo = todo or "start one (e.g. `splitedge broker`) or pass the right URL (mqtt://host:port)"
+        return f"cannot connect to the MQTT broker at {scheme}://{self.address.hostport}: {why}; {todo}"
 
     def _abandon(self, client: Any) -> None:
         if client is None:
@@ -355,6 +358,10 @@ class MqttTransport:
         self._notify(True)
 
     def _on_disconnect(self, client: Any, userdata: object, flags: Any, reason: Any, props: Any) -> None:
+        attempt = self._attempt
+        if not attempt["event"].is_set():  # closed before any CONNACK: fail the attempt now, not at timeout
+            attempt.update(code=_CLOSED_BEFORE_CONNACK, reason=f"the connection was closed before CONNACK ({reason})")
+            attempt["event"].set()
         was = self._connected
         self._connected = False
         if was and not self._closed:
@@ -363,10 +370,11 @@ class MqttTransport:
             self._notify(False)
 
     def _on_subscribe(self, client: Any, userdata: object, mid: int, codes: Any, props: Any) -> None:
-        self._suback_codes[mid] = [int(getattr(c, "value", c)) for c in codes]
-        event = self._suback.pop(mid, None)
-        if event is not None:
-            event.set()
+        with self._lock:  # subscribe() registers its waiter under this lock, before the SUBACK can land
+            event = self._suback.pop(mid, None)
+            if event is not None:
+                self._suback_codes[mid] = [int(getattr(c, "value", c)) for c in codes]
+                event.set()
 
     def _on_message(self, client: Any, userdata: object, msg: Any) -> None:
         self._network_thread = threading.get_ident()
@@ -442,8 +450,11 @@ class MqttTransport:
         if threading.get_ident() == self._network_thread:
             return  # inside a handler: waiting would block the thread that reads the SUBACK
         if not event.wait(timeout):
+            with self._lock:
+                self._suback.pop(mid, None)
             return  # a reconnect re-subscribes; nothing more to do here
-        codes = self._suback_codes.pop(mid, [])
+        with self._lock:
+            codes = self._suback_codes.pop(mid, [])
         if any(c >= 128 for c in codes):
             with self._lock:
                 self._subs.pop(topic_filter, None)
