@@ -86,28 +86,41 @@ def requantize(q: np.ndarray, scale: float, zero_point: int, bits: int) -> Quant
     """Re-express int8 codes ``q`` (``real = scale * (q - zero_point)``) as unsigned ``bits``-bit codes.
 
     bits=8 is lossless: ``code = q + 128``, ``zero_point + 128``, same scale. Below 8 bits the
-    per-tensor (per-frame) int8 range ``[min(q), max(q)]`` is mapped onto the n-bit grid with
-    ``step = max((max - min) / (2**bits - 1), 1)`` int8 units, ``scale' = scale * step`` and the
-    integer ``zero_point' = round((zero_point - min) / step)``. Error is at most half a step
-    (``scale' / 2``) per element; when the range fits in the grid (step 1) the result is lossless.
-    A constant tensor gives all-zero codes and is exact.
+    per-tensor (per-frame) int8 range ``[lo, hi] = [min(q), max(q)]`` is mapped onto the n-bit grid
+    (``levels = 2**bits - 1``):
+
+    - ``hi - lo <= levels``: step 1, ``code = q - lo``, ``zero_point' = zero_point - lo``, same
+      scale: lossless (this covers constant tensors).
+    - otherwise ``step = (hi - lo) / levels`` int8 units, ``scale' = scale * step``,
+      ``zero_point' = floor((zero_point - lo) / step + 1/2)`` and
+      ``code = clip(floor((q - zero_point) / step + zero_point' + 1/2), 0, levels)``, computed
+      exactly in integers. Error <= half a step (``scale' / 2``) per element; real 0 is exact.
     """
     q = _require_int8(q, "q")
     _check_bits(bits)
-    scale = float(scale)
-    zero_point = int(zero_point)
+    scale, zero_point = float(scale), int(zero_point)
+    if not -128 <= zero_point <= 127:
+        raise ValueError(f"zero_point={zero_point} is not an int8 zero point (expected -128..127)")
     if bits == 8:
         codes = np.bitwise_xor(q.view(np.uint8), np.uint8(0x80))
         return Quantized(codes=codes, scale=scale, zero_point=zero_point + 128, bits=8)
     levels = (1 << bits) - 1
-    if q.size == 0:
-        return Quantized(codes=np.zeros(q.shape, np.uint8), scale=scale, zero_point=zero_point, bits=bits)
-    lo, hi = int(q.min()), int(q.max())
-    step = max((hi - lo) / levels, 1.0)
-    new_zp = round((zero_point - lo) / step)
-    # grid point k stands for int8 value zero_point + step * (k - new_zp); pick the nearest one.
-    lut = np.clip(np.rint((_INT8_VALUES - zero_point) / step + new_zp), 0, levels).astype(np.uint8)
-    return Quantized(codes=_lut_int8(q, lut), scale=scale * step, zero_point=new_zp, bits=bits)
+    lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+    span = hi - lo
+    if span <= levels:
+        codes = (q.astype(np.int16) - lo).astype(np.uint8)
+        return Quantized(codes=codes, scale=scale, zero_point=zero_point - lo, bits=bits)
+    new_zp = (2 * (zero_point - lo) * levels + span) // (2 * span)
+    # floor((2N + span) / (2 span)) with N = (q - zero_point) * levels + new_zp * span. Every
+    # intermediate stays within int16 for levels <= 63 and |zero_point| <= 128 (|offset| < 16640,
+    # |2 q levels| <= 16128, the sum in [0, 32640]), and numpy's int16 ops are SIMD.
+    offset = 2 * (new_zp * span - zero_point * levels) + span
+    acc = q.astype(np.int16)
+    acc *= 2 * levels
+    acc += offset
+    acc //= 2 * span
+    np.clip(acc, 0, levels, out=acc)
+    return Quantized(codes=acc.astype(np.uint8), scale=scale * span / levels, zero_point=new_zp, bits=bits)
 
 
 def dequantize(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
@@ -115,7 +128,7 @@ def dequantize(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.dtype == np.uint8:
         lut = ((np.arange(256, dtype=np.float64) - zero_point) * scale).astype(np.float32)
-        return lut[codes]
+        return np.take(lut, codes)
     if codes.dtype == np.int8:
         lut = ((_INT8_VALUES.astype(np.float64) - zero_point) * scale).astype(np.float32)
         return _lut_int8(codes, lut)

@@ -173,3 +173,34 @@ def test_requant_int8_identity_and_clipping():
     np.testing.assert_array_equal(requant_int8(q, 1.0, 0, 0.5, 0), [-128, -2, 0, 2, 127])
     with pytest.raises(ValueError, match="scale_out"):
         requant_int8(q, 1.0, 0, 0.0, 0)
+
+
+@pytest.mark.parametrize("bits", [6, 4, 2])
+@pytest.mark.parametrize("zero_point", [-128, -1, 0, 127])
+@pytest.mark.parametrize("lo_hi", [(-128, 127), (-128, 0), (0, 127), (-5, 100), (-100, -100 + 64), (3, 4)])
+def test_requantize_matches_exact_rational_reference(bits, zero_point, lo_hi):
+    """Every int8 value of the range against the documented formula in exact fractions."""
+    from fractions import Fraction
+    from math import floor
+
+    lo, hi = lo_hi
+    q = np.arange(lo, hi + 1, dtype=np.int8)
+    out = requantize(q, 0.5, zero_point, bits)
+    levels, span = (1 << bits) - 1, hi - lo
+    if span <= levels:
+        assert (out.scale, out.zero_point) == (0.5, zero_point - lo)
+        expected = [v - lo for v in range(lo, hi + 1)]
+    else:
+        step = Fraction(span, levels)
+        new_zp = floor((zero_point - lo) / step + Fraction(1, 2))
+        assert out.zero_point == new_zp and out.scale == pytest.approx(0.5 * float(step))
+        expected = [
+            min(max(floor((v - zero_point) / step + new_zp + Fraction(1, 2)), 0), levels)
+            for v in range(lo, hi + 1)
+        ]
+    assert out.codes.tolist() == expected
+
+
+def test_requantize_rejects_a_non_int8_zero_point():
+    with pytest.raises(ValueError, match="zero_point=200"):
+        requantize(np.zeros(3, np.int8), 1.0, 200, 4)
