@@ -262,3 +262,13 @@ def test_zero_sized_tensor_with_a_huge_dimension_is_refused():
     )
     with pytest.raises(ShapeMismatchError, match="0 counted as 1"):
         decode_frame(bad)
+
+
+def test_docs_worked_example_is_these_bytes():
+    """docs/WIRE.md's hex dump is the same contract: a third party implements from it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "WIRE.md").read_text(encoding="utf-8")
+    block = text.split("<!-- golden-hex: begin")[1].split("<!-- golden-hex: end -->")[0]
+    dump = [line.split(":", 1)[1] for line in block.splitlines() if line[:4].strip() and ":" in line[:6]]
+    assert bytes.fromhex("".join(dump)) == GOLDEN
