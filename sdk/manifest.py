@@ -246,7 +246,6 @@ _NESTED: dict[str, Any] = {
     "exit": FileRef,
 }
 _ENUMS: dict[str, Any] = {"kind": CutKind, "labels_source": LabelsSource}
-_TUPLE_INT = {"shape", "bits", "compressive_bits"}
 
 
 def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
@@ -265,14 +264,14 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
             if f.default is not MISSING or f.default_factory is not MISSING:
                 continue
             raise ManifestError(f"{where}: missing key {f.name!r} in {cls.__name__}; re-convert the bundle")
-        kwargs[f.name] = _value(f.name, data[f.name], f"{where}.{f.name}")
+        kwargs[f.name] = _value(f.name, str(f.type), data[f.name], f"{where}.{f.name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:
         raise ManifestError(f"{where}: {exc}") from exc
 
 
-def _value(name: str, value: Any, where: str) -> Any:
+def _value(name: str, type_: str, value: Any, where: str) -> Any:
     if name in _NESTED and value is not None:
         sub = _NESTED[name]
         if isinstance(value, list):
@@ -284,10 +283,14 @@ def _value(name: str, value: Any, where: str) -> Any:
         except ValueError:
             allowed = [e.value for e in _ENUMS[name]]
             raise ManifestError(f"{where}: {value!r} is not one of {allowed}") from None
-    if name in _TUPLE_INT:
+    if type_.startswith("tuple[int"):
         if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
             raise ManifestError(f"{where}: expected a list of integers, got {value!r}")
         return tuple(value)
+    if type_ in ("int", "float") and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ManifestError(f"{where}: expected a number, got {value!r}")
+    if type_ == "str" and not isinstance(value, str):
+        raise ManifestError(f"{where}: expected a string, got {value!r}")
     if name == "output_shapes":
         return tuple(tuple(s) for s in value)
     return value

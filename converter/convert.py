@@ -1,0 +1,282 @@
+"""The converter's façade: Keras model + calibration data -> a verified bundle (see sdk/manifest.py).
+
+    profile -> cuts -> per cut: export head/tail/exit, calibrate the exit, measure -> bundle
+
+``convert(...)`` returns a frozen :class:`ConversionResult`; writing over an existing bundle needs
+``force=True``. The bundle is assembled in a sibling temp folder and moved into place at the end, so
+an interrupted conversion never leaves a half-written bundle under the target name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from converter import early_exit, export, measure
+from converter.cuts import Boundary, select_cuts
+from converter.data import CalibData, load_data, split
+from converter.graph import ModelGraph, build_head, build_tail, read_graph
+from converter.profile import profile
+from sdk import __version__
+from sdk.errors import ConversionError
+from sdk.litert import LiteRTModel
+from sdk.manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    AccuracyAtBits,
+    CutKind,
+    CutSpec,
+    FileRef,
+    InputSpec,
+    LabelsSource,
+    Manifest,
+    TensorSpec,
+    load_manifest,
+    sha256_file,
+)
+from sdk.packing import SUPPORTED_BITS
+
+#: progress(step, total, message): total == 0 for a plain message, else the cut loop's step of total
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversionResult:
+    manifest: Manifest
+    path: Path
+    seconds_per_cut: dict[int, float]
+    dropped: tuple[tuple[int, str], ...]
+
+
+def load_model(path: str | Path) -> Any:
+    import keras
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConversionError(f"model {p} does not exist; pass a Keras 3 .keras or .h5 file")
+    if p.suffix not in (".keras", ".h5"):
+        raise ConversionError(f"model {p}: expected a .keras or .h5 file, got {p.suffix or 'no suffix'!r}")
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as exc:  # keras raises many types for a bad file
+        raise ConversionError(f"model {p}: Keras cannot load it ({type(exc).__name__}: {exc})") from exc
+
+
+def board_settings(board: str | None) -> tuple[str, int, int | None]:
+    """(name, LiteRT threads, memory budget in bytes) of a board profile; no board: host, 2 threads, no budget."""
+    if board is None:
+        return "host", min(4, os.cpu_count() or 1), None
+    from sdk.config import load_board
+
+    spec = load_board(board).board
+    return spec.name, int(spec.threads), int(spec.memory_budget_mb * 1024 * 1024)
+
+
+def convert(
+    model: Any,
+    data: CalibData | str | Path,
+    out: str | Path,
+    *,
+    board: str | None = None,
+    bits: Sequence[int] = (8, 4, 2),
+    force: bool = False,
+    seed: int = 0,
+    max_eval: int = 400,
+    progress: Progress | None = None,
+) -> ConversionResult:
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConversionError(f"{out} exists; pass --force (force=True) to write over it")
+    bad = [b for b in bits if b not in SUPPORTED_BITS]
+    if bad or not bits:
+        raise ConversionError(f"bit widths {list(bits)}: each must be one of {list(SUPPORTED_BITS)}")
+    bits = tuple(sorted(set(bits), reverse=True))
+    report = progress or (lambda _i, _n, _msg: None)
+    model_sha = ""
+    if isinstance(model, str | Path):
+        model_sha = sha256_file(Path(model))
+        model = load_model(model)
+    graph = read_graph(model)
+    in_shape = tuple(int(d) for d in graph.input_tensor.shape[1:])
+    if isinstance(data, str | Path):
+        data = load_data(data, input_shape=in_shape)
+    board_name, threads, budget = board_settings(board)
+
+    layers = profile(graph)
+    sel = select_cuts(graph, [p.flops for p in layers], [p.weight_bytes_i8 for p in layers], bits=bits,
+                      memory_budget_bytes=budget)
+    report(0, 0, f"profiled {graph.n} layers; {len(sel.candidates)} candidate cuts "
+        f"({', '.join(f'{c.index}:{c.name}' for c in sel.candidates)})")
+
+    parts = split(len(data.x), seed=seed)
+    ev = parts.eval[:max_eval]
+    float_logits = np.asarray(graph.model.predict(data.x, batch_size=64, verbose=0))
+    float_pred = float_logits.argmax(-1)
+    labels_source = LabelsSource.LABELS if data.y is not None else LabelsSource.FLOAT_MODEL
+    labels = data.y if data.y is not None else float_pred
+    num_classes = int(float_logits.shape[-1])
+    float_acc = round(float((float_pred[ev] == labels[ev]).mean()), 4)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ctx = _Context(graph, data, labels, float_pred, parts, ev, bits, threads, num_classes, work, seed)
+        cuts, seconds = [], {}
+        for i, bd in enumerate(sel.candidates):
+            t0 = time.perf_counter()
+            report(i, len(sel.candidates), f"cut {bd.index} ({bd.name}, {bd.kind.value})")
+            cuts.append(_convert_cut(ctx, bd))
+            report(i + 1, len(sel.candidates), f"cut {bd.index} done")
+            seconds[bd.index] = round(time.perf_counter() - t0, 2)
+        files = tuple(sorted((ref for c in cuts for ref in (c.head, c.tail, c.exit) if ref), key=lambda r: r.path))
+        bundle_id = hashlib.sha256("".join(f"{r.path}:{r.sha256};" for r in files).encode()).hexdigest()
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            bundle_id=bundle_id,
+            created_by=f"splitedge {__version__}",
+            model_name=str(graph.model.name),
+            model_sha256=model_sha,
+            num_classes=num_classes,
+            input=InputSpec(str(graph.input_tensor._keras_history[0].name), in_shape, "uint8"),
+            labels_source=labels_source,
+            board=board_name,
+            threads=threads,
+            host=f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
+            bits=bits,
+            n_calib=int(len(parts.fit) + len(parts.calib)),
+            n_eval=int(len(ev)),
+            float_accuracy=float_acc,
+            layers=layers,
+            cuts=tuple(cuts),
+            files=files,
+            extra={"convert_seconds_per_cut": {str(k): v for k, v in seconds.items()},
+                   "dropped_cuts": [{"index": i, "reason": r} for i, r in sel.dropped],
+                   "class_names": list(data.class_names), "data_source": data.source},
+        )
+        (work / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+        load_manifest(work)  # what we wrote must load and verify
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return ConversionResult(manifest, out, seconds, sel.dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    graph: ModelGraph
+    data: CalibData
+    labels: np.ndarray
+    float_pred: np.ndarray
+    parts: Any
+    ev: np.ndarray
+    bits: tuple[int, ...]
+    threads: int
+    num_classes: int
+    work: Path
+    seed: int
+
+
+def _ref(work: Path, rel: str, blob: bytes) -> FileRef:
+    path = export.write(work / rel, blob)
+    return FileRef(rel, hashlib.sha256(blob).hexdigest(), path.stat().st_size)
+
+
+def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
+    x, folder = ctx.data.x, f"cut_{bd.index:03d}"
+    rep_frames = export.representative_from({ctx.graph.input_tensor._keras_history[0].name: x[ctx.parts.fit]})
+    y_ev, fp_ev = ctx.labels[ctx.ev], ctx.float_pred[ctx.ev]
+    common = dict(index=bd.index, name=bd.name, kind=bd.kind, head_flops=bd.head_flops, tail_flops=bd.tail_flops,
+                  head_weight_bytes=bd.head_weight_bytes, head_peak_activation_bytes=bd.head_peak_activation_bytes)
+    cloud_threads = os.cpu_count() or 1
+
+    if bd.kind is CutKind.RAW:
+        tail = _ref(ctx.work, f"{folder}/tail.tflite", export.export_float(ctx.graph.model))
+        tail_rt = LiteRTModel(ctx.work / tail.path, threads=cloud_threads)
+        pred = measure.run_tail(tail_rt, {next(iter(tail_rt.inputs)): x[ctx.ev]}).argmax(-1)
+        acc = AccuracyAtBits(8, round(float((pred == y_ev).mean()), 4), round(float((pred == fp_ev).mean()), 4))
+        frame = TensorSpec(next(iter(tail_rt.inputs)), tuple(x.shape[1:]), "uint8", 1.0, 0, "")
+        return CutSpec(**common, tensors=(frame,), bytes_at_bits={"raw": int(np.prod(x.shape[1:]))},
+                       compressive_bits=(), head_ms=0.0, tail_ms=round(tail_rt.time_ms(), 4), exit_ms=0.0,
+                       float_accuracy=acc.accuracy, accuracy=(acc,), exit_curve=(), exit_temperature=1.0,
+                       exit_accuracy=0.0, tail=tail)
+
+    head_model = ctx.graph.model if bd.kind is CutKind.DEVICE else build_head(ctx.graph, bd.index)
+    head = _ref(ctx.work, f"{folder}/head.tflite", export.export_int8(head_model, rep_frames, uint8_input=True))
+    head_rt = LiteRTModel(ctx.work / head.path, threads=ctx.threads)
+    names = [ctx.graph.tensor_name(t) for t in bd.live]
+    tensors = tuple(
+        TensorSpec(name, tuple(info.shape), "int8", info.scale, info.zero_point, key)
+        for name, (key, info) in zip(names, [(f"output_{i}", head_rt.outputs[f"output_{i}"]) for i in range(len(names))],
+                                     strict=True)
+    )
+    held = np.concatenate([ctx.parts.calib, ctx.ev])
+    head_out = measure.run_head(head_rt, x[held], tensors)
+    n_cal = len(ctx.parts.calib)
+    head_ms = round(head_rt.time_ms(), 4)
+
+    if bd.kind is CutKind.DEVICE:  # the full int8 model: its own softmax is the confidence
+        logits = measure.dequantize_int8(head_out[names[0]], tensors[0].scale, tensors[0].zero_point)
+        pred = logits[n_cal:].argmax(-1)
+        acc = AccuracyAtBits(8, round(float((pred == y_ev).mean()), 4), round(float((pred == fp_ev).mean()), 4))
+        temp, curve, exit_acc = _calibrate(logits, ctx.labels[held], n_cal)
+        return CutSpec(**common, tensors=tensors, bytes_at_bits={}, compressive_bits=(), head_ms=head_ms,
+                       tail_ms=0.0, exit_ms=0.0, float_accuracy=acc.accuracy, accuracy=(acc,), exit_curve=curve,
+                       exit_temperature=temp, exit_accuracy=exit_acc, head=head)
+
+    tail = _ref(ctx.work, f"{folder}/tail.tflite", export.export_float(build_tail(ctx.graph, bd.index)))
+    tail_rt = LiteRTModel(ctx.work / tail.path, threads=cloud_threads)
+    missing = set(names) - set(tail_rt.inputs)
+    if missing:
+        raise ConversionError(f"cut {bd.index}: the tail's inputs {sorted(tail_rt.inputs)} miss {sorted(missing)}")
+    ev_out = {k: v[n_cal:] for k, v in head_out.items()}
+    accuracy = measure.accuracy_at_bits(tail_rt, ev_out, tensors, ctx.bits, y_ev, fp_ev)
+
+    # Early exit: trained on the float head's tensors (fit split), exported int8, calibrated on `calib`.
+    feats = build_head(ctx.graph, bd.index).predict(x[ctx.parts.fit], batch_size=64, verbose=0)
+    feats = feats if isinstance(feats, list) else [feats]
+    fit_feats = dict(zip(names, feats, strict=True))
+    exit_k = early_exit.build_exit([(t.name, t.shape) for t in tensors], ctx.num_classes, seed=ctx.seed)
+    early_exit.train_exit(exit_k, fit_feats, ctx.labels[ctx.parts.fit], seed=ctx.seed)
+    exit_ref = _ref(ctx.work, f"{folder}/exit.tflite",
+                    export.export_int8(exit_k, export.representative_from(fit_feats), uint8_input=False))
+    exit_rt = LiteRTModel(ctx.work / exit_ref.path, threads=ctx.threads)
+    tensors = tuple(
+        TensorSpec(t.name, t.shape, t.dtype, t.scale, t.zero_point, t.head_output,
+                   exit_rt.inputs[t.name].scale, exit_rt.inputs[t.name].zero_point)
+        for t in tensors
+    )
+    logits = measure.run_exit(exit_rt, head_out, tensors)
+    temp, curve, exit_acc = _calibrate(logits, ctx.labels[held], n_cal)
+    return CutSpec(
+        **common, tensors=tensors,
+        bytes_at_bits={str(b): bd.bytes_at(b) for b in ctx.bits}, compressive_bits=bd.compressive_bits,
+        head_ms=head_ms, tail_ms=round(tail_rt.time_ms(), 4), exit_ms=round(exit_rt.time_ms(), 4),
+        float_accuracy=_float_acc(ctx), accuracy=accuracy, exit_curve=curve, exit_temperature=temp,
+        exit_accuracy=exit_acc, head=head, tail=tail, exit=exit_ref,
+    )
+
+
+def _float_acc(ctx: _Context) -> float:
+    return round(float((ctx.float_pred[ctx.ev] == ctx.labels[ctx.ev]).mean()), 4)
+
+
+def _calibrate(logits: np.ndarray, labels: np.ndarray, n_cal: int) -> tuple[float, tuple, float]:
+    """Temperature on the first n_cal rows; curve and accuracy on the rest (the eval split)."""
+    temp = early_exit.fit_temperature(logits[:n_cal], labels[:n_cal]) if n_cal else 1.0
+    probs = early_exit.softmax(logits[n_cal:], temp)
+    correct = probs.argmax(-1) == labels[n_cal:]
+    curve = early_exit.coverage_curve(probs.max(-1), correct)
+    return round(temp, 4), curve, round(float(correct.mean()), 4)
