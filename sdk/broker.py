@@ -17,7 +17,6 @@ the same port (tests use that to pull the broker out from under a running client
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -315,29 +314,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitedge broker: {args.host}:{args.port} is already in use (another broker?); "
               "pick another with --port N, or --port 0", file=sys.stderr)
         return 1
-    broker = EmbeddedBroker(impl=args.impl, port=args.port or None, host=args.host,
-                            max_packet_size=args.max_packet_size)
-    with broker:
-        print(f"{broker.impl} listening on {broker.url}  (Ctrl-C to stop)", flush=True)
-        stop = {"now": False}
+    stop = {"now": False}
 
-        def on_term(signum: int, frame: object) -> None:
-            stop["now"] = True
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
 
-        previous = signal.signal(signal.SIGTERM, on_term)
-        try:
+    # Ctrl-C and SIGTERM only raise a flag, wherever they land: the broker is always stopped cleanly.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with EmbeddedBroker(impl=args.impl, port=args.port or None, host=args.host,
+                            max_packet_size=args.max_packet_size) as broker:
+            print(f"{broker.impl} listening on {broker.url}  (Ctrl-C to stop)", flush=True)
             while not stop["now"]:
                 if not broker.running:
+                    time.sleep(0.3)  # a terminal's Ctrl-C reaches the broker (same process group) too
+                    if stop["now"]:
+                        break
                     print(f"splitedge broker: {broker.impl} exited; its log:\n{broker.log_text()[-2000:]}",
                           file=sys.stderr)
                     return 1
-                time.sleep(0.2)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            with contextlib.suppress(Exception):
-                broker.stop()
+                time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("broker stopped", flush=True)
     return 0
 
