@@ -4,9 +4,10 @@ Every device owns one subtree::
 
     splitedge/v1/<device_id>/act         activations and raw frames, device -> cloud workers
     splitedge/v1/<device_id>/result      the cloud's answer, cloud -> device
-    splitedge/v1/<device_id>/report      per-frame reports (timings, cut), device -> fleet
+    splitedge/v1/<device_id>/report      per-frame worker reports (queue/tail times), cloud -> device, fleet
     splitedge/v1/<device_id>/telemetry   periodic telemetry, device -> fleet
-    splitedge/v1/<device_id>/status      "online"/"offline", retained; also the device's last will
+    splitedge/v1/<device_id>/status      online/offline (a status message, docs/WIRE.md), retained;
+                                         the offline one is also the device's last will
 
 Cloud workers share the load with an MQTT v5 shared subscription
 ``$share/<group>/splitedge/v1/+/act`` (:func:`shared_filter`): the broker hands each frame to exactly
@@ -20,8 +21,6 @@ from enum import StrEnum
 __all__ = [
     "MAX_DEVICE_ID_LENGTH",
     "PREFIX",
-    "STATUS_OFFLINE",
-    "STATUS_ONLINE",
     "TopicKind",
     "filter_for",
     "is_shared",
@@ -37,9 +36,6 @@ __all__ = [
 #: Every splitedge topic starts with this; the version segment changes only with an incompatible layout.
 PREFIX = "splitedge/v1"
 MAX_DEVICE_ID_LENGTH = 64
-#: Payloads of the retained ``status`` topic; ``STATUS_OFFLINE`` is also every device's last will.
-STATUS_ONLINE = b"online"
-STATUS_OFFLINE = b"offline"
 _FORBIDDEN_ID_CHARS = ("/", "+", "#", "\x00")
 
 

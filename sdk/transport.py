@@ -69,9 +69,13 @@ class Will(NamedTuple):
     retain: bool = True
 
 
-def status_will(device_id: str) -> Will:
-    """The standard last will of a device: retained ``offline`` on its ``status`` topic."""
-    return Will(topics.topic(device_id, TopicKind.STATUS), topics.STATUS_OFFLINE, 1, True)
+def status_will(device_id: str, payload: bytes, *, qos: int = 1) -> Will:
+    """A device's last will: ``payload`` retained on its ``status`` topic.
+
+    The payload is opaque here; devices pass the encoded offline status message of docs/WIRE.md
+    (``StatusMessage(device_id, online=False, ts=...).to_bytes()``).
+    """
+    return Will(topics.topic(device_id, TopicKind.STATUS), bytes(payload), check_qos(qos), True)
 
 
 def check_qos(qos: int) -> int:

@@ -92,13 +92,13 @@ def test_kill_sends_last_will_close_does_not():
     hub = InMemoryHub()
     got, handler = collector()
     hub.transport("fleet").subscribe(topics.filter_for(TopicKind.STATUS), handler)
-    clean = hub.transport("clean", will=status_will("cam-a"))
-    crashed = hub.transport("crash", will=status_will("cam-b"))
+    clean = hub.transport("clean", will=status_will("cam-a", b"offline-a"))
+    crashed = hub.transport("crash", will=status_will("cam-b", b"offline"))
     clean.close()
     crashed.kill()
     assert [(m.topic, m.payload) for m in got] == [("splitedge/v1/cam-b/status", b"offline")]
-    assert hub.retained("splitedge/v1/cam-b/status").payload == topics.STATUS_OFFLINE
-    assert status_will("cam-b") == Will("splitedge/v1/cam-b/status", b"offline", 1, True)
+    assert hub.retained("splitedge/v1/cam-b/status").payload == b"offline"
+    assert status_will("cam-b", b"x") == Will("splitedge/v1/cam-b/status", b"x", 1, True)
 
 
 def test_closed_transport_refuses_publish_with_clear_error():
@@ -204,3 +204,14 @@ def test_qos_policy_rejects_bad_config(data, fragment):
 def test_qos_policy_misuse_is_value_error():
     with pytest.raises(ValueError):
         QosPolicy(act=5)
+
+
+def test_only_the_adapter_imports_paho():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sdk.topics, sdk.transport, sdk.broker; "
+        "assert not [m for m in sys.modules if m.startswith('paho')], 'paho imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
