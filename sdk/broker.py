@@ -17,6 +17,8 @@ the same port (tests use that to pull the broker out from under a running client
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import importlib.util
 import json
 import os
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -221,7 +224,12 @@ class EmbeddedBroker:
             )
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="splitedge-broker-"))
-        cmd = self._write_config()
+            _LIVE.add(self)
+        try:
+            cmd = self._write_config()
+        except BaseException:
+            self.close()
+            raise
         log_start = len(self.log_text())  # restart() appends to the same log
         with open(self._dir / "broker.log", "ab") as log_file:
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
@@ -236,10 +244,12 @@ class EmbeddedBroker:
         while not ready():
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                raise BrokerUnavailableError(
+                message = (
                     f"{self.impl} did not start listening on {self.host}:{', '.join(map(str, ports))} "
                     f"(exit code {self._proc.returncode}); its log:\n{self.log_text()[-2000:]}"
                 )
+                self.close()  # the log is in the message; leave no folder behind
+                raise BrokerUnavailableError(message)
             time.sleep(0.02)
         return self
 
@@ -273,6 +283,7 @@ class EmbeddedBroker:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        _LIVE.discard(self)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
@@ -282,6 +293,18 @@ class EmbeddedBroker:
 
     def __repr__(self) -> str:
         return f"EmbeddedBroker({self.impl}, {self.url}, {'running' if self.running else 'stopped'})"
+
+
+#: Brokers with a folder (and maybe a process): closed at interpreter exit, so a crashed test run
+#: leaves no Mosquitto behind.
+_LIVE: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for broker in list(_LIVE):
+        with contextlib.suppress(Exception):
+            broker.close()
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -51,20 +51,24 @@ def test_config_is_the_documented_one(mosquitto_bin):
 
 def test_start_refuses_a_port_already_taken(mosquitto):
     clash = EmbeddedBroker(impl="mosquitto", port=mosquitto.port)
-    with pytest.raises(BrokerUnavailableError, match=rf"127\.0\.0\.1:{mosquitto.port}: something already listens"):
-        clash.start()
-    clash.close()
+    try:
+        with pytest.raises(BrokerUnavailableError, match=rf"127\.0\.0\.1:{mosquitto.port}: something already"):
+            clash.start()
+    finally:
+        clash.close()
 
 
 def test_broker_failing_to_start_reports_its_log(mosquitto_bin, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     b = EmbeddedBroker(impl="mosquitto", tls=BrokerTls(junk, junk, junk), startup_timeout=5)
-    with pytest.raises(BrokerUnavailableError, match=r"did not start listening(.|\n)*Error") as info:
-        b.start()
+    try:
+        with pytest.raises(BrokerUnavailableError, match=r"did not start listening(.|\n)*Error") as info:
+            b.start()
+    finally:
+        b.close()
     assert "its log" in str(info.value)
-    assert not b.running
-    b.close()
+    assert not b.running and b.log_text() == ""  # nothing left behind
 
 
 def test_missing_mosquitto_is_explained(monkeypatch):

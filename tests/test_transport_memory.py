@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -214,4 +215,5 @@ def test_only_the_adapter_imports_paho():
         "import sys, sdk.topics, sdk.transport, sdk.broker; "
         "assert not [m for m in sys.modules if m.startswith('paho')], 'paho imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=repo)
