@@ -119,3 +119,9 @@ def test_cli_runs_in_foreground_and_stops_on_ctrl_c(mosquitto_bin):
     assert proc.returncode == 0, err
     assert "broker stopped" in out
     assert not accepts(port)
+
+
+def test_public_api_is_pinned():
+    assert sorted(broker_mod.__all__) == sorted(
+        ["BrokerTls", "EmbeddedBroker", "find_mosquitto", "free_port", "main", "parse_args"]
+    )

@@ -77,6 +77,15 @@ def connect():
 # ------------------------------------------------------------------------------------------ pure
 
 
+def test_public_api_is_pinned():
+    import sdk.mqtt
+
+    assert sorted(sdk.mqtt.__all__) == sorted([
+        "FEATURE_MAX_PACKET_SIZE", "FEATURE_SHARED_SUBSCRIPTIONS", "BrokerAddress", "MqttTransport",
+        "TlsConfig", "parse_broker_url", "publish_packet_size",
+    ])
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [

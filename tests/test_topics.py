@@ -128,3 +128,10 @@ def test_invalid_filters(bad):
 @pytest.mark.parametrize("good", ["#", "+", "a/+/c/#", "$share/g/a/#", "/", "a//b"])
 def test_valid_filters(good):
     assert topics.validate_filter(good) == good
+
+
+def test_public_api_is_pinned():
+    assert sorted(topics.__all__) == sorted([
+        "MAX_DEVICE_ID_LENGTH", "PREFIX", "TopicKind", "filter_for", "is_shared", "matches", "parse",
+        "shared_filter", "split_shared", "topic", "validate_device_id", "validate_filter",
+    ])
