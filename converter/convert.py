@@ -165,6 +165,7 @@ def convert(
         )
         (work / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         load_manifest(work)  # what we wrote must load and verify
+        work.chmod(0o755)
         if out.exists():
             shutil.rmtree(out)
         work.rename(out)

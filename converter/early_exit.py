@@ -40,7 +40,7 @@ def build_exit(specs: Sequence[tuple[str, tuple[int, ...]]], num_classes: int, *
     return keras.Model(inputs, out, name="early_exit")
 
 
-def train_exit(model: Any, features: dict[str, np.ndarray], labels: np.ndarray, *, epochs: int = 25,
+def train_exit(model: Any, features: dict[str, np.ndarray], labels: np.ndarray, *, epochs: int = 15,
                seed: int = 0) -> Any:
     import keras
 

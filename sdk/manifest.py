@@ -233,18 +233,6 @@ class Manifest:
         return _build(cls, data, where)
 
 
-_NESTED: dict[str, Any] = {
-    "input": InputSpec,
-    "layers": LayerProfile,
-    "cuts": CutSpec,
-    "files": FileRef,
-    "tensors": TensorSpec,
-    "accuracy": AccuracyAtBits,
-    "exit_curve": ExitPoint,
-    "head": FileRef,
-    "tail": FileRef,
-    "exit": FileRef,
-}
 _ENUMS: dict[str, Any] = {"kind": CutKind, "labels_source": LabelsSource}
 
 
@@ -272,9 +260,11 @@ def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
 
 
 def _value(name: str, type_: str, value: Any, where: str) -> Any:
-    if name in _NESTED and value is not None:
-        sub = _NESTED[name]
-        if isinstance(value, list):
+    sub = _nested_class(type_)
+    if sub is not None and value is not None:
+        if type_.startswith("tuple["):
+            if not isinstance(value, list):
+                raise ManifestError(f"{where}: expected a list of {sub.__name__}, got {value!r}")
             return tuple(_build(sub, v, f"{where}[{i}]") for i, v in enumerate(value))
         return _build(sub, value, where)
     if name in _ENUMS:
@@ -296,6 +286,12 @@ def _value(name: str, type_: str, value: Any, where: str) -> Any:
     return value
 
 
+def _nested_class(type_: str) -> Any:
+    """The manifest dataclass named in a field's annotation ('tuple[CutSpec, ...]', 'FileRef | None')."""
+    head = type_.removeprefix("tuple[").split(",")[0].split("|")[0].strip(" ]")
+    return _DATACLASSES.get(head)
+
+
 def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: _to_jsonable(v) for k, v in obj.items()}
@@ -304,6 +300,11 @@ def _to_jsonable(obj: Any) -> Any:
     if isinstance(obj, StrEnum):
         return obj.value
     return obj
+
+
+_DATACLASSES: dict[str, Any] = {
+    c.__name__: c for c in (FileRef, TensorSpec, AccuracyAtBits, ExitPoint, CutSpec, InputSpec, LayerProfile)
+}
 
 
 def sha256_file(path: Path) -> str:

@@ -1,4 +1,7 @@
-"""Shared fixtures: real MQTT brokers and TLS certificates. Nothing else belongs here.
+"""Shared fixtures: real MQTT brokers, TLS certificates and the reference bundle.
+
+* ``reference_bundle`` (session): the reference model converted once per run (LiteRT heads, tails, exits);
+  reused from ``$SPLITEDGE_CACHE/test-reference-bundle`` when a valid one of the same model is there.
 
 * ``mosquitto`` (session): one Mosquitto for the whole run - ``.url``, ``.host``, ``.port``.
 * ``fresh_mosquitto`` (function): a private Mosquitto a test may stop, kill or restart.
@@ -163,3 +166,15 @@ def make_tls_certs(directory: Path, *, server_names: tuple[str, ...] = ("localho
 def tls_certs(tmp_path: Path) -> TlsFiles:
     """Fresh certificates in ``tmp_path/tls`` (EC P-256; a few milliseconds)."""
     return make_tls_certs(tmp_path / "tls")
+
+
+@pytest.fixture(scope="session")
+def reference_bundle() -> Path:
+    """The path of a bundle of the committed reference model (built once, ~1-2 min on 2 cores)."""
+    pytest.importorskip("tensorflow", reason="building the reference bundle needs splitedge[convert]")
+    from converter.reference import build_reference_bundle
+
+    root = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge"))
+    out = root / "test-reference-bundle"
+    build_reference_bundle(out)
+    return out
