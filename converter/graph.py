@@ -153,13 +153,11 @@ def read_graph(model: Any) -> ModelGraph:
     nodes: list[GraphNode] = []
     remaining = list(pending)
     while remaining:
-        for i, (layer, node) in enumerate(remaining):
-            if all(id(t) in producer for t in node.input_tensors):
-                break
-        else:
+        ready = next((i for i, (_, n) in enumerate(remaining) if all(id(t) in producer for t in n.input_tensors)), None)
+        if ready is None:
             names = [layer.name for layer, _ in remaining]
             raise ConversionError(f"cannot order layers {names} topologically; is the graph cyclic?")
-        remaining.pop(i)
+        layer, node = remaining.pop(ready)
         pos = len(nodes) + 1
         outs = tuple(node.output_tensors)
         for t in outs:

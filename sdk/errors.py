@@ -18,7 +18,9 @@ and what to do about it.
     │   ├── UnsupportedVersionError    a format version this reader does not know
     │   ├── ChecksumError              CRC32 over a payload does not match
     │   ├── ShapeMismatchError         shape/bit width/payload length disagree, or absurd sizes
-    │   └── UnknownCodecError          a codec id this reader does not know
+    │   ├── UnknownCodecError          a codec id this reader does not know
+    │   ├── CorruptPayloadError        bytes that pass the framing but not their encoding (UTF-8, zstd, names)
+    │   └── MalformedMessageError      a result/report/error/telemetry/status message that is not well formed
     └── TransportError                 the MQTT side
         ├── BrokerUnavailableError     cannot connect / connection lost (names host:port)
         └── PayloadTooLargeError       larger than the broker accepts and cannot be chunked
@@ -33,7 +35,9 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "ConversionError",
+    "CorruptPayloadError",
     "IntegrityError",
+    "MalformedMessageError",
     "ManifestError",
     "MissingDependencyError",
     "PayloadTooLargeError",
@@ -108,6 +112,14 @@ class ShapeMismatchError(WireError):
 
 class UnknownCodecError(WireError):
     """The codec id in a tensor descriptor is not one this reader knows."""
+
+
+class CorruptPayloadError(WireError):
+    """The framing is intact but a field's encoding is not: invalid UTF-8, a corrupt zstd stream, duplicate names."""
+
+
+class MalformedMessageError(WireError):
+    """A JSON message (result, report, error, telemetry, status) is missing a field or has a wrong type."""
 
 
 class TransportError(SplitEdgeError):

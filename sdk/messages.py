@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Self
 
-from sdk.errors import UnsupportedVersionError, WireError
+from sdk.errors import MalformedMessageError, UnsupportedVersionError, WireError
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -163,14 +163,14 @@ class _Message:
             if f.name in data:
                 kwargs[f.name] = cls.CHECKS[f.name](data[f.name], f.name)
             elif f.default is MISSING and f.default_factory is MISSING:  # required
-                raise WireError(f"{cls.TYPE} message is missing field {f.name!r}; it has {sorted(data)}")
+                raise MalformedMessageError(f"{cls.TYPE} message is missing field {f.name!r}; it has {sorted(data)}")
         return cls(**kwargs)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Self:
         body = _load(data)
         if body.get("type") != cls.TYPE:
-            raise WireError(f"message type is {body.get('type')!r}; expected {cls.TYPE!r}")
+            raise MalformedMessageError(f"message type is {body.get('type')!r}; expected {cls.TYPE!r}")
         return cls.from_dict(body)
 
 
@@ -180,17 +180,17 @@ def _reject_constant(name: str) -> None:
 
 def _load(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     if len(data) > MAX_MESSAGE_BYTES:
-        raise WireError(f"message is {len(data)} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
+        raise MalformedMessageError(f"message is {len(data)} bytes; at most {MAX_MESSAGE_BYTES} are accepted")
     try:
         body = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise WireError(
+        raise MalformedMessageError(
             f"message is not UTF-8 JSON ({exc}); expected a JSON object with 'type' and 'v'"
         ) from None
     if not isinstance(body, dict):
-        raise WireError(f"message is a JSON {type(body).__name__}; expected an object with 'type' and 'v'")
+        raise MalformedMessageError(f"message is a JSON {type(body).__name__}; expected an object with 'type' and 'v'")
     if "v" not in body:
-        raise WireError(f"message has no schema version field 'v'; it has {sorted(body)}")
+        raise MalformedMessageError(f"message has no schema version field 'v'; it has {sorted(body)}")
     version = body["v"]
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise UnsupportedVersionError(
@@ -324,5 +324,5 @@ def decode_message(data: bytes | bytearray | memoryview) -> Message:
     body = _load(data)
     kind = body.get("type")
     if not isinstance(kind, str) or kind not in _BY_TYPE:
-        raise WireError(f"message type is {kind!r}; expected one of {sorted(_BY_TYPE)}")
+        raise MalformedMessageError(f"message type is {kind!r}; expected one of {sorted(_BY_TYPE)}")
     return _BY_TYPE[kind].from_dict(body)

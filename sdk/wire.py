@@ -30,12 +30,12 @@ import numpy as np
 from sdk.errors import (
     BadMagicError,
     ChecksumError,
+    CorruptPayloadError,
     MissingDependencyError,
     ShapeMismatchError,
     TruncatedError,
     UnknownCodecError,
     UnsupportedVersionError,
-    WireError,
 )
 from sdk.packing import SUPPORTED_BITS, Quantized, dequantize, pack_bits, packed_size, requantize, unpack_bits
 
@@ -484,7 +484,7 @@ def _decode_tensor(view: memoryview, offset: int, index: int) -> tuple[TensorRec
     try:
         name = bytes(view[name_at : name_at + name_len]).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WireError(f"{where}: tensor name is not valid UTF-8 ({exc})") from None
+        raise CorruptPayloadError(f"{where}: tensor name is not valid UTF-8 ({exc})") from None
     where = f"tensor #{index} {name!r}"
     if dtype_id not in _DTYPES_BY_ID:
         raise UnknownCodecError(f"{where}: dtype id {dtype_id}; this reader knows {sorted(_DTYPES_BY_ID)}")
@@ -543,7 +543,7 @@ def _zstd_decompress(payload: memoryview, expected: int, where: str) -> bytes:
             total += len(chunk)
         out = b"".join(chunks)
     except (zstandard.ZstdError, ValueError) as exc:
-        raise WireError(
+        raise CorruptPayloadError(
             f"{where}: zstd payload is corrupt ({exc}); expected {expected} bytes once decompressed"
         ) from None
     if len(out) != expected:
@@ -571,7 +571,7 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
     try:
         bytes(view[12:28]).rstrip(b"\0").decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WireError(f"device id is not valid UTF-8 ({exc}); expected a NUL-padded UTF-8 string") from None
+        raise CorruptPayloadError(f"device id is not valid UTF-8 ({exc}); expected a NUL-padded UTF-8 string") from None
     offset = header.header_len
     tensors = []
     for index in range(header.tensor_count):
@@ -584,5 +584,5 @@ def decode_frame(data: bytes | bytearray | memoryview) -> Frame:
         )
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
-        raise WireError(f"duplicate tensor names in frame: {names}")
+        raise CorruptPayloadError(f"duplicate tensor names in frame: {names}")
     return Frame(header, tuple(tensors))
