@@ -4,8 +4,8 @@ Cut s lies after the s-th node in topological order; s = 0 sends the raw frame, 
 the device. At bit width b a split cut ships ceil(elements * b / 8) bytes per tensor crossing it
 (in a DAG a residual branch crosses too). Following Dynamic Split Computing (../shared/THEORY.md),
 a cut is kept at b bits when it is a *compressive natural bottleneck*: fewer bytes than the raw frame
-and than every earlier boundary at the same b. Boundaries inside the preprocessing (no weights yet) are
-skipped: the raw cut sends the frame already. An equal-size cut moves past the BatchNormalization and
+and than every earlier boundary at the same b. Boundaries inside the preprocessing (no weights yet) count as
+earlier cuts but are not kept: the raw cut sends the frame already. An equal-size cut moves past the BatchNormalization and
 activation that TFLite fuses into the op before them. Cuts whose head does not fit the board's memory budget
 (int8 weights + the peak of live activations while the head runs) are dropped, with the reason.
 """
@@ -88,14 +88,14 @@ def select_cuts(
     dropped: list[tuple[int, str]] = []
     best_so_far = {b: raw_bytes for b in bits}  # the raw frame is the first "earlier cut"
     for bd in bounds[1:-1]:
-        if bd.head_weight_bytes == 0:
-            continue  # pure preprocessing (cast, rescaling): the raw cut already sends the frame
         comp = []
         for b in bits:
             nbytes = bd.bytes_at(b)
             if nbytes < best_so_far[b]:
                 comp.append(b)
             best_so_far[b] = min(best_so_far[b], nbytes)
+        if bd.head_weight_bytes == 0:
+            continue  # preprocessing (cast, rescaling): it counts as an earlier cut, the raw cut sends the frame
         if not comp:
             continue
         fits, why = _fits(bd, memory_budget_bytes)
