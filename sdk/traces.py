@@ -1,0 +1,148 @@
+"""Bandwidth traces: load real uplink traces and answer "when does a transfer of n bytes end?".
+
+Two formats (see ../shared/traces/README.md):
+
+* **mahimahi** (``*.up``): one integer per line, a time in ms at which one 1500-byte packet may cross
+  the link; a repeated time means several packets in that millisecond. The trace loops at its end.
+* **two columns** (the HSDPA Norway logs): ``seconds  Mbit/s`` per line; the rate holds until the next line.
+
+Both become a piecewise-constant rate over bins (mahimahi: 10 ms bins of its delivery opportunities;
+two-column: one bin per line) that loops with the trace's period. :meth:`BandwidthTrace.transfer_end`
+integrates the rate from a start time until n bytes have crossed, so a shaper can release a frame
+exactly when the trace allows it; outages (zero-rate bins) simply push the end later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["MAHIMAHI_PACKET_BYTES", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
+
+MAHIMAHI_PACKET_BYTES = 1500
+MAHIMAHI_BIN_S = 0.010
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthTrace:
+    name: str
+    starts: np.ndarray  # bin start times (s), starts[0] == 0, increasing
+    rates: np.ndarray  # bytes/s in each bin
+    period: float  # the trace loops after this many seconds
+
+    def __post_init__(self) -> None:
+        if len(self.starts) == 0 or len(self.starts) != len(self.rates):
+            raise ValueError(f"trace {self.name}: {len(self.starts)} bin starts but {len(self.rates)} rates")
+        if self.period <= self.starts[-1]:
+            raise ValueError(f"trace {self.name}: period {self.period} must exceed the last bin start")
+        if float(self.rates.sum()) <= 0:
+            raise ValueError(f"trace {self.name}: every rate is zero; nothing would ever be sent")
+
+    @property
+    def _durations(self) -> np.ndarray:
+        return np.diff(np.append(self.starts, self.period))
+
+    @property
+    def _cum(self) -> np.ndarray:
+        """Bytes delivered from 0 to each bin start, and to the period at the end."""
+        return np.concatenate([[0.0], np.cumsum(self.rates * self._durations)])
+
+    @property
+    def bytes_per_period(self) -> float:
+        return float(self._cum[-1])
+
+    def mean_rate(self) -> float:
+        return self.bytes_per_period / self.period
+
+    def rate_at(self, t: float) -> float:
+        """The true rate (bytes/s) at time t (looping)."""
+        tt = t % self.period
+        return float(self.rates[np.searchsorted(self.starts, tt, side="right") - 1])
+
+    def delivered(self, t: float) -> float:
+        """Bytes the link could have carried from 0 to t (looping), a non-decreasing function."""
+        loops, tt = divmod(t, self.period)
+        i = int(np.searchsorted(self.starts, tt, side="right") - 1)
+        return loops * self.bytes_per_period + float(self._cum[i]) + float(self.rates[i]) * (tt - self.starts[i])
+
+    def transfer_end(self, t0: float, nbytes: float) -> float:
+        """The time at which `nbytes` sent from t0 (alone on the link) have fully crossed it."""
+        if nbytes <= 0:
+            return t0
+        target = self.delivered(t0) + nbytes
+        loops, rem = divmod(target, self.bytes_per_period)
+        cum = self._cum
+        if rem == 0:  # lands exactly on a period boundary: the first moment that much is delivered
+            loops, rem = loops - 1, self.bytes_per_period
+        i = int(np.searchsorted(cum, rem, side="left") - 1)  # last bin whose start delivered < rem
+        i = min(max(i, 0), len(self.rates) - 1)
+        while self.rates[i] <= 0:  # cum is flat over outages: move to the bin that delivers
+            i += 1
+        return loops * self.period + float(self.starts[i]) + (rem - float(cum[i])) / float(self.rates[i])
+
+    def window_rates(self, window_s: float, duration_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(window start times, mean bytes/s in each window) over `duration_s` (default: one period)."""
+        end = self.period if duration_s is None else duration_s
+        t = np.arange(0.0, end, window_s)
+        rates = np.array([(self.delivered(a + window_s) - self.delivered(a)) / window_s for a in t])
+        return t, rates
+
+
+def _load_mahimahi(path: Path) -> BandwidthTrace:
+    try:
+        ms = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not a mahimahi trace (one integer ms timestamp per line): {exc}") from None
+    if ms.size == 0 or (np.diff(ms) < 0).any():
+        raise ValueError(f"{path}: a mahimahi trace needs non-decreasing ms timestamps, one per line")
+    period = max(float(ms[-1]) / 1000.0, MAHIMAHI_BIN_S)
+    nbins = int(np.ceil(period / MAHIMAHI_BIN_S))
+    counts = np.bincount(np.minimum((ms / 1000.0 / MAHIMAHI_BIN_S).astype(np.int64), nbins - 1), minlength=nbins)
+    starts = np.arange(nbins) * MAHIMAHI_BIN_S
+    return BandwidthTrace(path.name, starts, counts * MAHIMAHI_PACKET_BYTES / MAHIMAHI_BIN_S, nbins * MAHIMAHI_BIN_S)
+
+
+def _load_two_column(path: Path) -> BandwidthTrace:
+    try:
+        data = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected two columns 'seconds Mbit/s' per line: {exc}") from None
+    if data.shape[1] < 2 or len(data) < 2:
+        raise ValueError(f"{path}: expected at least two lines of 'seconds Mbit/s'")
+    t = data[:, 0] - data[0, 0]
+    if (np.diff(t) <= 0).any():
+        raise ValueError(f"{path}: times in the first column must increase")
+    rates = np.clip(data[:, 1], 0, None) * 1e6 / 8
+    period = float(t[-1] + (t[-1] - t[-2]))
+    return BandwidthTrace(path.name, t, rates, period)
+
+
+def load_trace(path: str | Path) -> BandwidthTrace:
+    """A mahimahi ``.up``/``.down`` trace or a two-column ``seconds Mbit/s`` log, by its content."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"trace {p} does not exist")
+    first = next((ln.split() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()), [])
+    return _load_mahimahi(p) if len(first) == 1 else _load_two_column(p)
+
+
+def shared_traces(root: str | Path | None = None) -> list[Path]:
+    """The real traces in ../shared/traces (next to the checkout), or [] when absent."""
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "shared" / "traces"
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.rglob("*") if p.is_file() and (p.suffix == ".up" or p.suffix == ".log"))
+
+
+def synthetic_trace(seed: int = 0, duration_s: float = 120.0, step_s: float = 1.0) -> BandwidthTrace:
+    """A bundled stand-in when no real trace is present: a seeded random walk between 0.2 and 8 Mbit/s
+    with occasional deep fades, one step per second."""
+    rng = np.random.default_rng(seed)
+    n = int(duration_s / step_s)
+    log_rate = np.log(2.0) + np.cumsum(rng.normal(0, 0.25, n))
+    mbit = np.clip(np.exp(log_rate), 0.2, 8.0)
+    fades = rng.random(n) < 0.04
+    mbit[fades] = 0.1
+    return BandwidthTrace(f"synthetic-{seed}", np.arange(n) * step_s, mbit * 1e6 / 8, n * step_s)
