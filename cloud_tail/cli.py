@@ -1,0 +1,124 @@
+"""`splitedge cloud`: run one tail worker until Ctrl-C / SIGTERM (exit code 0). See docs/CLOUD.md.
+
+    splitedge cloud --bundle BUNDLE [--broker URL] [--group NAME] [--worker-id ID]
+                    [--max-batch N] [--max-wait-ms MS] [--queue N] [--max-queue-ms MS] [--threads N]
+                    [--metrics-port P [--metrics-host H]] [--metrics-json FILE] [--metrics-interval S]
+
+Start as many as you like with the same ``--group``: the broker splits the frames between them.
+Once subscribed it prints one line ``ready <worker_id> ...`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from types import FrameType
+
+from cloud_tail.counters import serve_metrics, write_json
+from cloud_tail.tails import TailSet
+from cloud_tail.worker import TailWorker, WorkerConfig
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="splitedge cloud", description="Run a cloud tail worker.")
+    p.add_argument("--bundle", required=True, help="bundle folder (the same one the devices run)")
+    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
+    p.add_argument("--group", default="tails", help="shared-subscription group (default %(default)s)")
+    p.add_argument("--worker-id", default=None, help="id in results and reports (default host-pid)")
+    p.add_argument(
+        "--max-batch", type=int, default=8, help="frames of one cut per tail invoke (1: no batching)"
+    )
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="longest wait for a batch to fill")
+    p.add_argument(
+        "--queue", type=int, default=256, help="queued frames before shedding (answer 'overloaded')"
+    )
+    p.add_argument(
+        "--max-queue-ms",
+        type=float,
+        default=1000.0,
+        help="a frame queued longer than this is answered 'overloaded' instead of run",
+    )
+    p.add_argument("--threads", type=int, default=1, help="LiteRT threads per tail")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics (Prometheus) and /metrics.json"
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default %(default)s)"
+    )
+    p.add_argument("--metrics-json", default=None, help="write the counters' JSON snapshot to this file")
+    p.add_argument(
+        "--metrics-interval", type=float, default=1.0, help="seconds between --metrics-json writes"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log every refused frame")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    from sdk.mqtt import MqttTransport
+
+    worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+    config = WorkerConfig(
+        worker_id=worker_id,
+        group=args.group,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue,
+        max_queue_ms=args.max_queue_ms,
+    )
+    tails = TailSet(args.bundle, threads=args.threads)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
+    worker = TailWorker(transport, tails, config)
+    server = None
+    try:
+        worker.start()
+        if args.metrics_port is not None:
+            server = serve_metrics(worker.counters, args.metrics_port, host=args.metrics_host)
+        cuts = ",".join(str(c) for c in tails.cut_ids)
+        metrics = f" metrics http://{args.metrics_host}:{server.server_port}/metrics" if server else ""
+        print(
+            f"ready {worker_id} broker {args.broker} group {args.group} bundle "
+            f"0x{tails.bundle_id:08x} cuts {cuts}{metrics}",
+            flush=True,
+        )
+        while not stop.wait(args.metrics_interval):
+            if args.metrics_json:
+                write_json(worker.counters, args.metrics_json)
+    finally:
+        worker.stop()
+        transport.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if args.metrics_json:
+            write_json(worker.counters, args.metrics_json)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    totals = worker.counters.snapshot()["totals"]
+    print(
+        f"stopped {worker_id}: received {totals['received']} answered {totals['answered']} "
+        f"shed {totals['shed']} errors {totals['errors']}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

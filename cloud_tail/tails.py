@@ -1,0 +1,147 @@
+"""Step 2 of the cloud worker: finish inference. Every cut's float tail, loaded lazily with LiteRT.
+
+A frame is *admitted* (:meth:`TailSet.admit`) before it is queued for a batch: its bundle id must be
+this bundle's, its cut must be one with a tail (a RAW or SPLIT cut: a DEVICE cut sends nothing), and
+its tensors must be the ones the cut's tail reads, with the shapes the manifest records. A refusal is
+a :class:`Refusal` carrying the ErrorCode the device gets back; it is a value, not an exception,
+because the worker answers it and carries on.
+
+Raw frames (cut 0) run the raw cut's *float* model (the whole network, uint8 frame in); split cuts
+run their tail on the dequantized activation (``Frame.dequantized()``). :meth:`TailSet.run` takes a
+batch of admitted frames of one cut and returns their logits (the LiteRT signature runner resizes
+the batch dimension).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sdk.litert import LiteRTModel
+from sdk.manifest import CutKind, CutSpec, Manifest, load_manifest
+from sdk.messages import ErrorCode
+from sdk.wire import Frame
+
+__all__ = ["Refusal", "Tails", "TailSet", "softmax", "topk"]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a frame cannot be run: the error code the device receives and a human-readable detail."""
+
+    code: ErrorCode
+    detail: str
+
+
+class Tails(Protocol):
+    """What the worker needs of a set of tails (a fake one stands in for it in the batching tests)."""
+
+    def admit(self, frame: Frame) -> Refusal | None: ...
+
+    def run(self, cut_id: int, frames: Sequence[Frame]) -> np.ndarray: ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def topk(probs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
+    """The k best ``(class, probability)`` pairs of one row, best first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return tuple((int(i), float(probs[i])) for i in order)
+
+
+class TailSet:
+    """Every tail of one bundle; a cut's model is loaded on its first frame (thread-safe)."""
+
+    def __init__(self, bundle: str | Path, *, threads: int = 1, manifest: Manifest | None = None) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = manifest if manifest is not None else load_manifest(self.bundle)
+        self.threads = threads
+        self.bundle_id = self.manifest.wire_bundle_id
+        self._cuts: dict[int, CutSpec] = {
+            c.index: c for c in self.manifest.cuts if c.kind in (CutKind.RAW, CutKind.SPLIT) and c.tail
+        }
+        self._models: dict[int, LiteRTModel] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def cut_ids(self) -> tuple[int, ...]:
+        """The cuts this worker can finish (RAW and SPLIT cuts with a tail)."""
+        return tuple(sorted(self._cuts))
+
+    def model(self, cut_id: int) -> LiteRTModel:
+        """The LiteRT model of a cut's tail, loaded on first use."""
+        with self._lock:
+            model = self._models.get(cut_id)
+            if model is None:
+                ref = self._cuts[cut_id].tail
+                assert ref is not None
+                model = LiteRTModel(self.bundle / ref.path, threads=self.threads)
+                self._models[cut_id] = model
+            return model
+
+    def admit(self, frame: Frame) -> Refusal | None:
+        """None if ``frame`` can run here; else the refusal to send back."""
+        h = frame.header
+        if h.bundle_id != self.bundle_id:
+            return Refusal(
+                ErrorCode.BUNDLE_MISMATCH,
+                f"frame bundle id 0x{h.bundle_id:08x}; this worker serves bundle 0x{self.bundle_id:08x} "
+                f"({self.manifest.model_name}): deploy the same bundle on the device and the workers",
+            )
+        cut = self._cuts.get(h.cut_id)
+        if cut is None:
+            return Refusal(
+                ErrorCode.UNKNOWN_CUT,
+                f"frame cut id {h.cut_id}; this worker has tails for cuts {list(self.cut_ids)} "
+                "(a device cut sends nothing): pick one of those cuts",
+            )
+        if cut.kind is CutKind.RAW:
+            spec = cut.tensors[0]
+            if len(frame.tensors) != 1 or not h.is_raw:
+                return Refusal(
+                    ErrorCode.MALFORMED,
+                    f"cut {h.cut_id} is the raw cut; expected one raw uint8 tensor with the raw flag, got "
+                    f"{len(frame.tensors)} tensor(s), raw flag {h.is_raw}",
+                )
+            got = frame.tensors[0].shape
+            if tuple(got) != tuple(spec.shape) or frame.tensors[0].data.dtype != np.uint8:
+                return Refusal(
+                    ErrorCode.MALFORMED,
+                    f"raw frame of shape {tuple(got)} {frame.tensors[0].data.dtype}; cut {h.cut_id} expects "
+                    f"uint8 {tuple(spec.shape)}",
+                )
+            return None
+        expected = {t.name: tuple(t.shape) for t in cut.tensors}
+        got_shapes = {t.name: tuple(t.shape) for t in frame.tensors}
+        if got_shapes != expected:
+            return Refusal(
+                ErrorCode.MALFORMED,
+                f"frame tensors {got_shapes}; cut {h.cut_id} ({cut.name}) expects {expected}",
+            )
+        return None
+
+    def feeds(self, cut_id: int, frames: Sequence[Frame]) -> dict[str, np.ndarray]:
+        """The batched inputs of a cut's tail for admitted frames."""
+        cut = self._cuts[cut_id]
+        if cut.kind is CutKind.RAW:
+            key = cut.tensors[0].name
+            return {key: np.stack([f.tensors[0].data for f in frames])}
+        per_frame = [f.dequantized() for f in frames]
+        return {t.name: np.stack([d[t.name] for d in per_frame]) for t in cut.tensors}
+
+    def run(self, cut_id: int, frames: Sequence[Frame]) -> np.ndarray:
+        """Logits ``(len(frames), classes)`` of admitted frames that all use ``cut_id``."""
+        model = self.model(cut_id)
+        out = model.run(self.feeds(cut_id, frames))
+        return np.asarray(next(iter(out.values())), dtype=np.float32).reshape(len(frames), -1)
