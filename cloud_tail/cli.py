@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    main_thread = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = (
+        {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    )
     transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
     worker = TailWorker(transport, tails, config)
     server = None
