@@ -1,0 +1,136 @@
+"""``splitedge device``: run the camera side of a bundle with a board profile.
+
+    splitedge device --bundle BUNDLE --config firmware_configs/pi4.toml \\
+        [--source synthetic|npz:PATH|folder:PATH|camera] [--broker mqtt://HOST:PORT] [--frames N] \\
+        [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20]
+
+Writes one JSON line per frame (stdout or ``--out``) and a summary on stderr. Imports LiteRT, numpy
+and paho only (never TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from device_runner.heads import LiteRTHeads
+from device_runner.link import ConstantRateShaper, ShapedTransport
+from device_runner.policy import CutPolicy
+from device_runner.runner import Answer, DeviceRunner, RunnerOptions
+from device_runner.sources import open_source
+from sdk import topics
+from sdk.config import BrokerSettings, load_board, with_overrides
+from sdk.manifest import load_manifest
+from sdk.messages import StatusMessage
+from sdk.planner import parse_rate
+from sdk.topics import TopicKind
+from sdk.transport import Transport, status_will
+
+__all__ = ["main", "parse_args"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="splitedge device", description="Run the camera side of a split model.")
+    p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by splitedge convert")
+    p.add_argument("--config", required=True, help="board profile: a name (pi4) or a .toml path")
+    p.add_argument("--source", help="override the profile's source: synthetic, npz:PATH, folder:PATH, camera")
+    p.add_argument("--broker", help="override the broker URL (mqtt://HOST:PORT)")
+    p.add_argument("--device-id", help="override the profile's device id")
+    p.add_argument("--frames", type=int, help="stop after N frames (default: run until the source ends)")
+    p.add_argument("--out", type=Path, help="write the answers as JSON lines here (default: stdout)")
+    p.add_argument("--uplink-rate", type=parse_rate, help="emulate an uplink of this rate, e.g. 2Mbit/s")
+    p.add_argument("--uplink-latency-ms", type=float, default=0.0, help="one-way latency of the emulated uplink")
+    p.add_argument("--max-inflight", type=int, default=32, help="frames awaiting the cloud at most")
+    p.add_argument("--tau", type=float, help="fixed early-exit threshold (default: from the profile's target)")
+    p.add_argument("--probe-every", type=int, default=25, help="probe another cut every N frames (0: never)")
+    p.add_argument("--stretch", action="store_true",
+                   help="with emulated timing, sleep so wall time matches the board (default: report only)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
+    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    args = p.parse_args(argv)
+    if args.frames is not None and args.frames < 0:
+        p.error(f"--frames must be >= 0, got {args.frames}")
+    if args.max_inflight < 1:
+        p.error(f"--max-inflight must be >= 1, got {args.max_inflight}")
+    return args
+
+
+def _transport(b: BrokerSettings, device_id: str, connect_timeout: float) -> Transport:
+    from sdk.mqtt import MqttTransport, TlsConfig
+
+    tls = None
+    if b.tls:
+        tls = TlsConfig(
+            ca=str(b.ca_file) if b.ca_file else None,
+            certfile=str(b.cert_file) if b.cert_file else None,
+            keyfile=str(b.key_file) if b.key_file else None,
+        )
+    offline = StatusMessage(device_id, False, time.time()).to_bytes()
+    transport = MqttTransport(
+        b.url, client_id=device_id, username=b.username, password=b.read_password(), tls=tls,
+        will=status_will(device_id, offline), keepalive=b.keepalive_s, wait_connected=False,
+    )  # fmt: skip
+    deadline = time.monotonic() + connect_timeout
+    while not transport.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not transport.connected:
+        print(
+            f"splitedge device: broker {b.url} not reachable yet; frames are answered locally "
+            "until it is (retrying in the background)",
+            file=sys.stderr,
+        )
+    return transport
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
+    manifest = load_manifest(args.bundle)
+    board = cfg.board
+    heads = LiteRTHeads(args.bundle, manifest, board)
+    timing = (
+        f"emulated: measured on 1 host thread x speed_factor {board.speed_factor} ({board.name})"
+        if heads.emulated else f"measured on this machine ({board.threads} threads)"
+    )  # fmt: skip
+    print(f"splitedge device {cfg.device.device_id}: bundle {args.bundle} ({len(manifest.cuts)} cuts), "
+          f"board {board.name}, timings {timing}", file=sys.stderr)
+    source = open_source(cfg.device.source, tuple(manifest.input.shape))
+    with ExitStack() as stack:
+        out: TextIO = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else sys.stdout
+        stack.callback(source.close)
+
+        def write(answer: Answer) -> None:
+            out.write(answer.to_json() + "\n")
+            out.flush()
+
+        transport: Transport = _transport(cfg.broker, cfg.device.device_id, args.connect_timeout)
+        if args.uplink_rate:
+            shaper = ConstantRateShaper(args.uplink_rate, latency_s=args.uplink_latency_ms / 1000.0)
+            transport = ShapedTransport(transport, shaper)
+        policy = CutPolicy(manifest, cfg.device, probe_every=args.probe_every, tau_override=args.tau)
+        runner = DeviceRunner(
+            manifest, cfg, transport, heads, policy=policy, on_answer=write,
+            options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch),
+        )
+        try:
+            summary = runner.run(source, frames=args.frames)
+        except KeyboardInterrupt:
+            summary = runner.summary()
+        finally:
+            runner.close()
+    print(json.dumps({"summary": asdict(summary), "status_topic": topics.topic(cfg.device.device_id, TopicKind.STATUS)}),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Online estimates of what a cut costs right now: uplink bandwidth, link latency, head and tail times.
+
+Sources of samples:
+
+* every head run on the device -> ``head_ms(cut)`` (board milliseconds, emulated or real);
+* every ReportMessage of the cloud joined with the device-side arrival of the frame's answer ->
+  ``tail_ms(cut)`` (the cloud's decode + queue + tail time) and one *network* sample.
+
+**No clock synchronisation is needed.** A network sample uses only differences of the device's own
+clock and durations measured by the cloud::
+
+    net_ms = (t_answer_arrived - t_sent) * 1000  -  (decode_ms + queue_ms + tail_ms)   # from the report
+
+``recv_ts`` of the report (the cloud's clock) is never compared with a device timestamp, so any
+offset between the two clocks cancels. ``net_ms`` is the uplink transfer of the frame, the link
+latency both ways and the (small) result's trip back; it is modelled as
+``net_ms = link_ms + nbytes / bandwidth``.
+
+The two unknowns are separated by payload size, online:
+
+* a payload of at most ``small_bytes`` (512 B by default: a few ms even at 1 Mbit/s) teaches the
+  *link latency*: ``link_ms`` <- EWMA of ``net_ms - nbytes / bandwidth``;
+* a bigger one teaches the *bandwidth*: ``bandwidth`` <- EWMA of ``nbytes / (net_ms - link_ms)``,
+  taken on the logarithm (a geometric mean), so a drop or a recovery by orders of magnitude is
+  followed in a few samples instead of dozens.
+
+Small payloads (late cuts) therefore teach the latency and big ones (early cuts, probes) the
+bandwidth; the policy's probes keep the big ones coming. A frame whose answer never came before its
+deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes``, so the bandwidth
+estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
+later even though no answer comes back). Everything is O(1) memory per cut.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["Estimates", "Estimator"]
+
+
+@dataclass(frozen=True, slots=True)
+class Estimates:
+    """A snapshot the policy plans with. ``bandwidth`` is the estimate or the prior (``measured`` says)."""
+
+    bandwidth_bytes_per_s: float
+    link_ms: float
+    head_ms: Mapping[int, float]
+    tail_ms: Mapping[int, float]
+    last_sample: Mapping[int, float]  # cut -> sample counter value of its last head or network sample
+    measured: bool
+
+
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1.0 - alpha) * old + alpha * new
+
+
+class Estimator:
+    """EWMA estimates fed by head timings, cloud reports and deadline misses (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        head_prior: Mapping[int, float],
+        tail_prior: Mapping[int, float],
+        prior_bandwidth: float = 1_000_000.0,
+        prior_link_ms: float = 0.0,
+        alpha: float = 0.4,
+        small_bytes: int = 512,
+        min_transfer_ms: float = 0.05,
+    ) -> None:
+        if prior_bandwidth <= 0:
+            raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
+        if not 0 < alpha <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self.small_bytes = small_bytes
+        self.min_transfer_ms = min_transfer_ms
+        self._prior_bandwidth = float(prior_bandwidth)
+        self._bandwidth: float | None = None
+        self._link_ms = float(prior_link_ms)
+        self._head: dict[int, float] = dict(head_prior)
+        self._tail: dict[int, float] = dict(tail_prior)
+        self._head_measured: set[int] = set()
+        self._tail_measured: set[int] = set()
+        self._last: dict[int, float] = {}
+        self._counter = 0
+        self.network_samples = 0
+        self.censored_samples = 0
+
+    # ---- what is known
+    @property
+    def bandwidth(self) -> float | None:
+        """Measured uplink bandwidth in bytes/s, ``None`` until the first network sample."""
+        return self._bandwidth
+
+    @property
+    def link_ms(self) -> float:
+        return self._link_ms
+
+    def head_ms(self, cut: int) -> float:
+        return self._head.get(cut, 0.0)
+
+    def tail_ms(self, cut: int) -> float:
+        return self._tail.get(cut, 0.0)
+
+    def snapshot(self) -> Estimates:
+        return Estimates(
+            bandwidth_bytes_per_s=self._bandwidth if self._bandwidth is not None else self._prior_bandwidth,
+            link_ms=self._link_ms,
+            head_ms=dict(self._head),
+            tail_ms=dict(self._tail),
+            last_sample=dict(self._last),
+            measured=self._bandwidth is not None,
+        )
+
+    def _touch(self, cut: int) -> None:
+        self._counter += 1
+        self._last[cut] = float(self._counter)
+
+    # ---- samples
+    def observe_head(self, cut: int, ms: float) -> None:
+        """A device-side time (head + exit) for ``cut``, in board milliseconds."""
+        if not math.isfinite(ms) or ms < 0:
+            return
+        first = cut not in self._head_measured
+        self._head[cut] = ms if first else _ewma(self._head.get(cut), ms, self.alpha)
+        self._head_measured.add(cut)
+        self._touch(cut)
+
+    def observe_tail(self, cut: int, ms: float) -> None:
+        """The cloud's time for a frame of ``cut`` (decode + queue + tail), from a report."""
+        if not math.isfinite(ms) or ms < 0:
+            return
+        first = cut not in self._tail_measured
+        self._tail[cut] = ms if first else _ewma(self._tail.get(cut), ms, self.alpha)
+        self._tail_measured.add(cut)
+
+    def observe_network(self, cut: int, nbytes: int, net_ms: float) -> None:
+        """One round trip's network part (see the module doc): ``net_ms = link_ms + nbytes / bandwidth``."""
+        if not math.isfinite(net_ms) or nbytes < 0:
+            return
+        net_ms = max(net_ms, 0.0)
+        self.network_samples += 1
+        self._touch(cut)
+        bw = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
+        predicted_transfer = nbytes / bw * 1000.0
+        transfer = net_ms - self._link_ms
+        if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
+            # Latency-dominated (or faster than the latency we believe in: that belief is too high).
+            self._link_ms = max(0.0, _ewma(self._link_ms, net_ms - predicted_transfer, self.alpha))
+            return
+        rate = nbytes / transfer * 1000.0
+        if self._bandwidth is None:
+            self._bandwidth = rate
+        else:
+            self._bandwidth = math.exp(_ewma(math.log(self._bandwidth), math.log(rate), self.alpha))
+
+    def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
+        """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""
+        transfer = elapsed_ms - self._link_ms - self.tail_ms(cut)
+        if nbytes <= 0 or transfer <= 0:
+            return
+        self.censored_samples += 1
+        self._touch(cut)
+        cap = nbytes / transfer * 1000.0
+        current = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
+        if cap < current:
+            self._bandwidth = cap

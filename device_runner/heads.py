@@ -1,0 +1,210 @@
+"""Run a cut on the device: the int8 head, then the early exit (or the full model at the device cut).
+
+Models are loaded lazily from the bundle and kept in an LRU cache bounded by the board's memory
+budget (``memory_budget_mb``): a model costs its file size plus the head's peak live activations
+from the manifest; loading one that does not fit evicts the least recently used ones first. A model
+larger than the whole budget is still loaded (alone), with a warning: refusing would leave the
+camera without an answer.
+
+Timing. ``CutOutput.head_ms``/``exit_ms`` are what the *board* would take: on the board itself the
+measured invoke time; when ``board.emulate_timing`` is set (a Pi profile on a development host) the
+measured time on **one** host thread times ``board.speed_factor`` (firmware_configs/README.md), and
+``CutOutput.emulated`` says so. ``measured_ms`` is always the host's wall time.
+
+Only LiteRT (``sdk.litert``) and numpy are imported here - never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sdk.config import BoardSpec
+from sdk.errors import BundleError
+from sdk.litert import HeadRunner, LiteRTModel
+from sdk.manifest import CutKind, CutSpec, FileRef, Manifest
+from sdk.packing import dequantize, requant_int8
+
+__all__ = ["CutExecutor", "CutOutput", "LiteRTHeads", "ModelCache", "Prediction", "softmax_prediction"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A local classification: top-1 class, its calibrated confidence (max softmax), the top-k."""
+
+    cls: int
+    confidence: float
+    topk: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CutOutput:
+    """What running a cut on one frame produced.
+
+    ``activations``: {tensor name: int8 array with a leading batch dimension of 1} (empty for the
+    device cut); ``prediction``: the early exit's (split cuts) or the full model's (device cut).
+    """
+
+    cut: int
+    activations: dict[str, np.ndarray] = field(repr=False)
+    prediction: Prediction | None
+    head_ms: float
+    exit_ms: float
+    measured_ms: float
+    emulated: bool
+
+    @property
+    def device_ms(self) -> float:
+        return self.head_ms + self.exit_ms
+
+
+class CutExecutor(Protocol):
+    """What the runner needs: run a cut (head + exit) on one uint8 frame."""
+
+    emulated: bool
+
+    def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput: ...
+
+
+def softmax_prediction(logits: np.ndarray, temperature: float, k: int = 3) -> Prediction:
+    """Top-1, confidence = max softmax(logits / temperature), and the top-k (class, probability)."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1) / max(float(temperature), 1e-6)
+    z -= z.max()
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return Prediction(int(order[0]), float(p[order[0]]), tuple((int(i), float(p[i])) for i in order))
+
+
+Loader = Callable[[Path, int], HeadRunner]
+
+
+def _litert_loader(path: Path, threads: int) -> HeadRunner:
+    return LiteRTModel(path, threads=threads)
+
+
+class ModelCache:
+    """LiteRT models by bundle path, loaded on first use, LRU-evicted to stay within ``budget_bytes``."""
+
+    def __init__(self, root: Path, *, threads: int, budget_bytes: int, loader: Loader = _litert_loader) -> None:
+        self.root = Path(root)
+        self.threads = threads
+        self.budget_bytes = int(budget_bytes)
+        self._loader = loader
+        self._models: OrderedDict[str, tuple[HeadRunner, int]] = OrderedDict()
+        self.loads = 0
+        self.evictions = 0
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(cost for _, cost in self._models.values())
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """Paths of the models in memory, least recently used first."""
+        return tuple(self._models)
+
+    def get(self, ref: FileRef, *, extra_bytes: int = 0) -> HeadRunner:
+        hit = self._models.get(ref.path)
+        if hit is not None:
+            self._models.move_to_end(ref.path)
+            return hit[0]
+        cost = int(ref.size) + int(extra_bytes)
+        if cost > self.budget_bytes:
+            log.warning(
+                "%s needs ~%d bytes, more than the board's whole memory budget (%d bytes); loading it alone. "
+                "Raise memory_budget_mb or pick a smaller cut", ref.path, cost, self.budget_bytes,
+            )
+        while self._models and self.used_bytes + cost > self.budget_bytes:
+            evicted, _ = self._models.popitem(last=False)
+            self.evictions += 1
+            log.info("evicted %s to stay within the memory budget", evicted)
+        model = self._loader(self.root / ref.path, self.threads)
+        self.loads += 1
+        self._models[ref.path] = (model, cost)
+        return model
+
+
+class LiteRTHeads:
+    """:class:`CutExecutor` over a bundle's LiteRT heads and exits (tails are never loaded here)."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        manifest: Manifest,
+        board: BoardSpec,
+        *,
+        loader: Loader = _litert_loader,
+        budget_bytes: int | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.board = board
+        self.emulated = bool(board.emulate_timing)
+        # Emulation scales times measured on ONE host thread (the speed_factor's definition).
+        threads = 1 if self.emulated else board.threads
+        budget = budget_bytes if budget_bytes is not None else board.memory_budget_mb * 1024 * 1024
+        self.cache = ModelCache(Path(bundle), threads=threads, budget_bytes=budget, loader=loader)
+
+    def _board_ms(self, measured_ms: float) -> float:
+        return self.board.emulated_ms(measured_ms)
+
+    def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
+        if cut.kind is CutKind.RAW or cut.head is None:
+            raise ValueError(f"cut {cut.index} ({cut.kind.value}) has no head to run on the device")
+        t0 = time.perf_counter()
+        head = self.cache.get(cut.head, extra_bytes=cut.head_peak_activation_bytes)
+        key = next(iter(head.inputs))
+        outs = head.run({key: np.asarray(frame, dtype=np.uint8)[None]})
+        head_ms = _invoke_ms(head, t0)
+        if cut.kind is CutKind.DEVICE:
+            spec = cut.tensors[0]
+            logits = dequantize(np.asarray(outs[spec.head_output]), spec.scale, spec.zero_point)
+            pred = softmax_prediction(logits, cut.exit_temperature)
+            measured = (time.perf_counter() - t0) * 1000.0
+            return CutOutput(cut.index, {}, pred, self._board_ms(head_ms), 0.0, measured, self.emulated)
+        acts = _activations(cut, outs)
+        pred, exit_ms = None, 0.0
+        if cut.exit is not None:
+            t1 = time.perf_counter()
+            exit_model = self.cache.get(cut.exit)
+            feeds = {
+                t.name: requant_int8(acts[t.name], t.scale, t.zero_point, t.exit_scale, t.exit_zero_point)
+                for t in cut.tensors
+            }
+            out = exit_model.run(feeds)
+            exit_ms = _invoke_ms(exit_model, t1)
+            okey, oinfo = next(iter(exit_model.outputs.items()))
+            raw = np.asarray(out[okey])
+            logits = dequantize(raw, oinfo.scale, oinfo.zero_point) if raw.dtype == np.int8 else raw
+            pred = softmax_prediction(logits, cut.exit_temperature)
+        measured = (time.perf_counter() - t0) * 1000.0
+        return CutOutput(
+            cut.index, acts, pred, self._board_ms(head_ms), self._board_ms(exit_ms), measured, self.emulated
+        )
+
+
+def _invoke_ms(model: HeadRunner, t0: float) -> float:
+    """The interpreter's own invoke time when it reports one, else the wall time since ``t0``."""
+    ms = getattr(model, "last_invoke_ms", None)
+    return float(ms) if ms else (time.perf_counter() - t0) * 1000.0
+
+
+def _activations(cut: CutSpec, outs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    acts = {}
+    for t in cut.tensors:
+        if t.head_output not in outs:
+            raise BundleError(
+                f"cut {cut.index} head has outputs {sorted(outs)}; the manifest expects {t.head_output!r} "
+                f"for tensor {t.name!r}: the bundle is inconsistent, re-convert it"
+            )
+        acts[t.name] = np.asarray(outs[t.head_output])
+    return acts

@@ -1,0 +1,215 @@
+"""The dynamic cut: re-solve argmin T(s, b) from the live estimates, with hysteresis and probes.
+
+Each decision re-evaluates ``sdk.planner.evaluate`` over every cut x allowed bit width, using the
+estimator's head/tail times (board milliseconds, so ``device_factor = 1``), bandwidth and link
+latency, within the manifest's accuracy-drop budget (``accuracy_drop_budget`` of the profile) and,
+under ``privacy``, without the raw cut. Options whose payload exceeds the broker's packet limit are
+dropped before planning.
+
+* **Hysteresis**: the policy moves to the plan's best option only after it has been better than the
+  current one by more than ``margin`` (relative) for ``patience`` consecutive decisions; a current
+  option that becomes infeasible is left at once. A steady link therefore never flaps.
+* **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
+  are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
+  how an early cut is found again when the bandwidth recovers.
+* **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
+  never returns it when ``privacy`` is set (a test checks it).
+
+**tau** (early-exit threshold) per (cut, bits) comes from the cut's ``exit_curve`` (held-out
+points ``tau -> coverage, local accuracy``), see :func:`tau_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+from device_runner.estimator import Estimates
+from sdk.config import DeviceSettings, TauTarget
+from sdk.manifest import CutKind, CutSpec, Manifest
+from sdk.planner import CutCost, Option, Plan, costs_from_manifest, evaluate
+
+__all__ = ["Choice", "CutPolicy", "Decision", "tau_for"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A cut and the bit width of its activation (0 for the raw frame and for the device cut)."""
+
+    cut: int
+    bits: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    choice: Choice
+    probe: bool
+    plan: Plan
+    switched: bool = False
+
+    @property
+    def option(self) -> Option:
+        return self.plan.option(self.choice.cut, self.choice.bits)
+
+
+def tau_for(cut: CutSpec, bits: int, target: TauTarget, value: float, cloud_accuracy: float) -> float:
+    """The early-exit threshold for ``cut`` meeting ``target`` on its held-out ``exit_curve``.
+
+    * ``target_escalation_rate = r``: the largest tau whose escalation rate ``1 - coverage`` is at
+      most r (escalating as much as allowed maximises accuracy); 0.0 (answer everything locally) if
+      no point qualifies.
+    * ``target_accuracy = A``: the smallest tau (fewest escalations) whose cascade accuracy
+      ``coverage * local_accuracy + (1 - coverage) * cloud_accuracy`` reaches A; ``inf`` (escalate
+      every frame) if none does. ``cloud_accuracy`` is the cut's accuracy at ``bits``. This assumes
+      the escalated frames are as easy for the tail as the average frame, which is optimistic.
+
+    Without an exit curve every frame escalates (``inf``).
+    """
+    curve = sorted(cut.exit_curve, key=lambda p: p.tau)
+    if not curve:
+        return math.inf
+    if target is TauTarget.ESCALATION_RATE:
+        ok = [p.tau for p in curve if 1.0 - p.coverage <= value + 1e-9]
+        return max(ok) if ok else 0.0
+    for p in curve:
+        overall = p.coverage * p.accuracy + (1.0 - p.coverage) * cloud_accuracy
+        if overall >= value - 1e-9:
+            return float(p.tau)
+    return math.inf
+
+
+class CutPolicy:
+    """Picks (cut, bits) per frame from :class:`~device_runner.estimator.Estimates`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        device: DeviceSettings,
+        *,
+        margin: float = 0.15,
+        patience: int = 3,
+        probe_every: int = 25,
+        max_payload_bytes: int | None = None,
+        initial: Choice | None = None,
+        tau_override: float | None = None,
+    ) -> None:
+        if patience < 1 or probe_every < 0 or margin < 0:
+            raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
+        self.manifest = manifest
+        self.device = device
+        self.margin = margin
+        self.patience = patience
+        self.probe_every = probe_every
+        self.allow_raw = not device.privacy
+        self.bits: tuple[int, ...] = tuple(b for b in device.bits if b in manifest.bits)
+        self._base: list[CutCost] = []
+        for c in costs_from_manifest(manifest):
+            nbytes = dict(c.bytes_at_bits)
+            if max_payload_bytes is not None and c.kind is not CutKind.DEVICE:
+                nbytes = {b: n for b, n in nbytes.items() if n <= max_payload_bytes}
+            if nbytes:
+                self._base.append(replace(c, bytes_at_bits=nbytes))
+        self._tau_override = tau_override
+        self._taus: dict[tuple[int, int], float] = {}
+        self.current: Choice | None = initial
+        self._streak = 0
+        self._decisions = 0
+        self._warned_budget = False
+        self._probed: dict[int, int] = {}
+        self.switches = 0
+        self.probes = 0
+
+    # ---- tau
+    def tau(self, cut: int, bits: int) -> float:
+        if self._tau_override is not None:
+            return self._tau_override
+        key = (cut, bits)
+        if key not in self._taus:
+            spec = self.manifest.cut(cut)
+            acc = spec.accuracy_at(bits or 8)
+            cloud = acc.accuracy if acc is not None else self.manifest.float_accuracy
+            target, value = self.device.tau_target
+            self._taus[key] = tau_for(spec, bits, target, value, cloud)
+        return self._taus[key]
+
+    # ---- planning
+    def plan(self, est: Estimates) -> Plan:
+        costs = [
+            replace(c, head_ms=est.head_ms.get(c.index, c.head_ms), tail_ms=est.tail_ms.get(c.index, c.tail_ms))
+            for c in self._base
+        ]
+        kwargs = dict(
+            bandwidth_bytes_per_s=est.bandwidth_bytes_per_s,
+            link_latency_ms=est.link_ms,
+            bits=self.bits,
+            allow_raw=self.allow_raw,
+        )
+        try:
+            return evaluate(costs, accuracy_drop_budget=self.device.accuracy_drop_budget, **kwargs)  # type: ignore[arg-type]
+        except ValueError:
+            if not self._warned_budget:
+                log.warning(
+                    "no cut meets accuracy_drop_budget=%s; planning without it (re-convert with more bits "
+                    "or raise the budget)", self.device.accuracy_drop_budget,
+                )
+                self._warned_budget = True
+            return evaluate(costs, **kwargs)  # type: ignore[arg-type]
+
+    def decide(self, est: Estimates) -> Decision:
+        plan = self.plan(est)
+        self._decisions += 1
+        best = Choice(plan.best.index, plan.best.bits)
+        switched = False
+        current_opt = self._option(plan, self.current)
+        if current_opt is None or not current_opt.feasible:
+            switched = self.current is not None
+            self.current, self._streak = best, 0
+        elif best != self.current and plan.best.total_ms < current_opt.total_ms * (1.0 - self.margin):
+            self._streak += 1
+            if self._streak >= self.patience:
+                self.current, self._streak, switched = best, 0, True
+        else:
+            self._streak = 0
+        if switched:
+            self.switches += 1
+            log.info("cut -> %s (%.2f ms predicted)", self.current, plan.best.total_ms)
+        assert self.current is not None
+        if self.probe_every and self._decisions % self.probe_every == 0:
+            probe = self._probe_target(plan, est)
+            if probe is not None:
+                self.probes += 1
+                return Decision(probe, True, plan, switched)
+        return Decision(self.current, False, plan, switched)
+
+    @staticmethod
+    def _option(plan: Plan, choice: Choice | None) -> Option | None:
+        if choice is None:
+            return None
+        try:
+            return plan.option(choice.cut, choice.bits)
+        except KeyError:
+            return None
+
+    def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
+        """The feasible cut (other than the current one) sampled least recently, at its best bit width."""
+        assert self.current is not None
+        best_per_cut: dict[int, Option] = {}
+        for o in plan.options:
+            if not o.feasible or o.index == self.current.cut:
+                continue
+            if o.kind is CutKind.RAW and not self.allow_raw:  # belt and braces: evaluate already excludes it
+                continue
+            if o.index not in best_per_cut or o.total_ms < best_per_cut[o.index].total_ms:
+                best_per_cut[o.index] = o
+        if not best_per_cut:
+            return None
+        stalest = min(
+            best_per_cut.values(),
+            key=lambda o: (est.last_sample.get(o.index, -1.0), self._probed.get(o.index, -1), o.index),
+        )
+        self._probed[stalest.index] = self._decisions
+        return Choice(stalest.index, stalest.bits)
+

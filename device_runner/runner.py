@@ -1,0 +1,612 @@
+"""The per-frame loop of the camera: head, early exit, escalate or answer, deadline, telemetry.
+
+Per frame (:meth:`DeviceRunner.process`): the policy picks (cut, bits); the head and the early exit
+run; a confident exit (``confidence >= tau``) or the device cut answers at once; otherwise the
+activation (or, at cut 0, the raw frame) is packed, its send time stamped and published to
+``splitedge/v1/<id>/act``, and the frame waits in the bounded in-flight map for the cloud.
+
+**Exactly one answer per frame.** A frame leaves the in-flight map exactly once, under a lock: by
+the cloud's ResultMessage (``cloud``), or locally (``deadline``) when its deadline passes, the cloud
+sent an ErrorMessage, the publish failed (broker gone: ``BrokerUnavailableError``), or the
+in-flight map was full. A cloud answer for a frame already answered is counted (``late_answers``)
+and never written. The local answer is the early exit's prediction when there is one, else the
+device cut's full model (run then, on the main thread - interpreters are not shared across
+threads), else class ``-1``.
+
+Threads: transport handlers (paho's network thread) only decode messages, pop cloud answers and
+mark errors; every model invocation and every local answer happens on the caller's thread in
+:meth:`process` / :meth:`expire`. Memory is bounded whatever the uplink does: the in-flight map
+(``max_inflight``), the report/answer join (``timing_window``), the set of recently answered seqs
+(``recent_answers``) and the latency window are all capped.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from device_runner.estimator import Estimator
+from device_runner.heads import CutExecutor, Prediction
+from device_runner.policy import CutPolicy
+from sdk import topics
+from sdk.config import CodecChoice, DeviceConfig
+from sdk.errors import BrokerUnavailableError, PayloadTooLargeError, TransportError, WireError
+from sdk.manifest import CutKind, CutSpec, Manifest
+from sdk.messages import (
+    ErrorMessage,
+    ReportMessage,
+    ResultMessage,
+    StatusMessage,
+    TelemetryMessage,
+    decode_message,
+)
+from sdk.planner import costs_from_manifest
+from sdk.topics import TopicKind
+from sdk.transport import Message, Transport
+from sdk.wire import Codec, encode_activation, encode_raw, stamp_send_ts
+
+__all__ = ["Answer", "AnsweredBy", "DeviceRunner", "RunSummary", "RunnerOptions", "codec_for", "make_estimator"]
+
+log = logging.getLogger(__name__)
+
+
+class AnsweredBy(enum.StrEnum):
+    """Who produced a frame's final answer."""
+
+    DEVICE = "device"  # the early exit was confident, or the device cut ran the whole model
+    CLOUD = "cloud"  # the cloud's result arrived before the deadline
+    DEADLINE = "deadline"  # answered locally as a fallback (see Answer.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One frame's final answer; one JSON line of ``--out``."""
+
+    seq: int
+    cls: int
+    answered_by: AnsweredBy
+    reason: str  # exit | device_cut | cloud | deadline | broker_unavailable | cloud_error:<code> | inflight_full | ...
+    cut: int
+    bits: int
+    bytes: int  # payload bytes published for this frame (0 if nothing was sent)
+    latency_ms: float  # capture -> answer, board milliseconds when emulated
+    confidence: float | None
+    probe: bool
+    emulated: bool
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["answered_by"] = self.answered_by.value
+        d["latency_ms"] = round(self.latency_ms, 3)
+        if self.confidence is not None:
+            d["confidence"] = round(self.confidence, 5)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    max_inflight: int = 32
+    stretch_emulated: bool = False  # sleep so wall time matches the emulated board time
+    recent_answers: int = 4096
+    timing_window: int = 1024
+    latency_window: int = 512
+    prior_bandwidth: float = 1_000_000.0  # bytes/s until the first report
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    frames: int
+    answered: dict[str, int]
+    late_answers: int
+    duplicate_results: int
+    errors: int
+    switches: int
+    probes: int
+    bytes_sent: int
+    final_cut: int
+    final_bits: int
+    bandwidth_estimate: float | None
+    p50_ms: float | None
+    p95_ms: float | None
+    emulated: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    capture_ts: float
+    deadline: float
+    cut: int
+    bits: int
+    nbytes: int
+    probe: bool
+    offset_ms: float
+    fallback: Prediction | None
+    frame: np.ndarray | None = field(default=None, repr=False)  # raw cut only: for the device-model fallback
+    send_ts: float = 0.0
+    error: str | None = None
+    late_result: bool = False  # the cloud's answer came after the deadline (a real network sample exists)
+
+
+@dataclass(slots=True)
+class _Timing:
+    send_ts: float
+    cut: int
+    arrival: float | None = None
+    report: ReportMessage | None = None
+
+
+def codec_for(choice: CodecChoice) -> Codec:
+    """The wire codec for a profile's ``codec``; ``auto`` falls back to none without zstandard."""
+    if choice is CodecChoice.NONE:
+        return Codec.NONE
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        if choice is CodecChoice.ZSTD:
+            raise
+        return Codec.NONE
+    return Codec.ZSTD  # the encoder keeps zstd only for payloads it makes smaller (= auto)
+
+
+def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth: float = 1_000_000.0) -> Estimator:
+    """Priors from the manifest: head times scaled to the board (unless converted for it), tail times as is."""
+    factor = 1.0 if manifest.board == config.board.name else config.board.speed_factor
+    costs = costs_from_manifest(manifest)
+    return Estimator(
+        head_prior={c.index: c.head_ms * factor for c in costs},
+        tail_prior={c.index: c.tail_ms for c in costs},
+        prior_bandwidth=prior_bandwidth,
+    )
+
+
+def _percentile(values: Iterable[float], q: float) -> float | None:
+    data = list(values)
+    return float(np.percentile(data, q)) if data else None
+
+
+class DeviceRunner:
+    """The camera loop over a :class:`~sdk.transport.Transport` and a :class:`CutExecutor`."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: DeviceConfig,
+        transport: Transport,
+        executor: CutExecutor,
+        *,
+        policy: CutPolicy | None = None,
+        estimator: Estimator | None = None,
+        on_answer: Callable[[Answer], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        options: RunnerOptions | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.settings = config.device
+        self.device_id = config.device.device_id
+        self.transport = transport
+        self.executor = executor
+        self.options = options or RunnerOptions()
+        self.policy = policy or CutPolicy(manifest, config.device)
+        self.estimator = estimator or make_estimator(manifest, config, prior_bandwidth=self.options.prior_bandwidth)
+        self.on_answer = on_answer or (lambda a: None)
+        self.clock = clock
+        self.sleep = sleep
+        self.codec = codec_for(config.device.codec)
+        self.emulated = bool(getattr(executor, "emulated", False))
+        self._act_topic = topics.topic(self.device_id, TopicKind.ACT)
+        self._lock = threading.RLock()
+        self._wake = threading.Condition(self._lock)
+        self._inflight: dict[int, _Pending] = {}
+        self._timings: OrderedDict[int, _Timing] = OrderedDict()
+        self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
+        self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
+        self._seq = 0
+        self._started = False
+        # counters (totals)
+        self.frames = 0
+        self.answered: dict[str, int] = {w.value: 0 for w in AnsweredBy}
+        self.late_answers = 0
+        self.duplicate_results = 0
+        self.errors = 0
+        self.bytes_sent = 0
+        # telemetry window
+        self._win_start = clock()
+        self._win = {"frames": 0, "device": 0, "answers": 0, "bytes": 0}
+        self._win_lat: list[float] = []
+        self._next_telemetry = self._win_start + config.device.telemetry_interval_s
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Subscribe to this device's result and report topics and announce it online (retained)."""
+        if self._started:
+            return
+        self._started = True
+        self.transport.subscribe(topics.topic(self.device_id, TopicKind.RESULT), self._on_message, qos=1)
+        self.transport.subscribe(topics.topic(self.device_id, TopicKind.REPORT), self._on_message, qos=0)
+        self.transport.on_connection_change(self._on_connection)
+        self._publish_status(True)
+
+    def _on_connection(self, up: bool) -> None:
+        if up:
+            self._publish_status(True)
+        with self._wake:
+            self._wake.notify_all()
+
+    def _publish_status(self, online: bool) -> None:
+        msg = StatusMessage(self.device_id, online, time.time())
+        try:
+            self.transport.publish(topics.topic(self.device_id, TopicKind.STATUS), msg.to_bytes(), qos=1, retain=True)
+        except TransportError as exc:
+            log.info("status %s not published (%s); it goes out on the next connect", online, exc)
+
+    def close(self) -> None:
+        """Answer anything still in flight locally, publish the offline status, close the transport."""
+        self.abandon("shutdown")
+        self._publish_status(False)
+        self.transport.close()
+
+    # ------------------------------------------------------------------ one frame
+    def process(self, frame: np.ndarray) -> int:
+        """Run one frame; returns its seq. Its answer is written now or later, exactly once."""
+        if not self._started:
+            self.start()
+        capture_ts = self.clock()
+        seq = self._seq
+        self._seq += 1
+        with self._lock:
+            decision = self.policy.decide(self.estimator.snapshot())
+        choice = decision.choice
+        cut = self.manifest.cut(choice.cut)
+        if cut.kind is CutKind.RAW and self.settings.privacy:  # the policy never does this; make sure
+            raise AssertionError("privacy is on but the policy chose the raw cut")
+        self.frames += 1
+        self._win["frames"] += 1
+        out = None
+        offset_ms = 0.0
+        if cut.kind is not CutKind.RAW:
+            out = self.executor.run(cut, frame)
+            with self._lock:
+                self.estimator.observe_head(cut.index, out.device_ms)
+            if out.emulated:
+                extra = max(0.0, out.device_ms - out.measured_ms)
+                if self.options.stretch_emulated:
+                    self.sleep(extra / 1000.0)
+                else:
+                    offset_ms = extra
+        pred = out.prediction if out is not None else None
+        base = dict(seq=seq, cut=cut.index, bits=choice.bits, probe=decision.probe)
+        if cut.kind is CutKind.DEVICE:
+            self._answer_local(pred, AnsweredBy.DEVICE, "device_cut", capture_ts, offset_ms, nbytes=0, **base)
+        elif (
+            pred is not None
+            and not decision.probe
+            and pred.confidence >= self.policy.tau(cut.index, choice.bits)
+        ):
+            self._answer_local(pred, AnsweredBy.DEVICE, "exit", capture_ts, offset_ms, nbytes=0, **base)
+        else:
+            self._escalate(cut, choice.bits, decision.probe, seq, frame, out, pred, capture_ts, offset_ms)
+        self.expire()
+        self.maybe_telemetry()
+        return seq
+
+    def _escalate(
+        self,
+        cut: CutSpec,
+        bits: int,
+        probe: bool,
+        seq: int,
+        frame: np.ndarray,
+        out: object,
+        pred: Prediction | None,
+        capture_ts: float,
+        offset_ms: float,
+    ) -> None:
+        base = dict(seq=seq, cut=cut.index, bits=bits, probe=probe)
+        with self._lock:
+            full = len(self._inflight) >= self.options.max_inflight
+        if full:
+            self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
+                                  capture_ts, offset_ms, nbytes=0, **base)
+            return
+        if cut.kind is CutKind.RAW:
+            payload = encode_raw(
+                device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
+                image=np.asarray(frame, dtype=np.uint8)[None], capture_ts=capture_ts,
+                name=cut.tensors[0].name, cut_id=cut.index, codec=self.codec,
+            )  # fmt: skip
+        else:
+            acts = out.activations  # type: ignore[attr-defined]
+            payload = encode_activation(
+                device_id=self.device_id, seq=seq, cut_id=cut.index, bundle_id=self.manifest.wire_bundle_id,
+                activations=acts, quant={t.name: (t.scale, t.zero_point) for t in cut.tensors},
+                bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
+            )  # fmt: skip
+        pending = _Pending(
+            seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
+            len(payload), probe, offset_ms, pred, frame if cut.kind is CutKind.RAW and pred is None else None,
+        )
+        send_ts = self.clock()
+        pending.send_ts = send_ts
+        payload = stamp_send_ts(payload, send_ts)
+        with self._lock:
+            self._inflight[seq] = pending
+            self._timings[seq] = _Timing(send_ts, cut.index)
+            while len(self._timings) > self.options.timing_window:
+                self._timings.popitem(last=False)
+        try:
+            self.transport.publish(self._act_topic, payload, qos=self.config.broker.qos_act)
+        except TransportError as exc:
+            reason = (
+                "broker_unavailable" if isinstance(exc, BrokerUnavailableError)
+                else "payload_too_large" if isinstance(exc, PayloadTooLargeError)
+                else "uplink_full"
+            )  # fmt: skip
+            with self._lock:
+                mine = self._inflight.pop(seq, None)
+                self._timings.pop(seq, None)
+            if mine is not None:
+                self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0, **base)
+            return
+        with self._lock:
+            self.bytes_sent += len(payload)
+            self._win["bytes"] += len(payload)
+
+    # ------------------------------------------------------------------ answers
+    def _emit(self, answer: Answer) -> bool:
+        with self._lock:
+            if answer.seq in self._answered:  # cannot happen: every path pops the in-flight entry first
+                log.error("frame %d already answered; dropping a second answer (%s)", answer.seq, answer.reason)
+                return False
+            self._answered[answer.seq] = answer.answered_by
+            while len(self._answered) > self.options.recent_answers:
+                self._answered.popitem(last=False)
+            self.answered[answer.answered_by.value] += 1
+            self._win["answers"] += 1
+            if answer.answered_by is AnsweredBy.DEVICE:
+                self._win["device"] += 1
+            self._latencies.append(answer.latency_ms)
+            self._win_lat.append(answer.latency_ms)
+            if len(self._win_lat) > self.options.latency_window:
+                del self._win_lat[: len(self._win_lat) - self.options.latency_window]
+            self.on_answer(answer)
+        return True
+
+    def _answer_local(
+        self,
+        pred: Prediction | None,
+        who: AnsweredBy,
+        reason: str,
+        capture_ts: float,
+        offset_ms: float,
+        *,
+        seq: int,
+        cut: int,
+        bits: int,
+        probe: bool,
+        nbytes: int,
+    ) -> None:
+        latency = (self.clock() - capture_ts) * 1000.0 + offset_ms
+        self._emit(Answer(
+            seq, pred.cls if pred is not None else -1, who, reason, cut, bits, nbytes, latency,
+            pred.confidence if pred is not None else None, probe, self.emulated,
+        ))  # fmt: skip
+
+    def _answer_fallback(
+        self,
+        pred: Prediction | None,
+        frame: np.ndarray | None,
+        reason: str,
+        capture_ts: float,
+        offset_ms: float,
+        **base: int,
+    ) -> None:
+        """A local answer in place of the cloud's; runs the device cut's model when there is no exit prediction."""
+        device_cut = self.manifest.device_cut
+        if pred is None and frame is not None and device_cut is not None:
+            out = self.executor.run(device_cut, frame)
+            pred = out.prediction
+            if out.emulated and not self.options.stretch_emulated:
+                offset_ms += max(0.0, out.device_ms - out.measured_ms)
+        self._answer_local(pred, AnsweredBy.DEADLINE, reason, capture_ts, offset_ms, **base)  # type: ignore[arg-type]
+
+    def expire(self, now: float | None = None) -> int:
+        """Answer locally every in-flight frame past its deadline or refused by the cloud; return how many."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            due = [p for p in self._inflight.values() if p.error is not None or now >= p.deadline]
+            for p in due:
+                del self._inflight[p.seq]
+                if p.error is None and not p.late_result:
+                    elapsed_ms = (now - p.send_ts) * 1000.0
+                    self.estimator.observe_timeout(p.cut, p.nbytes, elapsed_ms)
+        for p in due:
+            reason = f"cloud_error:{p.error}" if p.error is not None else "deadline"
+            base = dict(seq=p.seq, cut=p.cut, bits=p.bits, probe=p.probe, nbytes=p.nbytes)
+            self._answer_fallback(p.fallback, p.frame, reason, p.capture_ts, p.offset_ms, **base)
+        return len(due)
+
+    def abandon(self, reason: str) -> int:
+        """Answer every in-flight frame locally now (shutdown); returns how many."""
+        with self._lock:
+            for p in self._inflight.values():
+                p.error = p.error or reason
+        return self.expire()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            return min((p.deadline for p in self._inflight.values()), default=None)
+
+    # ------------------------------------------------------------------ messages from the cloud
+    def _on_message(self, msg: Message) -> None:
+        try:
+            m = decode_message(msg.payload)
+        except WireError as exc:
+            with self._lock:
+                self.errors += 1
+            log.warning("undecodable message on %s: %s", msg.topic, exc)
+            return
+        if getattr(m, "device_id", self.device_id) != self.device_id:
+            return
+        arrival = self.clock()
+        if isinstance(m, ResultMessage):
+            self._on_result(m, arrival)
+        elif isinstance(m, ReportMessage):
+            with self._lock:
+                t = self._timings.get(m.seq)
+                if t is not None:
+                    t.report = m
+                    self._join(m.seq, t)
+        elif isinstance(m, ErrorMessage):
+            with self._wake:
+                self.errors += 1
+                p = self._inflight.get(m.seq) if m.seq is not None else None
+                if p is not None:
+                    p.error = m.code
+                    self._wake.notify_all()
+                if m.seq is not None:
+                    self._timings.pop(m.seq, None)
+            log.info("cloud error for frame %s: %s (%s)", m.seq, m.code, m.detail)
+
+    def _on_result(self, m: ResultMessage, arrival: float) -> None:
+        with self._wake:
+            p = self._inflight.get(m.seq)
+            t = self._timings.get(m.seq)
+            if t is not None and t.arrival is None:
+                t.arrival = arrival
+                self._join(m.seq, t)
+            if p is not None and arrival >= p.deadline:
+                # Past its deadline but not yet expired: the deadline answers it (in expire), not the cloud.
+                self.late_answers += 1
+                p.late_result = True
+                self._wake.notify_all()
+                return
+            if p is not None:
+                del self._inflight[m.seq]
+            else:
+                previous = self._answered.get(m.seq)
+                if previous is AnsweredBy.CLOUD:
+                    self.duplicate_results += 1
+                else:
+                    self.late_answers += 1
+                return
+            latency = (arrival - p.capture_ts) * 1000.0 + p.offset_ms
+            conf = next((pr for c, pr in m.topk if c == m.cls), None)
+            self._emit(Answer(m.seq, m.cls, AnsweredBy.CLOUD, "cloud", p.cut, p.bits, p.nbytes, latency,
+                              conf, p.probe, self.emulated))
+            self._wake.notify_all()
+
+    def _join(self, seq: int, t: _Timing) -> None:
+        """Both the answer's arrival and the report are known: one network sample (module estimator doc)."""
+        if t.arrival is None or t.report is None:
+            return
+        r = t.report
+        cloud_ms = r.decode_ms + r.queue_ms + r.tail_ms
+        net_ms = (t.arrival - t.send_ts) * 1000.0 - cloud_ms
+        self.estimator.observe_tail(t.cut, cloud_ms)
+        self.estimator.observe_network(t.cut, r.bytes_received, net_ms)
+        self._timings.pop(seq, None)
+
+    # ------------------------------------------------------------------ telemetry
+    def telemetry(self, now: float | None = None) -> TelemetryMessage:
+        """The snapshot of the window since the last one (and start a new window)."""
+        now = self.clock() if now is None else now
+        with self._lock:
+            elapsed = max(now - self._win_start, 1e-9)
+            w, lat = self._win, self._win_lat
+            current = self.policy.current
+            msg = TelemetryMessage(
+                device_id=self.device_id, ts=time.time(), cut=current.cut if current else -1,
+                fps=w["frames"] / elapsed, exit_rate=(w["device"] / w["answers"]) if w["answers"] else 0.0,
+                bytes_per_s=w["bytes"] / elapsed, bandwidth_estimate=self.estimator.bandwidth,
+                p50_ms=_percentile(lat, 50), p95_ms=_percentile(lat, 95), errors=self.errors,
+                queue_depth=len(self._inflight), emulated=self.emulated,
+                bits=(current.bits or None) if current else None,
+            )  # fmt: skip
+            self._win = {"frames": 0, "device": 0, "answers": 0, "bytes": 0}
+            self._win_lat = []
+            self._win_start = now
+        return msg
+
+    def maybe_telemetry(self, now: float | None = None, *, force: bool = False) -> TelemetryMessage | None:
+        now = self.clock() if now is None else now
+        if not force and now < self._next_telemetry:
+            return None
+        self._next_telemetry = now + self.settings.telemetry_interval_s
+        msg = self.telemetry(now)
+        try:
+            self.transport.publish(topics.topic(self.device_id, TopicKind.TELEMETRY), msg.to_bytes(), qos=0)
+        except TransportError as exc:
+            log.info("telemetry not published: %s", exc)
+        return msg
+
+    # ------------------------------------------------------------------ the loop
+    def _wait_until(self, t: float) -> None:
+        """Sleep until ``t`` (clock seconds) while answering expiring frames and sending telemetry."""
+        while True:
+            self.expire()
+            self.maybe_telemetry()
+            now = self.clock()
+            if now >= t:
+                return
+            wake = min(t, self._next_telemetry, self.next_deadline() or t)
+            with self._wake:
+                if any(p.error for p in self._inflight.values()):
+                    continue
+                self._wake.wait(timeout=max(0.0, wake - now))
+
+    def drain(self) -> None:
+        """Wait until every in-flight frame has its answer (each is bounded by its deadline)."""
+        while self.inflight:
+            self._wait_until(self.next_deadline() or self.clock())
+
+    def run(self, source: Iterable[np.ndarray], frames: int | None = None) -> RunSummary:
+        """Process frames from ``source`` at most ``fps_cap`` per second; stop after ``frames``."""
+        self.start()
+        period = 1.0 / self.settings.fps_cap
+        next_slot = self.clock()
+        done = 0
+        iterator = iter(source)
+        try:
+            while frames is None or done < frames:
+                self._wait_until(next_slot)
+                try:
+                    frame = next(iterator)
+                except StopIteration:
+                    break
+                next_slot = max(self.clock(), next_slot) + period
+                self.process(frame)
+                done += 1
+            self.drain()
+        finally:
+            self.abandon("shutdown")
+            self.maybe_telemetry(force=True)
+        return self.summary()
+
+    def summary(self) -> RunSummary:
+        current = self.policy.current
+        return RunSummary(
+            frames=self.frames, answered=dict(self.answered), late_answers=self.late_answers,
+            duplicate_results=self.duplicate_results, errors=self.errors, switches=self.policy.switches,
+            probes=self.policy.probes, bytes_sent=self.bytes_sent, final_cut=current.cut if current else -1,
+            final_bits=current.bits if current else 0, bandwidth_estimate=self.estimator.bandwidth,
+            p50_ms=_percentile(self._latencies, 50), p95_ms=_percentile(self._latencies, 95),
+            emulated=self.emulated,
+        )  # fmt: skip
