@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--uplink-latency-ms", type=float, default=0.0, help="one-way latency of the emulated uplink")
     p.add_argument("--max-inflight", type=int, default=32, help="frames awaiting the cloud at most")
     p.add_argument("--tau", type=float, help="fixed early-exit threshold (default: from the profile's target)")
+    p.add_argument("--cut", type=int, action="append", dest="cuts",
+                   help="only consider this cut id (repeatable; one --cut pins the cut)")
     p.add_argument("--probe-every", type=int, default=25, help="probe another cut every N frames (0: never)")
     p.add_argument("--stretch", action="store_true",
                    help="with emulated timing, sleep so wall time matches the board (default: report only)")
@@ -116,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.uplink_rate:
             shaper = ConstantRateShaper(args.uplink_rate, latency_s=args.uplink_latency_ms / 1000.0)
             transport = ShapedTransport(transport, shaper)
-        policy = CutPolicy(manifest, cfg.device, probe_every=args.probe_every, tau_override=args.tau)
+        policy = CutPolicy(manifest, cfg.device, probe_every=args.probe_every, tau_override=args.tau,
+                           allowed_cuts=args.cuts)
         runner = DeviceRunner(
             manifest, cfg, transport, heads, policy=policy, on_answer=write,
             options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch),

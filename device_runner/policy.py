@@ -12,6 +12,7 @@ dropped before planning.
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
   how an early cut is found again when the bandwidth recovers.
+* ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from device_runner.estimator import Estimates
@@ -95,6 +97,7 @@ class CutPolicy:
         max_payload_bytes: int | None = None,
         initial: Choice | None = None,
         tau_override: float | None = None,
+        allowed_cuts: Collection[int] | None = None,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
@@ -107,11 +110,16 @@ class CutPolicy:
         self.bits: tuple[int, ...] = tuple(b for b in device.bits if b in manifest.bits)
         self._base: list[CutCost] = []
         for c in costs_from_manifest(manifest):
+            if allowed_cuts is not None and c.index not in allowed_cuts:
+                continue
             nbytes = dict(c.bytes_at_bits)
             if max_payload_bytes is not None and c.kind is not CutKind.DEVICE:
                 nbytes = {b: n for b, n in nbytes.items() if n <= max_payload_bytes}
             if nbytes:
                 self._base.append(replace(c, bytes_at_bits=nbytes))
+        if not self._base:
+            known = [c.index for c in manifest.cuts]
+            raise ValueError(f"no cut left to plan with (allowed_cuts={allowed_cuts}, bundle cuts {known})")
         self._tau_override = tau_override
         self._taus: dict[tuple[int, int], float] = {}
         self.current: Choice | None = initial
