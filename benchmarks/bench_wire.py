@@ -96,8 +96,55 @@ def frame_table(repeat: int = 20) -> str:
 
 def run() -> str:
     machine = f"{platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}"
-    return f"Machine: {machine}\n\n{packing_table()}\n\n{frame_table()}\n"
+    return f"Machine: {machine}\n\n{packing_table()}\n\n{frame_table()}\n\n{reference_cut_table()}\n"
 
 
 if __name__ == "__main__":
     print(run())
+
+
+def reference_cut_table(bundle: str | None = None, repeat: int = 20) -> str:
+    """Bytes per frame and encode+decode time per cut x bits x codec of the reference bundle (real activations)."""
+    from pathlib import Path
+
+    from sdk.litert import LiteRTModel
+    from sdk.manifest import CutKind, load_manifest
+
+    if bundle is None:
+        from converter.reference import build_reference_bundle, default_bundle_dir
+
+        build_reference_bundle()
+        bundle = str(default_bundle_dir())
+    root = Path(bundle)
+    m = load_manifest(root)
+    from converter.reference_data import make_frames
+
+    frame, _ = make_frames(1, seed=5, split="test")
+    raw_bytes = m.input.nbytes
+    rows = [
+        f"`{COMMAND}` — real activations of the reference bundle on one test frame; raw frame = {raw_bytes:,} bytes; "
+        f"best of {repeat}",
+        "",
+        "| cut | bits | codec | frame bytes | vs raw frame | encode ms | decode+dequantize ms |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for cut in m.cuts:
+        if cut.kind is not CutKind.SPLIT:
+            continue
+        head = LiteRTModel(root / cut.head.path)
+        res = head.run({next(iter(head.inputs)): frame})
+        acts = {t.name: res[t.head_output][0] for t in cut.tensors}
+        quant = {t.name: (t.scale, t.zero_point) for t in cut.tensors}
+        for bits in m.bits:
+            for codec in Codec:
+                def encode(b: int = bits, c: Codec = codec, i: int = cut.index, a: dict = acts,
+                           q: dict = quant) -> bytes:
+                    return encode_activation(device_id="bench", seq=1, cut_id=i, bundle_id=1, capture_ts=1.7e9,
+                                             activations=a, quant=q, bits=b, codec=c)
+
+                data = encode()
+                t_enc = best_of(encode, repeat)
+                t_dec = best_of(lambda d=data: decode_frame(d).dequantized(), repeat)
+                rows.append(f"| {cut.index} {cut.name} | {bits} | {codec.value} | {len(data):,} | "
+                            f"{len(data) / raw_bytes:.3f}x | {t_enc * 1e3:.3f} | {t_dec * 1e3:.3f} |")
+    return "\n".join(rows)
