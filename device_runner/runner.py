@@ -558,24 +558,24 @@ class DeviceRunner:
         return msg
 
     # ------------------------------------------------------------------ the loop
-    def _wait_until(self, t: float) -> None:
-        """Sleep until ``t`` (clock seconds) while answering expiring frames and sending telemetry."""
+    def _wait_until(self, t: float, stop: Callable[[], bool] | None = None) -> None:
+        """Sleep until ``t`` (clock seconds) or ``stop()``, answering expiring frames and sending telemetry."""
         while True:
             self.expire()
             self.maybe_telemetry()
             now = self.clock()
-            if now >= t:
+            if now >= t or (stop is not None and stop()):
                 return
             wake = min(t, self._next_telemetry, self.next_deadline() or t)
             with self._wake:
-                if any(p.error for p in self._inflight.values()):
+                if any(p.error for p in self._inflight.values()) or (stop is not None and stop()):
                     continue
                 self._wake.wait(timeout=max(0.0, wake - now))
 
     def drain(self) -> None:
         """Wait until every in-flight frame has its answer (each is bounded by its deadline)."""
         while self.inflight:
-            self._wait_until(self.next_deadline() or self.clock())
+            self._wait_until(self.next_deadline() or self.clock(), stop=lambda: not self._inflight)
 
     def run(self, source: Iterable[np.ndarray], frames: int | None = None) -> RunSummary:
         """Process frames from ``source`` at most ``fps_cap`` per second; stop after ``frames``."""
