@@ -176,10 +176,8 @@ class LiteRTHeads:
         if cut.exit is not None:
             t1 = time.perf_counter()
             exit_model = self.cache.get(cut.exit)
-            feeds = {
-                t.name: requant_int8(acts[t.name], t.scale, t.zero_point, t.exit_scale, t.exit_zero_point)
-                for t in cut.tensors
-            }
+            feeds = {t.name: _exit_input(acts[t.name], t.scale, t.zero_point, t.exit_scale, t.exit_zero_point)
+                     for t in cut.tensors}
             out = exit_model.run(feeds)
             exit_ms = _invoke_ms(exit_model, t1)
             okey, oinfo = next(iter(exit_model.outputs.items()))
@@ -190,6 +188,13 @@ class LiteRTHeads:
         return CutOutput(
             cut.index, acts, pred, self._board_ms(head_ms), self._board_ms(exit_ms), measured, self.emulated
         )
+
+
+def _exit_input(q: np.ndarray, scale: float, zp: int, exit_scale: float, exit_zp: int) -> np.ndarray:
+    """The head's int8 codes in the exit's input quantization (as is when both agree, the usual case)."""
+    if zp == exit_zp and abs(scale - exit_scale) <= 1e-6 * abs(scale):
+        return q
+    return requant_int8(q, scale, zp, exit_scale, exit_zp)
 
 
 def _invoke_ms(model: HeadRunner, t0: float) -> float:
