@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "device": ("device_runner.cli", "run the camera side"),
     "cloud": ("cloud_tail.cli", "run a cloud tail worker"),
     "fleet": ("cloud_tail.fleet", "live table of every device's telemetry"),
+    "demo": ("cloud_tail.demo", "the end-to-end demo: broker, cloud tail, devices, a real bandwidth trace"),
     "bench": ("benchmarks.run", "run the benchmarks and write docs/BENCHMARKS.md (from a checkout)"),
 }
 

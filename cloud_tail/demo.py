@@ -1,0 +1,653 @@
+"""``splitedge demo``: broker, cloud tail, N devices, each uplink following a real bandwidth trace.
+
+    splitedge demo [--devices 3] [--duration 60] [--trace FILE] [--board pi4] [--fps F] [--out DIR]
+                   [--link shaper|netns] [--no-plots] [--bundle DIR] [--workers K] [--kill-broker-at S]
+
+This module lives on the cloud side, the side that may import every dependency: it builds the
+reference bundle (TensorFlow, through ``converter``) and the labelled frames, draws plots with
+matplotlib, and starts everything else as processes: the embedded broker (Mosquitto, else amqtt),
+``python -m sdk.cli cloud`` tail workers, and one device process per camera
+(``python -m cloud_tail.demo --device-worker SPEC.json``) that imports only the device side
+(``device_runner``, LiteRT, numpy, paho) and runs a :class:`~device_runner.runner.DeviceRunner` on
+the reference frames.
+
+Each device's uplink follows the same trace from a different offset (staggered by period / N):
+
+* ``--link shaper`` (default, works anywhere): inside the device's transport, a FIFO link whose
+  transfers end when :meth:`BandwidthTrace.transfer_end` says (:class:`TraceShaper`, same interface
+  as ``device_runner.link.ConstantRateShaper``), plus ``--latency-ms`` one way;
+* ``--link netns`` (root, Linux): every device process runs in its own network namespace and its
+  uplink is a veth whose ``tbf`` rate follows the trace (:mod:`cloud_tail.netem`); falls back to the
+  shaper, saying why, where that is not possible.
+
+Before the devices start, a short saturation check measures that the chosen emulation delivers what
+the trace says (per-window correlation and mean error). Then a progress table refreshes; at the end a
+summary (frames, who answered, cut switches, bytes vs raw frames, latency p50/p95, accuracy), the
+answers (``device-<i>.jsonl``), ``summary.json`` and two PNGs go to ``--out``. Exit code 0 only when
+every frame was answered exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cloud_tail import netem
+from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
+
+__all__ = ["DeviceSpec", "TraceShaper", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
+
+DEFAULT_TRACE = "ATT-LTE-driving-2016.up"
+_REPO = Path(__file__).resolve().parents[1]
+
+
+# ====================================================================== the emulated uplink (shaper)
+
+
+class TraceShaper:
+    """A FIFO uplink following ``trace``: a payload offered at ``now`` starts when the previous one has
+    crossed and ends at ``trace.transfer_end`` (trace time = ``now - t0 + offset``), plus ``latency_s``.
+
+    Same interface as ``device_runner.link.ConstantRateShaper`` (``delay_s(nbytes, now)``). Private to
+    the demo until ``device_runner.link`` has one of its own."""
+
+    def __init__(self, trace: BandwidthTrace, *, offset: float = 0.0, t0: float = 0.0, latency_s: float = 0.0) -> None:
+        if latency_s < 0:
+            raise ValueError(f"latency_s must be >= 0, got {latency_s}")
+        self.trace, self.offset, self.t0, self.latency_s = trace, float(offset), float(t0), float(latency_s)
+        self._free_at = -float("inf")
+        self._lock = threading.Lock()
+
+    def rate_at(self, now: float) -> float:
+        return self.trace.rate_at(now - self.t0 + self.offset)
+
+    def delay_s(self, nbytes: int, now: float) -> float:
+        with self._lock:
+            start = max(now, self._free_at) - self.t0 + self.offset
+            self._free_at = self.trace.transfer_end(start, nbytes) + self.t0 - self.offset
+            return self._free_at - now + self.latency_s
+
+
+class _Sink:
+    """A Transport stand-in that records when each released payload arrives."""
+
+    connected = True
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[float, int]] = []
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> None:
+        self.arrivals.append((time.time(), len(payload)))
+
+    def close(self) -> None:
+        return None
+
+
+def check_shaper(trace: BandwidthTrace, offset: float, seconds: float, *, window_s: float = 0.5,
+                 packet: int = 4000) -> netem.LinkCheck:
+    """Saturate a real :class:`~device_runner.link.ShapedTransport` + :class:`TraceShaper` for
+    ``seconds`` (wall clock, its release thread) and compare bytes released per window with the trace."""
+    from device_runner.link import ShapedTransport
+
+    sink = _Sink()
+    t0 = time.time()
+    shaped = ShapedTransport(sink, TraceShaper(trace, offset=offset, t0=t0), max_pending=64)  # type: ignore[arg-type]
+    payload = bytes(packet)
+    try:
+        while time.time() < t0 + seconds:
+            while shaped.pending < 60:
+                shaped.publish("demo/check/act", payload)
+            time.sleep(0.002)
+    finally:
+        shaped.close()
+    n = int(seconds / window_s)
+    times = np.array([t for t, _ in sink.arrivals]) - t0
+    sizes = np.array([b for _, b in sink.arrivals], dtype=np.float64)
+    achieved = np.array([sizes[(times >= k * window_s) & (times < (k + 1) * window_s)].sum() / window_s
+                         for k in range(n)])
+    expected = np.array([(trace.delivered(offset + (k + 1) * window_s) - trace.delivered(offset + k * window_s))
+                         / window_s for k in range(n)])
+    return netem.track(achieved, expected, window_s)
+
+
+def _load_trace(spec: str) -> BandwidthTrace:
+    return synthetic_trace(int(spec.split(":", 1)[1])) if spec.startswith("synthetic:") else load_trace(spec)
+
+
+# ====================================================================== one device (a subprocess)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """Everything a device process needs; written as JSON by the demo."""
+
+    device_id: str
+    bundle: str
+    board: str
+    broker: str
+    frames: str  # .npz of frames
+    fps: float | None
+    duration: float
+    trace: str  # a path, or synthetic:<seed>
+    offset: float
+    t0: float  # wall time at which frames start (trace time = now - t0 + offset)
+    latency_ms: float
+    shaper: bool  # False: the kernel shapes (netns)
+    out: str  # answers JSON lines
+    max_inflight: int = 32
+
+
+def run_device(spec: DeviceSpec) -> int:
+    """One camera: a DeviceRunner over MQTT (+ the trace shaper), writing one JSON line per answer."""
+    from device_runner.heads import LiteRTHeads
+    from device_runner.link import ShapedTransport
+    from device_runner.runner import Answer, DeviceRunner, RunnerOptions
+    from device_runner.sources import NpzSource
+    from sdk.config import load_board, with_overrides
+    from sdk.manifest import load_manifest
+    from sdk.messages import StatusMessage
+    from sdk.mqtt import MqttTransport
+    from sdk.transport import Transport, status_will
+
+    cfg = with_overrides(load_board(spec.board), broker_url=spec.broker, device_id=spec.device_id,
+                         source=f"npz:{spec.frames}")
+    if spec.fps:
+        cfg = replace(cfg, device=replace(cfg.device, fps_cap=spec.fps))
+    manifest = load_manifest(spec.bundle)
+    heads = LiteRTHeads(spec.bundle, manifest, cfg.board)
+    offline = StatusMessage(spec.device_id, False, time.time()).to_bytes()
+    transport: Transport = MqttTransport(spec.broker, client_id=spec.device_id, wait_connected=False,
+                                         will=status_will(spec.device_id, offline))
+    deadline = time.monotonic() + 10.0
+    while not transport.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if spec.shaper:
+        shaper = TraceShaper(_load_trace(spec.trace), offset=spec.offset, t0=spec.t0,
+                             latency_s=spec.latency_ms / 1000.0)
+        transport = ShapedTransport(transport, shaper)
+    out = open(spec.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below, after the runner
+    holder: list[DeviceRunner] = []
+
+    def write(answer: Answer) -> None:
+        r = holder[0]
+        cur = r.policy.current
+        line = {"t": time.time(), **answer.to_dict(), "cur": cur.cut if cur else answer.cut,
+                "cur_bits": cur.bits if cur else answer.bits, "est": r.estimator.bandwidth}
+        out.write(json.dumps(line, separators=(",", ":")) + "\n")
+        out.flush()
+
+    runner = DeviceRunner(manifest, cfg, transport, heads, on_answer=write,
+                          options=RunnerOptions(max_inflight=spec.max_inflight))
+    holder.append(runner)
+    source = NpzSource(spec.frames, tuple(manifest.input.shape), loop=True)
+    heads.run(manifest.cuts[-1], next(iter(source)))  # load a model before the clock starts
+    out.write(json.dumps({"start": spec.t0, "ready": time.time(), "emulated": heads.emulated}) + "\n")
+    out.flush()
+    time.sleep(max(0.0, spec.t0 - time.time()))
+
+    def frames() -> object:
+        for frame in source:
+            if time.time() >= spec.t0 + spec.duration:
+                return
+            yield frame
+
+    try:
+        summary = runner.run(frames())  # type: ignore[arg-type]
+    finally:
+        runner.close()
+    out.write(json.dumps({"summary": asdict(summary)}) + "\n")
+    out.close()
+    return 0
+
+
+# ====================================================================== the demo
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="splitedge demo", description="The end-to-end demo: broker, cloud tail, "
+                                "devices, each uplink following a real bandwidth trace.")
+    p.add_argument("--devices", type=int, default=3, help="number of emulated cameras (default 3)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of frames per device (default 60)")
+    p.add_argument("--trace", help=f"a bandwidth trace file (default: {DEFAULT_TRACE} from the shared traces, "
+                   "else a bundled synthetic one); 'synthetic' forces the synthetic one")
+    p.add_argument("--board", default="pi4", help="board profile of every device (default pi4)")
+    p.add_argument("--fps", type=float, help="frames per second per device (default: the profile's fps_cap)")
+    p.add_argument("--out", type=Path, default=Path("splitedge-demo"), help="output folder (default ./splitedge-demo)")
+    p.add_argument("--link", choices=["shaper", "netns"], default="shaper",
+                   help="emulate the uplink in the transport (default) or in the kernel (namespaces + tbf, root)")
+    p.add_argument("--latency-ms", type=float, default=20.0, help="one-way uplink latency, shaper only (default 20)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--bundle", type=Path, help="bundle folder (default: build or reuse the reference bundle)")
+    p.add_argument("--workers", type=int, default=1, help="cloud tail worker processes (default 1)")
+    p.add_argument("--frames", type=int, default=200, help="distinct labelled frames per device (default 200)")
+    p.add_argument("--link-check", type=float, default=4.0, help="seconds of the link saturation check (0: skip)")
+    p.add_argument("--kill-broker-at", type=float, help="SIGKILL the broker this many seconds into the run")
+    p.add_argument("--device-worker", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device_worker is None:
+        for name in ("devices", "workers", "frames"):
+            if getattr(args, name) < 1:
+                p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+        if args.duration <= 0:
+            p.error(f"--duration must be > 0 seconds, got {args.duration}")
+    return args
+
+
+def _say(text: str) -> None:
+    print(f"splitedge demo: {text}", flush=True)
+
+
+def _pick_trace(arg: str | None) -> tuple[str, BandwidthTrace, str]:
+    if arg and arg != "synthetic":
+        return arg, load_trace(arg), f"trace {arg}"
+    found = [] if arg == "synthetic" else shared_traces()
+    if found:
+        path = next((p for p in found if p.name == DEFAULT_TRACE), found[0])
+        return str(path), load_trace(path), f"real trace {path.name} ({path.parent.name}, /work/shared/traces)"
+    why = "asked for" if arg == "synthetic" else "no real trace found (../shared/traces is absent)"
+    return "synthetic:0", synthetic_trace(0), f"SYNTHETIC trace synthetic-0 ({why}; not a measured link)"
+
+
+def _bundle(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    from converter.reference import build_reference_bundle, default_bundle_dir
+
+    _say(f"building (or reusing) the reference bundle in {default_bundle_dir()} (first time: 1-2 minutes)")
+    build_reference_bundle()
+    return default_bundle_dir()
+
+
+def _frames(n: int, devices: int, out: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[np.ndarray | None]]:
+    """One .npz per device (the same labelled test frames, rotated), and the labels (None: unlabelled)."""
+    from sdk.errors import MissingDependencyError
+
+    cache = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge")) / f"demo-frames-{n}.npz"
+    y: np.ndarray | None
+    try:
+        if cache.is_file():
+            with np.load(cache) as data:
+                x, y = data["x"], data["y"]
+        else:
+            from converter.reference_data import make_frames, save_npz
+
+            x, y = make_frames(n, seed=2024, split="test")
+            save_npz(cache, x, y)
+    except (MissingDependencyError, ImportError) as exc:
+        _say(f"cannot make the labelled reference frames ({exc}); using unlabelled random frames: no accuracy")
+        x, y = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8), None
+    paths, labels = [], []
+    for i in range(devices):
+        k = i * n // devices
+        path = out / f"frames-{i}.npz"
+        np.savez(path, x=np.roll(x, -k, axis=0))
+        paths.append(path)
+        labels.append(None if y is None else np.roll(y, -k))
+    return paths, labels
+
+
+class _View:
+    """What the demo knows about one device, read incrementally from its answers file."""
+
+    def __init__(self, path: Path, labels: np.ndarray | None) -> None:
+        self.path, self.labels = path, labels
+        self.answers: list[dict] = []
+        self.seqs: dict[int, int] = {}
+        self.summary: dict | None = None
+        self.emulated = False
+        self._pos = 0
+        self._partial = ""
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._pos)
+            text = self._partial + f.read()
+            self._pos = f.tell()
+        *lines, self._partial = text.split("\n")
+        for ln in lines:
+            if not ln.strip():
+                continue
+            d = json.loads(ln)
+            if "summary" in d:
+                self.summary = d["summary"]
+            elif "start" in d:
+                self.emulated = bool(d.get("emulated"))
+            else:
+                self.answers.append(d)
+                self.seqs[d["seq"]] = self.seqs.get(d["seq"], 0) + 1
+
+    def count(self, who: str) -> int:
+        return sum(1 for a in self.answers if a["answered_by"] == who)
+
+    def correct(self) -> list[bool]:
+        if self.labels is None:
+            return []
+        return [a["cls"] == int(self.labels[a["seq"] % len(self.labels)]) for a in self.answers]
+
+
+def _mbit(rate: float | None) -> str:
+    return "   -  " if rate is None else f"{rate * 8 / 1e6:6.2f}"
+
+
+def _table(views: list[_View], trace: BandwidthTrace, offsets: list[float], t0: float) -> list[str]:
+    now = time.time()
+    rows = [f"  t={max(0.0, now - t0):5.1f}s  device  answered  local  cloud  deadline  cut/bits  est Mbit/s  "
+            "true Mbit/s"]
+    for i, v in enumerate(views):
+        last = v.answers[-1] if v.answers else {}
+        cut = f"{last.get('cur', '-')}/{last.get('cur_bits', '-')}"
+        tt = max(0.0, now - t0) + offsets[i]
+        true = (trace.delivered(tt + 0.5) - trace.delivered(tt)) / 0.5  # mahimahi bins are 10 ms: smooth
+        rows.append(f"  {'':8} {i:>6}  {len(v.answers):8}  {v.count('device'):5}  {v.count('cloud'):5}  "
+                    f"{v.count('deadline'):8}  {cut:>8}  {_mbit(last.get('est')):>10}  {_mbit(true):>11}")
+    return rows
+
+
+def _progress(views: list[_View], trace: BandwidthTrace, offsets: list[float], t0: float, tty: bool,
+              state: dict) -> None:
+    for v in views:
+        v.poll()
+    rows = _table(views, trace, offsets, t0)
+    if tty:
+        if state.get("drawn"):
+            sys.stdout.write(f"\x1b[{state['drawn']}F")
+        sys.stdout.write("".join(r + "\x1b[K\n" for r in rows))
+        sys.stdout.flush()
+        state["drawn"] = len(rows)
+    elif time.time() >= state.get("next", 0.0):
+        state["next"] = time.time() + 5.0
+        print("\n".join(rows), flush=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def answer_problems(seq_counts: dict[int, int], frames: int | None) -> list[str]:
+    """What is wrong with one device's answers: seqs answered twice, frames (0..frames-1) never
+    answered, answers for frames that were never taken; ``frames=None``: the device never finished."""
+    if frames is None:
+        return ["no summary: the device process did not finish"]
+    problems = []
+    dup = sorted(s for s, c in seq_counts.items() if c > 1)
+    if dup:
+        problems.append(f"{len(dup)} frames answered more than once: {dup[:10]}")
+    missing = sorted(set(range(frames)) - set(seq_counts))
+    if missing:
+        problems.append(f"{len(missing)} of {frames} frames never answered: {missing[:10]}")
+    extra = sorted(s for s in seq_counts if not 0 <= s < frames)
+    if extra:
+        problems.append(f"answers for {len(extra)} frames that were never taken: {extra[:10]}")
+    return problems
+
+
+def _summarise(views: list[_View], shape: tuple[int, ...], codes: list[int | None]) -> tuple[dict, list[str]]:
+    problems: list[str] = []
+    frames = 0
+    for i, v in enumerate(views):
+        n = int(v.summary["frames"]) if v.summary else None
+        frames += n or 0
+        problems += [f"device {i}: {p}" for p in answer_problems(v.seqs, n)]
+        if codes[i] != 0:
+            problems.append(f"device {i}: process exited with {codes[i]} (see {v.path.with_suffix('.log')})")
+    answers = [a for v in views for a in v.answers]
+    lat = np.array([a["latency_ms"] for a in answers]) if answers else np.array([np.nan])
+    correct = [c for v in views for c in v.correct()]
+    raw = frames * int(np.prod(shape))
+    sent = sum(int(v.summary["bytes_sent"]) for v in views if v.summary)
+    s = {
+        "frames": frames, "answers": len(answers),
+        "answered": {w: sum(v.count(w) for v in views) for w in ("device", "cloud", "deadline")},
+        "cut_switches": sum(int(v.summary["switches"]) for v in views if v.summary),
+        "bytes_sent": sent, "raw_frame_bytes": raw,
+        "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+        "accuracy": (sum(correct) / len(correct)) if correct else None,
+        "per_device": [{"frames": v.summary["frames"] if v.summary else None,
+                        "answered": {w: v.count(w) for w in ("device", "cloud", "deadline")},
+                        "switches": v.summary["switches"] if v.summary else None} for v in views],
+        "ok": not problems, "problems": problems,
+    }
+    return s, problems
+
+
+def _cloud_totals(out: Path, workers: int) -> dict:
+    """The tail workers' totals from their --metrics-json files (written at their exit)."""
+    total: dict = {"received": 0, "answered": 0, "shed": 0, "errors": {}}
+    for w in range(workers):
+        path = out / f"cloud-{w}.json"
+        if not path.is_file():
+            continue
+        t = json.loads(path.read_text())["totals"]
+        for key in ("received", "answered", "shed"):
+            total[key] += int(t[key])
+        for code, k in t["errors"].items():
+            total["errors"][code] = total["errors"].get(code, 0) + int(k)
+    return total
+
+
+def _print_summary(s: dict) -> None:
+    a = s["answered"]
+    ratio = s["bytes_sent"] / s["raw_frame_bytes"] if s["raw_frame_bytes"] else float("nan")
+    acc = "n/a (unlabelled frames)" if s["accuracy"] is None else f"{s['accuracy']:.1%} (vs the reference labels)"
+    print("\nsummary\n"
+          f"  frames            {s['frames']}  (answers {s['answers']})\n"
+          f"  answered          locally {a['device']}, by the cloud {a['cloud']}, by deadline {a['deadline']}\n"
+          f"  cut switches      {s['cut_switches']}\n"
+          f"  bytes sent        {s['bytes_sent']:,} vs {s['raw_frame_bytes']:,} raw frame bytes ({ratio:.1%})\n"
+          f"  latency           p50 {s['latency_p50_ms']:.1f} ms, p95 {s['latency_p95_ms']:.1f} ms\n"
+          f"  accuracy          {acc}", flush=True)
+
+
+def _plots(views: list[_View], trace: BandwidthTrace, offsets: list[float], t0: float, duration: float,
+           deadline_ms: float, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(views)
+    fig, axes = plt.subplots(2 * n, 1, figsize=(10, 3.2 * n + 1), sharex=True, squeeze=False)
+    grid = np.arange(0.0, duration, 0.25)
+    for i, v in enumerate(views):
+        ax_cut, ax_bw = axes[2 * i, 0], axes[2 * i + 1, 0]
+        t = np.array([a["t"] - t0 for a in v.answers])
+        if len(t):
+            ax_cut.step(t, [a["cur"] for a in v.answers], where="post", color="tab:blue", label="current cut")
+            probes = [(ti, a["cut"]) for ti, a in zip(t, v.answers, strict=True) if a["probe"]]
+            if probes:
+                ax_cut.scatter(*zip(*probes, strict=True), s=8, color="tab:orange", label="probe", zorder=3)
+        ax_cut.set_ylabel("cut")
+        ax_cut.set_title(f"device {i}: cut and uplink (trace offset {offsets[i]:.0f} s)")
+        ax_cut.legend(loc="upper right", fontsize=7)
+        true = [(trace.delivered(offsets[i] + g + 0.25) - trace.delivered(offsets[i] + g)) / 0.25 for g in grid]
+        ax_bw.plot(grid, np.maximum(np.array(true) * 8 / 1e6, 0.01), color="black", lw=1,
+                   label="true (trace, 0.25 s mean; outages at 0.01)")
+        est = [(ti, a["est"]) for ti, a in zip(t, v.answers, strict=True) if a.get("est")]
+        if est:
+            ax_bw.plot([e[0] for e in est], [e[1] * 8 / 1e6 for e in est], color="tab:red", lw=1.2,
+                       label="device estimate")
+        ax_bw.set_yscale("log")
+        ax_bw.set_ylabel("Mbit/s")
+        ax_bw.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    p1 = out / "cuts_bandwidth.png"
+    fig.savefig(p1, dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colors = {"device": "tab:green", "cloud": "tab:blue", "deadline": "tab:red"}
+    for who, color in colors.items():
+        pts = [(a["t"] - t0, a["latency_ms"]) for v in views for a in v.answers if a["answered_by"] == who]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=5, color=color, label=f"{who} ({len(pts)})")
+    ax.axhline(deadline_ms, color="gray", ls="--", lw=1, label=f"deadline {deadline_ms:g} ms")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("latency per frame (ms)")
+    ax.set_title("capture -> answer latency, every frame of every device")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    p2 = out / "latency.png"
+    fig.savefig(p2, dpi=90)
+    plt.close(fig)
+    return [p1, p2]
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    from sdk.errors import BrokerUnavailableError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and any(ln.startswith("ready ") for ln in log.read_text(errors="replace").splitlines()):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise BrokerUnavailableError(f"the cloud tail worker did not subscribe within {timeout:g} s "
+                                 f"(exit code {proc.poll()}); its output:\n{log.read_text(errors='replace')[-2000:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device_worker is not None:
+        return run_device(DeviceSpec(**json.loads(args.device_worker.read_text())))
+    from sdk.broker import EmbeddedBroker
+    from sdk.config import load_board
+    from sdk.manifest import load_manifest
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    board = load_board(args.board)
+    bundle = _bundle(args.bundle).resolve()
+    manifest = load_manifest(bundle)
+    shape = tuple(int(d) for d in manifest.input.shape)
+    trace_spec, trace, trace_note = _pick_trace(args.trace)
+    n = args.devices
+    offsets = [i * trace.period / n for i in range(n)]
+    frame_paths, labels = _frames(args.frames, n, out, shape)
+    _say(f"bundle {bundle} ({len(manifest.cuts)} cuts), board {board.board.name}, {n} devices, {args.duration:g} s")
+    _say(f"{trace_note}: period {trace.period:.0f} s, mean {trace.mean_rate() * 8 / 1e6:.2f} Mbit/s; "
+         f"device offsets {', '.join(f'{o:.0f}' for o in offsets)} s")
+    link_mode = args.link
+    if link_mode == "netns":
+        support = netem.detect()
+        if not support.ok:
+            _say(f"--link netns is not possible here ({support.reason}); FALLING BACK to the transport shaper")
+            link_mode = "shaper"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_REPO), os.environ.get("PYTHONPATH", "")])}
+    procs: list[subprocess.Popen[bytes]] = []
+    with ExitStack() as stack:
+        stack.callback(lambda: [p.kill() for p in procs if p.poll() is None])
+        link = stack.enter_context(netem.NetnsLink(n + 1)) if link_mode == "netns" else None
+        broker = stack.enter_context(EmbeddedBroker(host=link.host if link else "127.0.0.1"))
+        workers = args.workers
+        if broker.impl == "amqtt" and workers > 1:
+            _say("amqtt (MQTT 3.1.1) has no shared subscriptions: running ONE tail worker instead of "
+                 f"{workers} (every worker would get every frame)")
+            workers = 1
+        _say(f"broker: {broker.impl} on {broker.url}" + (" (MQTT 3.1.1, one tail worker)" if broker.impl == "amqtt"
+                                                         else ""))
+        if link:
+            _say(f"link emulation: KERNEL - namespaces {link.namespace(0)}.. behind bridge {link.bridge} "
+                 f"({link.host}), tbf rate following the trace every 0.5 s (no added delay: no netem here)")
+        else:
+            _say(f"link emulation: TRANSPORT SHAPER - each device's act publishes are held until the trace "
+                 f"lets them cross (FIFO), + {args.latency_ms:g} ms one way")
+        deadline_ms = board.device.deadline_ms
+        for w in range(workers):
+            log = out / f"cloud-{w}.log"
+            cmd = [sys.executable, "-m", "sdk.cli", "cloud", "--bundle", str(bundle), "--broker", broker.url,
+                   "--worker-id", f"demo-tail-{w}", "--max-queue-ms", str(deadline_ms),
+                   "--metrics-json", str(out / f"cloud-{w}.json")]
+            with open(log, "wb") as f:
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env))
+        if args.link_check > 0:
+            if link:
+                check = netem.saturation_check(link, n, trace, offsets[0], args.link_check)
+            else:
+                check = check_shaper(trace, offsets[0], args.link_check)
+            _say(f"link check ({link_mode}, device 0's stretch of the trace, saturated): {check.describe()}")
+        for w in range(workers):
+            _wait_ready(procs[w], out / f"cloud-{w}.log", 60.0)
+        _say(f"{workers} cloud tail worker(s) ready")
+        t0 = time.time() + 3.0
+        if link:
+            follower = netem.TraceFollower(link, trace, dict(enumerate(offsets)), t0).start()
+            stack.callback(follower.stop)
+        views, dev_procs = [], []
+        for i in range(n):
+            spec = DeviceSpec(
+                device_id=f"demo-{i}", bundle=str(bundle), board=args.board,
+                broker=broker.url, frames=str(frame_paths[i]), fps=args.fps, duration=args.duration,
+                trace=trace_spec, offset=offsets[i], t0=t0, latency_ms=args.latency_ms if not link else 0.0,
+                shaper=link is None, out=str(out / f"device-{i}.jsonl"),
+            )  # fmt: skip
+            spec_path = out / f"device-{i}.spec.json"
+            spec_path.write_text(json.dumps(asdict(spec)))
+            cmd = [sys.executable, "-m", "cloud_tail.demo", "--device-worker", str(spec_path)]
+            if link:
+                cmd = [*link.exec_prefix(i), *cmd]
+            (out / f"device-{i}.jsonl").unlink(missing_ok=True)
+            with open(out / f"device-{i}.log", "wb") as f:
+                dev_procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env))
+            procs.append(dev_procs[-1])
+            views.append(_View(out / f"device-{i}.jsonl", labels[i]))
+        tty, state = sys.stdout.isatty(), {}
+        killed = False
+        hard_stop = t0 + args.duration + deadline_ms / 1000.0 + 60.0
+        while any(p.poll() is None for p in dev_procs) and time.time() < hard_stop:
+            if args.kill_broker_at is not None and not killed and time.time() >= t0 + args.kill_broker_at:
+                broker.kill()
+                killed = True
+                _say(f"broker KILLED at t={args.kill_broker_at:g} s (frames must still be answered, locally)")
+            _progress(views, trace, offsets, t0, tty, state)
+            time.sleep(0.5)
+        codes = [_stop(p, 5.0) for p in dev_procs]
+        state["next"] = 0.0
+        _progress(views, trace, offsets, t0, tty, state)
+        for p in procs[:workers]:
+            _stop(p)
+    summary, problems = _summarise(views, shape, codes)
+    summary["cloud"] = _cloud_totals(out, workers)
+    summary.update(link=link_mode, trace=trace_note, broker_killed_at=args.kill_broker_at,
+                   link_check=asdict(check) if args.link_check > 0 else None)
+    _print_summary(summary)
+    c = summary["cloud"]
+    print(f"  cloud workers     received {c['received']}, answered {c['answered']}, shed {c['shed']}, "
+          f"refused {c['errors'] or 0}" + (" <- the cloud REFUSED frames: see cloud-*.log" if c["errors"] else ""))
+    if args.link_check > 0:
+        print(f"  link ({link_mode})      {check.describe()}")
+    if not args.no_plots:
+        for path in _plots(views, trace, offsets, t0, args.duration, deadline_ms, out):
+            print(f"  plot              {path}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"  answers           {out}/device-<i>.jsonl, summary {out / 'summary.json'}")
+    if problems:
+        print("NOT every frame was answered exactly once:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print("every frame answered exactly once", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

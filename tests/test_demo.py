@@ -1,0 +1,148 @@
+"""``splitedge demo``: short real runs (broker, cloud worker process, device processes), the trace
+shaper's achieved throughput, the kernel link (when this machine allows namespaces + tbf), and the
+exactly-once check behind the exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_tail import netem
+from cloud_tail.demo import TraceShaper, answer_problems, check_shaper, main
+from sdk.broker import find_mosquitto
+from sdk.traces import BandwidthTrace
+
+needs_broker = pytest.mark.skipif(find_mosquitto() is None, reason="needs mosquitto (apt-get install mosquitto)")
+
+
+def _answers(out: Path, i: int) -> list[dict]:
+    lines = [json.loads(ln) for ln in (out / f"device-{i}.jsonl").read_text().splitlines() if ln.strip()]
+    return [d for d in lines if "seq" in d]
+
+
+def _frames(out: Path, i: int) -> int:
+    lines = [json.loads(ln) for ln in (out / f"device-{i}.jsonl").read_text().splitlines() if ln.strip()]
+    return next(d["summary"]["frames"] for d in lines if "summary" in d)
+
+
+def _check_exactly_once(out: Path, devices: int) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ok"], summary["problems"]
+    total = 0
+    for i in range(devices):
+        seqs = [a["seq"] for a in _answers(out, i)]
+        n = _frames(out, i)
+        assert sorted(seqs) == list(range(n)), f"device {i}: answers are not exactly one per frame"
+        total += n
+    a = summary["answered"]
+    assert summary["frames"] == total == a["device"] + a["cloud"] + a["deadline"] == summary["answers"]
+    assert total > 0
+    assert summary["raw_frame_bytes"] == total * 96 * 96 * 3
+    assert 0 <= summary["bytes_sent"] < summary["raw_frame_bytes"]
+    assert summary["latency_p50_ms"] <= summary["latency_p95_ms"]
+    assert summary["accuracy"] is None or 0.0 <= summary["accuracy"] <= 1.0
+    return summary
+
+
+@needs_broker
+def test_short_demo_answers_every_frame_once_and_plots(reference_bundle: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    code = main(["--bundle", str(reference_bundle), "--devices", "2", "--duration", "8", "--trace", "synthetic",
+                 "--out", str(out), "--frames", "20", "--link-check", "2", "--fps", "10"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    summary = _check_exactly_once(out, 2)
+    assert summary["link"] == "shaper" and "SYNTHETIC" in summary["trace"]
+    assert "TRANSPORT SHAPER" in text and "every frame answered exactly once" in text
+    assert summary["link_check"]["windows"] == 4
+    c = summary["cloud"]
+    assert c["received"] == c["answered"] + c["shed"] + sum(c["errors"].values())
+    for name in ("cuts_bandwidth.png", "latency.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+@needs_broker
+def test_broker_killed_mid_run_every_frame_still_answered(reference_bundle: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "demo"
+    code = main(["--bundle", str(reference_bundle), "--devices", "2", "--duration", "7", "--trace", "synthetic",
+                 "--out", str(out), "--frames", "20", "--link-check", "0", "--no-plots", "--fps", "10",
+                 "--kill-broker-at", "3"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "broker KILLED" in text
+    summary = _check_exactly_once(out, 2)
+    assert not (out / "latency.png").exists()
+    t_start = json.loads((out / "device-0.jsonl").read_text().splitlines()[0])["start"]
+    late = [a for i in range(2) for a in _answers(out, i) if a["t"] > t_start + 4.0]
+    assert late, "no frames after the broker died"
+    assert all(a["answered_by"] != "cloud" for a in late)  # nobody to answer: local or deadline
+    assert summary["broker_killed_at"] == 3
+
+
+def test_shaper_throughput_follows_a_step_trace() -> None:
+    step = BandwidthTrace("step", np.array([0.0, 1.0, 2.0]), np.array([200e3, 50e3, 400e3]), 3.0)
+    check = check_shaper(step, 0.0, 3.0, window_s=0.5)
+    assert check.windows == 6
+    achieved = np.array(check.achieved)
+    assert np.allclose(check.expected, [200e3, 200e3, 50e3, 50e3, 400e3, 400e3])
+    # every window within 15 % of the step it lies in (releases are quantized to 4 kB payloads)
+    assert np.all(np.abs(achieved - check.expected) <= 0.15 * np.array(check.expected)), achieved
+    assert check.follows and check.correlation > 0.95
+
+
+def test_trace_shaper_is_a_fifo_link_following_the_trace() -> None:
+    trace = BandwidthTrace("two", np.array([0.0, 1.0]), np.array([100_000.0, 10_000.0]), 2.0)
+    shaper = TraceShaper(trace, offset=0.5, t0=100.0, latency_s=0.02)
+    # at trace time 0.5: 50 kB fit before the rate drops at 1.0
+    assert shaper.delay_s(50_000, 100.0) == pytest.approx(0.5 + 0.02)
+    # queued behind the first, starting at trace 1.0 at 10 kB/s
+    assert shaper.delay_s(5_000, 100.0) == pytest.approx(1.0 + 0.02)
+    assert shaper.rate_at(100.6) == 10_000.0
+
+
+@pytest.mark.parametrize(
+    ("achieved", "expected", "follows"),
+    [
+        ([1.0e5, 2.0e5, 3.0e5], [1.0e5, 2.0e5, 3.0e5], True),
+        ([1.05e5, 1.9e5, 3.1e5], [1.0e5, 2.0e5, 3.0e5], True),
+        ([3.0e5, 2.0e5, 1.0e5], [1.0e5, 2.0e5, 3.0e5], False),  # anti-correlated
+        ([1.0e5, 1.0e5, 1.0e5], [2.0e5, 2.0e5, 2.0e5], False),  # flat but half the rate
+        ([2.0e5, 2.1e5, 1.9e5], [2.0e5, 2.0e5, 2.0e5], True),  # flat trace: error only
+    ],
+)
+def test_track_table(achieved: list[float], expected: list[float], follows: bool) -> None:
+    assert netem.track(np.array(achieved), np.array(expected), 1.0).follows is follows
+
+
+@pytest.mark.parametrize(
+    ("counts", "frames", "ok"),
+    [
+        ({0: 1, 1: 1, 2: 1}, 3, True),
+        ({0: 1, 2: 1}, 3, False),  # frame 1 missing
+        ({0: 1, 1: 2, 2: 1}, 3, False),  # frame 1 twice
+        ({0: 1, 1: 1, 2: 1, 3: 1}, 3, False),  # an answer for a frame never taken
+        ({}, None, False),  # the device never finished
+        ({}, 0, True),
+    ],
+)
+def test_answer_problems_table(counts: dict[int, int], frames: int | None, ok: bool) -> None:
+    assert (answer_problems(counts, frames) == []) is ok
+
+
+_NETNS = netem.detect()
+
+
+@pytest.mark.skipif(not _NETNS.ok, reason=f"kernel link emulation unavailable: {_NETNS.reason}")
+def test_netns_tbf_follows_a_step_trace() -> None:
+    step = BandwidthTrace("step", np.array([0.0, 1.5, 3.0]), np.array([200e3, 50e3, 400e3]), 4.5)
+    with netem.NetnsLink(1) as link:
+        check = netem.saturation_check(link, 0, step, 0.0, 4.5, window_s=0.5)
+        assert Path(f"/sys/class/net/{link.host_side(0)}").exists()
+    assert not Path(f"/sys/class/net/{link.host_side(0)}").exists()  # cleaned up
+    assert check.follows and check.correlation > 0.9, check.describe()
