@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
-from types import FrameType
 
 from cloud_tail.counters import serve_metrics, write_json
 from cloud_tail.tails import TailSet
 from cloud_tail.worker import TailWorker, WorkerConfig
+from sdk.signals import stop_on_signals
 
 __all__ = ["main", "parse_args"]
 
@@ -78,42 +76,32 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_ms=args.max_queue_ms,
     )
     tails = TailSet(args.bundle, threads=args.threads)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    main_thread = threading.current_thread() is threading.main_thread()  # signals: main thread only
-    previous = (
-        {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
-    )
-    transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
-    worker = TailWorker(transport, tails, config)
-    server = None
-    try:
-        worker.start()
-        if args.metrics_port is not None:
-            server = serve_metrics(worker.counters, args.metrics_port, host=args.metrics_host)
-        cuts = ",".join(str(c) for c in tails.cut_ids)
-        metrics = f" metrics http://{args.metrics_host}:{server.server_port}/metrics" if server else ""
-        print(
-            f"ready {worker_id} broker {args.broker} group {args.group} bundle "
-            f"0x{tails.bundle_id:08x} cuts {cuts}{metrics}",
-            flush=True,
-        )
-        while not stop.wait(args.metrics_interval):
+    with stop_on_signals() as stop:
+        transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
+        worker = TailWorker(transport, tails, config)
+        server = None
+        try:
+            worker.start()
+            if args.metrics_port is not None:
+                server = serve_metrics(worker.counters, args.metrics_port, host=args.metrics_host)
+            cuts = ",".join(str(c) for c in tails.cut_ids)
+            metrics = f" metrics http://{args.metrics_host}:{server.server_port}/metrics" if server else ""
+            print(
+                f"ready {worker_id} broker {args.broker} group {args.group} bundle "
+                f"0x{tails.bundle_id:08x} cuts {cuts}{metrics}",
+                flush=True,
+            )
+            while not stop.wait(args.metrics_interval):
+                if args.metrics_json:
+                    write_json(worker.counters, args.metrics_json)
+        finally:
+            worker.stop()
+            transport.close()
+            if server is not None:
+                server.shutdown()
+                server.server_close()
             if args.metrics_json:
                 write_json(worker.counters, args.metrics_json)
-    finally:
-        worker.stop()
-        transport.close()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if args.metrics_json:
-            write_json(worker.counters, args.metrics_json)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
     totals = worker.counters.snapshot()["totals"]
     print(
         f"stopped {worker_id}: received {totals['received']} answered {totals['answered']} "

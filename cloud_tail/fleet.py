@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from types import FrameType
 from typing import Any
 
 from sdk.errors import WireError
 from sdk.messages import StatusMessage, TelemetryMessage, decode_message
+from sdk.signals import stop_on_signals
 from sdk.topics import TopicKind, filter_for, parse
 from sdk.transport import Message, Transport
 
@@ -166,35 +165,25 @@ def main(argv: list[str] | None = None) -> int:
     from sdk.mqtt import MqttTransport
 
     view = FleetView()
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    main_thread = threading.current_thread() is threading.main_thread()  # signals: main thread only
-    previous = (
-        {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
-    )
-    transport = MqttTransport(args.broker)
-    tty = sys.stdout.isatty()
-    try:
-        view.attach(transport)
-        if args.once:
-            stop.wait(args.timeout)
-            print(json.dumps(view.to_dict(), indent=1) if args.json else view.table(), flush=True)
+    with stop_on_signals() as stop:
+        transport = MqttTransport(args.broker)
+        tty = sys.stdout.isatty()
+        try:
+            view.attach(transport)
+            if args.once:
+                stop.wait(args.timeout)
+                print(json.dumps(view.to_dict(), indent=1) if args.json else view.table(), flush=True)
+                return 0
+            while not stop.wait(args.interval):
+                if args.json:
+                    print(json.dumps(view.to_dict()), flush=True)
+                else:
+                    clear = "\x1b[H\x1b[2J" if tty else "\n"
+                    stamp = time.strftime("%H:%M:%S")
+                    print(f"{clear}splitedge fleet  {args.broker}  {stamp}\n{view.table()}", flush=True)
             return 0
-        while not stop.wait(args.interval):
-            if args.json:
-                print(json.dumps(view.to_dict()), flush=True)
-            else:
-                clear = "\x1b[H\x1b[2J" if tty else "\n"
-                stamp = time.strftime("%H:%M:%S")
-                print(f"{clear}splitedge fleet  {args.broker}  {stamp}\n{view.table()}", flush=True)
-        return 0
-    finally:
-        transport.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        finally:
+            transport.close()
 
 
 if __name__ == "__main__":

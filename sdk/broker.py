@@ -24,7 +24,6 @@ import json
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 from sdk.errors import BrokerUnavailableError, MissingDependencyError
+from sdk.signals import stop_on_signals
 
 __all__ = ["BrokerTls", "EmbeddedBroker", "find_mosquitto", "free_port", "main", "parse_args"]
 
@@ -337,29 +337,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitedge broker: {args.host}:{args.port} is already in use (another broker?); "
               "pick another with --port N, or --port 0", file=sys.stderr)
         return 1
-    stop = {"now": False}
-
-    def on_signal(signum: int, frame: object) -> None:
-        stop["now"] = True
-
-    # Ctrl-C and SIGTERM only raise a flag, wherever they land: the broker is always stopped cleanly.
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with EmbeddedBroker(impl=args.impl, port=args.port or None, host=args.host,
-                            max_packet_size=args.max_packet_size) as broker:
-            print(f"{broker.impl} listening on {broker.url}  (Ctrl-C to stop)", flush=True)
-            while not stop["now"]:
-                if not broker.running:
-                    time.sleep(0.3)  # a terminal's Ctrl-C reaches the broker (same process group) too
-                    if stop["now"]:
-                        break
-                    print(f"splitedge broker: {broker.impl} exited; its log:\n{broker.log_text()[-2000:]}",
-                          file=sys.stderr)
-                    return 1
-                time.sleep(0.1)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # Ctrl-C and SIGTERM only set an event, wherever they land: the broker is always stopped cleanly.
+    with stop_on_signals() as stop, EmbeddedBroker(impl=args.impl, port=args.port or None, host=args.host,
+                                                   max_packet_size=args.max_packet_size) as broker:
+        print(f"{broker.impl} listening on {broker.url}  (Ctrl-C to stop)", flush=True)
+        while not stop.wait(0.1):
+            if not broker.running:
+                if stop.wait(0.3):  # a terminal's Ctrl-C reaches the broker (same process group) too
+                    break
+                print(f"splitedge broker: {broker.impl} exited; its log:\n{broker.log_text()[-2000:]}",
+                      file=sys.stderr)
+                return 1
     print("broker stopped", flush=True)
     return 0
 
