@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                 # every benchmark
     python -m benchmarks.run wire converter  # only these; the other sections of the file stay as they were
+    splitedge bench dynamic --trace FILE ...  # a benchmark with its own CLI: the options go to its main()
 
 Each benchmark module has ``run() -> str`` (Markdown headed by the command that reproduces it). Sections
 are delimited by HTML comments so a partial run replaces only its own sections. Machines here are shared
@@ -24,7 +25,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "transport": ("benchmarks.bench_transport", "Transport: loopback round trip through Mosquitto"),
     "cloud": ("benchmarks.bench_cloud", "Cloud tail: throughput, batching, workers"),
     "device": ("benchmarks.bench_device", "Device runner: per-frame overhead"),
+    "dynamic": ("benchmarks.bench_dynamic", "Dynamic vs static cuts: trace replay"),
 }
+#: benchmarks with their own command line (``main(argv) -> int``): ``NAME --option ...`` runs it.
+CLIS = frozenset({"dynamic"})
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 
@@ -59,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] in CLIS and argv[1].startswith("-") and argv[1] != "--print-only":
+        return int(importlib.import_module(BENCHMARKS[argv[0]][0]).main(argv[1:]))
     args = parse_args(argv)
     names = args.names or list(BENCHMARKS)
     results, failed = {}, []

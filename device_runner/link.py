@@ -4,7 +4,8 @@ This host has no ``netem`` (/work/shared/PLATFORM.md), so a bandwidth trace is e
 transport: :class:`ShapedTransport` wraps any :class:`~sdk.transport.Transport` and delays each
 shaped publish (by default the ``act`` topic only) by ``shaper.delay_s(nbytes, now)`` seconds before
 handing it to the inner transport. :class:`ConstantRateShaper` models a FIFO link of a given rate
-(``set_rate`` changes it, e.g. from a trace) plus a fixed one-way latency.
+(``set_rate`` changes it) plus a fixed one-way latency; :class:`TraceShaper` is the same FIFO link
+whose rate follows a bandwidth trace exactly (``sdk.traces.BandwidthTrace.transfer_end``).
 
 Held publishes wait in a bounded heap (``max_pending``); when it is full, ``publish`` raises
 ``TransportError`` at once, so the device answers locally instead of queueing without limit. With
@@ -25,9 +26,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sdk.errors import BrokerUnavailableError, TransportError
+from sdk.traces import BandwidthTrace
 from sdk.transport import ConnectionCallback, Handler, Transport
 
-__all__ = ["ConstantRateShaper", "ShapedTransport", "UplinkShaper"]
+__all__ = ["ConstantRateShaper", "ShapedTransport", "TraceShaper", "UplinkShaper"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,38 @@ class ConstantRateShaper:
             start = max(now, self._free_at)
             self._free_at = start + nbytes / self._rate
             return self._free_at - now + self.latency_s
+
+
+class TraceShaper:
+    """A FIFO link whose rate follows ``trace``: a payload offered at ``now`` starts when the previous
+    one has crossed and ends at ``trace.transfer_end`` (trace time = ``now - t0 + offset``), plus
+    ``latency_s``. Without ``t0`` the first ``delay_s`` call sets it (trace time ``offset`` then).
+    The trace loops (see :mod:`sdk.traces`). Same interface as :class:`ConstantRateShaper`.
+    """
+
+    def __init__(
+        self, trace: BandwidthTrace, *, offset: float = 0.0, t0: float | None = None, latency_s: float = 0.0
+    ) -> None:
+        if latency_s < 0 or offset < 0:
+            raise ValueError(f"latency_s and offset must be >= 0, got {latency_s} and {offset}")
+        self.trace = trace
+        self.offset = float(offset)
+        self.t0 = t0
+        self.latency_s = float(latency_s)
+        self._lock = threading.Lock()
+        self._free_at = -float("inf")  # trace time at which the link is next free
+
+    def rate_at(self, now: float) -> float:
+        """The trace's rate (bytes/s) at clock time ``now``."""
+        return self.trace.rate_at(now - (self.t0 if self.t0 is not None else now) + self.offset)
+
+    def delay_s(self, nbytes: int, now: float) -> float:
+        with self._lock:
+            if self.t0 is None:
+                self.t0 = now
+            t = now - self.t0 + self.offset
+            self._free_at = self.trace.transfer_end(max(t, self._free_at), nbytes)
+            return self._free_at - t + self.latency_s
 
 
 class ShapedTransport:

@@ -11,13 +11,24 @@ dropped before planning.
   option that becomes infeasible is left at once. A steady link therefore never flaps.
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
-  how an early cut is found again when the bandwidth recovers.
+  how an early cut is found again when the bandwidth recovers. A cut that has been sampled and could
+  not beat the current option even over an infinitely fast link (its head + link + tail alone are not
+  ``margin`` below the current total) is not probed: the bandwidth cannot make it win, and a probe
+  waits for the cloud, so it would only cost latency. (E.g. at the device cut of a small model no
+  offload can ever win; probing there raised the mean latency 3x in the replay benchmark.)
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
 
 **tau** (early-exit threshold) per (cut, bits) comes from the cut's ``exit_curve`` (held-out
 points ``tau -> coverage, local accuracy``), see :func:`tau_for`.
+
+**Expected cost with the early exit** (``expected_cost=True``, the default): a split cut's option is
+planned at ``E[T] = T_dev + q * T_esc`` (``sdk.planner.cascade_latency``), with ``q`` = 1 - the exit
+curve's coverage at that option's tau: its transfer, link and tail times in the plan are scaled by
+``q``. Without it a cut whose exit answers most frames locally looks as costly as escalating every
+frame, and the policy misses the cheapest option (the replay benchmark measured 2.3x the oracle's
+mean latency on a Zero 2 W profile). Probes still escalate in full.
 """
 
 from __future__ import annotations
@@ -32,7 +43,7 @@ from sdk.config import DeviceSettings, TauTarget
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.planner import CutCost, Option, Plan, costs_from_manifest, evaluate
 
-__all__ = ["Choice", "CutPolicy", "Decision", "tau_for"]
+__all__ = ["Choice", "CutPolicy", "Decision", "escalation_rate", "tau_for"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,14 @@ def tau_for(cut: CutSpec, bits: int, target: TauTarget, value: float, cloud_accu
     return math.inf
 
 
+def escalation_rate(cut: CutSpec, tau: float) -> float:
+    """q(tau) = 1 - coverage on the cut's held-out exit curve (the first point at or above tau); 1 without a curve."""
+    if cut.kind is not CutKind.SPLIT:
+        return 1.0
+    above = [p for p in sorted(cut.exit_curve, key=lambda p: p.tau) if p.tau >= tau - 1e-12]
+    return 1.0 - above[0].coverage if above else 1.0
+
+
 class CutPolicy:
     """Picks (cut, bits) per frame from :class:`~device_runner.estimator.Estimates`."""
 
@@ -98,6 +117,7 @@ class CutPolicy:
         initial: Choice | None = None,
         tau_override: float | None = None,
         allowed_cuts: Collection[int] | None = None,
+        expected_cost: bool = True,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
@@ -121,6 +141,7 @@ class CutPolicy:
             known = [c.index for c in manifest.cuts]
             raise ValueError(f"no cut left to plan with (allowed_cuts={allowed_cuts}, bundle cuts {known})")
         self._tau_override = tau_override
+        self.expected_cost = expected_cost
         self._taus: dict[tuple[int, int], float] = {}
         self.current: Choice | None = initial
         self._streak = 0
@@ -156,7 +177,7 @@ class CutPolicy:
             allow_raw=self.allow_raw,
         )
         try:
-            return evaluate(costs, accuracy_drop_budget=self.device.accuracy_drop_budget, **kwargs)  # type: ignore[arg-type]
+            plan = evaluate(costs, accuracy_drop_budget=self.device.accuracy_drop_budget, **kwargs)  # type: ignore[arg-type]
         except ValueError:
             if not self._warned_budget:
                 log.warning(
@@ -164,7 +185,19 @@ class CutPolicy:
                     "or raise the budget)", self.device.accuracy_drop_budget,
                 )
                 self._warned_budget = True
-            return evaluate(costs, **kwargs)  # type: ignore[arg-type]
+            plan = evaluate(costs, **kwargs)  # type: ignore[arg-type]
+        return self._with_exits(plan) if self.expected_cost else plan
+
+    def _with_exits(self, plan: Plan) -> Plan:
+        """The plan at E[T] = T_dev + q * T_esc per split option (module doc); same tie rule as evaluate."""
+        options = []
+        for o in plan.options:
+            if o.kind is CutKind.SPLIT:
+                q = escalation_rate(self.manifest.cut(o.index), self.tau(o.index, o.bits))
+                o = replace(o, transfer_ms=q * o.transfer_ms, link_ms=q * o.link_ms, tail_ms=q * o.tail_ms)
+            options.append(o)
+        best = min((o for o in options if o.feasible), key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
+        return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
 
     def decide(self, est: Estimates) -> Decision:
         plan = self.plan(est)
@@ -204,10 +237,14 @@ class CutPolicy:
     def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
         """The feasible cut (other than the current one) sampled least recently, at its best bit width."""
         assert self.current is not None
+        current = self._option(plan, self.current)
+        bar = current.total_ms * (1.0 - self.margin) if current is not None and current.feasible else math.inf
         best_per_cut: dict[int, Option] = {}
         for o in plan.options:
             if not o.feasible or o.index == self.current.cut:
                 continue
+            if o.index in est.last_sample and o.total_ms - o.transfer_ms >= bar:
+                continue  # sampled, and no bandwidth could make it win: a probe would only cost latency
             if o.kind is CutKind.RAW and not self.allow_raw:  # belt and braces: evaluate already excludes it
                 continue
             if o.index not in best_per_cut or o.total_ms < best_per_cut[o.index].total_ms:

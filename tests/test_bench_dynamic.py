@@ -1,0 +1,266 @@
+"""The dynamic-vs-static replay: queueing math by hand, the oracle bound, the dynamic policy's lag, the CLI.
+
+A tiny fake bundle (manifest only) and hand-made per-frame data keep these fast; one test measures the
+real reference bundle on a few frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench_dynamic as bd
+from device_runner.link import TraceShaper
+from sdk.config import parse_config
+from sdk.manifest import (
+    AccuracyAtBits,
+    CutKind,
+    CutSpec,
+    ExitPoint,
+    InputSpec,
+    LabelsSource,
+    Manifest,
+    TensorSpec,
+)
+from sdk.traces import BandwidthTrace
+
+CURVE = (ExitPoint(0.0, 1.0, 0.6), ExitPoint(0.5, 0.6, 0.8), ExitPoint(0.9, 0.2, 0.95), ExitPoint(1.0, 0.0, 1.0))
+
+
+def _cut(index: int, kind: CutKind, shape: tuple[int, ...], head_ms: float, tail_ms: float) -> CutSpec:
+    n = math.prod(shape)
+    if kind is CutKind.RAW:
+        tensors, nbytes = (TensorSpec("frame", shape, "uint8", 1.0, 0, ""),), {"raw": n}
+        acc = (AccuracyAtBits(8, 0.9, 1.0),)
+    elif kind is CutKind.DEVICE:
+        tensors, nbytes, acc = (TensorSpec("logits", shape, "int8", 0.1, 0, "output_0"),), {}, (AccuracyAtBits(8, 0.9, 1.0),)
+    else:
+        tensors = (TensorSpec(f"t{index}", shape, "int8", 0.05, -3, "output_0", 0.05, -3),)
+        nbytes = {"8": n, "4": (n + 1) // 2, "2": (n + 3) // 4}
+        acc = (AccuracyAtBits(8, 0.9, 1.0), AccuracyAtBits(4, 0.9, 1.0), AccuracyAtBits(2, 0.8, 0.9))
+    return CutSpec(
+        index=index, name=f"c{index}", kind=kind, tensors=tensors, bytes_at_bits=nbytes, compressive_bits=(),
+        head_flops=0, tail_flops=0, head_weight_bytes=0, head_peak_activation_bytes=0, head_ms=head_ms,
+        tail_ms=tail_ms, exit_ms=0.0, float_accuracy=0.9, accuracy=acc,
+        exit_curve=CURVE if kind is CutKind.SPLIT else (), exit_temperature=1.0, exit_accuracy=0.7,
+    )  # fmt: skip
+
+
+def fake_manifest() -> Manifest:
+    """raw 3072 B (tail 5 ms) | cut 1: 2048 B at 8 bits, 1024 at 4 (head 1, tail 2) | cut 2: 128/64 B (head 3,
+    tail 1) | device cut 20 ms. 2 bits is over the accuracy budget everywhere."""
+    cuts = (
+        _cut(0, CutKind.RAW, (32, 32, 3), 0.0, 5.0),
+        _cut(1, CutKind.SPLIT, (16, 16, 8), 1.0, 2.0),
+        _cut(2, CutKind.SPLIT, (4, 4, 8), 3.0, 1.0),
+        _cut(3, CutKind.DEVICE, (10,), 20.0, 0.0),
+    )
+    return Manifest(
+        schema_version=1, bundle_id="1a2b3c4d" + "0" * 56, created_by="test", model_name="fake", model_sha256="0" * 64,
+        num_classes=10, input=InputSpec("frame", (32, 32, 3), "uint8"), labels_source=LabelsSource.LABELS,
+        board="host", threads=1, host="test", bits=(8, 4, 2), n_calib=1, n_eval=1, float_accuracy=0.9,
+        layers=(), cuts=cuts, files=(),
+    )  # fmt: skip
+
+
+PROFILE = {
+    "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
+              "speed_factor_source": "test"},
+    "device": {"device_id": "cam-01", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.9, "bits": [8, 4, 2],
+               "codec": "none", "accuracy_drop_budget": 0.01, "telemetry_interval_s": 1.0},
+    "broker": {"url": "mqtt://127.0.0.1:1883"},
+}  # fmt: skip
+
+
+def fake_data(m: Manifest, n: int = 4, conf: float = 0.0) -> bd.FrameData:
+    """Every frame: the manifest's payload bytes, the cloud right, the exit's confidence ``conf``; a JPEG at q80."""
+    R = bd.Route
+    nbytes = {R(0): np.full(n, 3072), R(3): np.zeros(n, dtype=np.int64), R(0, 0, 80): np.full(n, 1000)}
+    for c in (1, 2):
+        for b in m.bits:
+            nbytes[R(c, b)] = np.full(n, m.cut(c).payload_bytes(b))
+    ok = {r: np.ones(n, dtype=bool) for r in nbytes}
+    return bd.FrameData(np.zeros(n, dtype=np.int64), nbytes, ok, {c: np.full(n, conf) for c in (1, 2, 3)},
+                        {c: np.ones(n, dtype=bool) for c in (1, 2, 3)}, {80: (0.5, 0.25)}, "none")
+
+
+def setup(**device: object) -> bd.Setup:
+    cfg = parse_config({**PROFILE, "device": {**PROFILE["device"], **device}})
+    m = fake_manifest()
+    return bd.make_setup(m, cfg, fake_data(m))
+
+
+def constant(rate: float) -> BandwidthTrace:
+    return BandwidthTrace("const", np.array([0.0]), np.array([rate]), 1000.0)
+
+
+def step(high: float, low: float, at: float) -> BandwidthTrace:
+    return BandwidthTrace("step", np.array([0.0, at]), np.array([high, low]), 3 * at)
+
+
+# ------------------------------------------------------------------------------------ queueing math
+def test_trace_link_matches_the_trace_exactly() -> None:
+    rng = np.random.default_rng(3)
+    trace = BandwidthTrace("t", np.arange(50) * 0.1, rng.choice([0.0, 1e3, 5e4], 50), 5.0)
+    link = bd.TraceLink(trace)
+    for t0, nbytes in zip(rng.uniform(0, 20, 200), rng.integers(0, 40_000, 200), strict=True):
+        assert link.transfer_end(float(t0), int(nbytes)) == pytest.approx(trace.transfer_end(float(t0), int(nbytes)), abs=1e-9)
+
+
+def test_constant_rate_static_latency_is_head_plus_transfer_plus_tail() -> None:
+    s = setup()
+    sc = bd.Scenario(constant(100_000.0), fps=1.0, duration_s=5.0, link_ms=5.0)
+    run = bd.simulate(s, sc, bd.Static("c1", bd.Route(1, 4)))
+    assert run.latency_ms == pytest.approx([1.0 + 1024 / 100_000 * 1000 + 5.0 + 2.0] * 5)  # 18.24 ms
+    assert run.nbytes.tolist() == [1024] * 5 and run.sent.all() and run.switches == 0
+    edge = bd.simulate(s, sc, bd.Static("edge", bd.Route(3)))
+    assert edge.latency_ms == pytest.approx([20.0] * 5) and edge.nbytes.sum() == 0
+    jpeg = bd.simulate(s, sc, bd.Static("jpeg", bd.Route(0, 0, 80)))  # encode 0.5 ms, decode 0.25 + raw tail 5
+    assert jpeg.latency_ms == pytest.approx([0.5 + 10.0 + 5.0 + 0.25 + 5.0] * 5)
+
+
+def test_fifo_uplink_queues_when_frames_come_faster_than_the_link() -> None:
+    s = setup()
+    # 2048 B at 10 kB/s = 204.8 ms per transfer, a frame every 100 ms: frame i waits for i earlier transfers.
+    run = bd.simulate(s, bd.Scenario(constant(10_000.0), fps=10.0, duration_s=0.5), bd.Static("c1", bd.Route(1, 8)))
+    assert run.latency_ms == pytest.approx([207.8 + 104.8 * i for i in range(5)])
+    # The device is serial too: a 20 ms model at 100 fps.
+    edge = bd.simulate(s, bd.Scenario(constant(1e6), fps=100.0, duration_s=0.05), bd.Static("e", bd.Route(3)))
+    assert edge.latency_ms == pytest.approx([20.0 + 10.0 * i for i in range(5)])
+
+
+def test_deadline_answers_locally_and_exits_answer_at_the_device_time() -> None:
+    m = fake_manifest()
+    s = setup()
+    late = bd.simulate(s, bd.Scenario(constant(10_000.0), fps=1.0, duration_s=2.0, deadline_ms=100.0),
+                       bd.Static("c1", bd.Route(1, 8)))
+    assert late.latency_ms == pytest.approx([100.0, 100.0]) and late.deadline.all() and late.sent.all()
+    cfg = parse_config(PROFILE)
+    confident = bd.make_setup(m, cfg, fake_data(m, conf=0.95))  # tau is 0.9: every frame exits
+    run = bd.simulate(confident, bd.Scenario(constant(10.0), fps=1.0, duration_s=3.0), bd.Static("c2", bd.Route(2, 4)))
+    assert run.latency_ms == pytest.approx([3.0] * 3) and not run.sent.any()
+
+
+# ------------------------------------------------------------------------------------ policies
+def test_the_oracle_is_never_worse_than_any_static_route_per_frame() -> None:
+    s = setup()
+    sc = bd.Scenario(step(1e6, 20e3, 3.0), fps=20.0, duration_s=6.0)
+    link = bd.TraceLink(sc.trace)
+    oracle = bd.Oracle("oracle", s, sc, link)
+
+    class Check(bd.Static):
+        checked = 0
+
+        def choose(self, k, arrival, start, link_free):  # type: ignore[no-untyped-def]
+            r, _ = oracle.choose(k, arrival, start, link_free)
+            best = bd.outcome(s, link, sc, k, r, False, arrival, start, link_free).done
+            for other in s.candidates:
+                assert best <= bd.outcome(s, link, sc, k, other, False, arrival, start, link_free).done + 1e-12
+            Check.checked += 1
+            return r, False
+
+    run = bd.simulate(s, sc, Check("check", bd.Route(1, 4)), link)
+    assert Check.checked == sc.frames
+    runs = bd.compare(s, sc)
+    for name in [n for n in runs if n.startswith("static:")] + ["edge-only", "best-static"]:
+        assert runs["oracle"].latency_ms.mean() <= runs[name].latency_ms.mean() + 1e-9, name
+    assert run.latency_ms.mean() == pytest.approx(runs["oracle"].latency_ms.mean())
+
+
+def test_dynamic_moves_to_a_later_cut_after_a_bandwidth_drop_later_than_the_oracle() -> None:
+    s = setup()
+    sc = bd.Scenario(step(10e6, 20e3, 20.0), fps=10.0, duration_s=40.0)
+    link = bd.TraceLink(sc.trace)
+    dyn = bd.Dynamic("dynamic", s, sc, link, allowed=[1, 2])
+    bd.simulate(s, sc, dyn, link)
+    before = [c for t, c in dyn.trail if 1.0 <= t < 20.0]
+    after = [c for t, c in dyn.trail if t >= 25.0]
+    assert set(before) == {1} and set(after) == {2}
+    switched = min(t for t, c in dyn.trail if t >= 20.0 and c == 2)
+    oracle = bd.simulate(s, sc, bd.Oracle("oracle", s, sc, link), link)
+    first = int(np.argmax(oracle.cuts == 2))
+    assert first / sc.fps == pytest.approx(20.0)  # the oracle switches on the first frame after the drop
+    assert 20.0 < switched < 22.0  # dynamic learns it from its own frames' network times, a few frames later
+
+
+def test_gain_definitions() -> None:
+    s = setup()
+    runs = bd.compare(s, bd.Scenario(step(1e6, 20e3, 3.0), fps=10.0, duration_s=6.0), diagnostics=False)
+    g = bd.gains(runs, "oracle")["static:cut1@4b"]
+    t_o, t_s = runs["oracle"].latency_ms, runs["static:cut1@4b"].latency_ms
+    assert g["G"] == pytest.approx(np.mean(np.abs(t_o - t_s) / t_s), abs=1e-4)
+    assert g["signed"] == pytest.approx(np.mean((t_s - t_o) / t_s), abs=1e-4) and g["signed"] > 0
+
+
+# ------------------------------------------------------------------------------------ the CLI
+@pytest.fixture
+def fake_bundle(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    m = fake_manifest()
+    monkeypatch.setattr(bd, "load_manifest", lambda path: m)
+    monkeypatch.setattr(bd, "measure", lambda bundle, manifest, n, codec: fake_data(manifest))
+    profile = tmp_path / "host.toml"
+    profile.write_text(
+        '[board]\nname = "host"\ncpu = "x"\nthreads = 1\nmemory_budget_mb = 64\nspeed_factor = 1.0\n'
+        'speed_factor_source = "test"\n[device]\ndevice_id = "cam-01"\nfps_cap = 10\ndeadline_ms = 100\n'
+        'target_accuracy = 0.9\nbits = [8, 4, 2]\ncodec = "none"\naccuracy_drop_budget = 0.01\n'
+        'telemetry_interval_s = 1.0\n[broker]\nurl = "mqtt://127.0.0.1:1883"\n'
+    )
+    return profile
+
+
+def test_json_output_has_every_policy(fake_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "up.log"
+    trace.write_text("0 8.0\n2 0.16\n4 8.0\n6 8.0\n")
+    code = bd.main(["--bundle", str(tmp_path), "--board", str(fake_bundle), "--trace", str(trace), "--duration", "8",
+                    "--json"])  # fmt: skip
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    expected = {"dynamic", "dynamic-no-probes", "dynamic-perfect-bw", "dynamic-escalated-cost", "static:cut1@4b",
+                "static:cut2@4b", "best-static", "cloud-raw", "cloud-jpeg", "edge-only", "oracle", "oracle-link"}
+    assert expected <= set(out)
+    for name in expected:
+        assert {"mean_ms", "p95_ms", "bytes_sent", "accuracy", "escalation_rate", "cut_switches"} <= set(out[name])
+        assert out[name]["frames"] == 80
+    assert out["cloud-jpeg"]["route"] == "jpeg-q80"
+    assert {"G", "signed", "mean_gain"} <= set(out["dynamic"]["gain"]["best-static"])
+    assert out["oracle"]["mean_ms"] <= out["best-static"]["mean_ms"]
+
+
+def test_without_a_trace_the_synthetic_stand_in_is_used_with_a_note(
+    fake_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace, note = bd.pick_trace(None)
+    assert trace.name == "synthetic-0" and "synthetic" in note
+    assert bd.main(["--bundle", str(tmp_path), "--board", str(fake_bundle), "--duration", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "synthetic" in captured.err and "| dynamic |" in captured.out and captured.out.startswith("synthetic-0")
+
+
+def test_trace_shaper_is_a_fifo_following_the_trace() -> None:
+    shaper = TraceShaper(step(1000.0, 100.0, 1.0), t0=10.0, latency_s=0.02)
+    assert shaper.delay_s(500, 10.0) == pytest.approx(0.52)
+    assert shaper.delay_s(500, 10.0) == pytest.approx(1.02)  # queued behind the first: ends at trace time 1.0
+    assert shaper.delay_s(100, 10.0) == pytest.approx(2.02)  # then at 100 B/s
+
+
+# ------------------------------------------------------------------------------------ real measurements
+def test_measure_on_the_reference_bundle(reference_bundle: Path) -> None:
+    from sdk.manifest import load_manifest
+    from sdk.wire import Codec
+
+    m = load_manifest(reference_bundle)
+    data = bd.measure(reference_bundle, m, n=6, codec=Codec.NONE)
+    raw = m.raw_cut
+    assert raw is not None and data.n == 6
+    assert (data.nbytes[bd.Route(raw.index)] > m.input.nbytes).all()  # the frame plus the wire header
+    for c in m.cuts:
+        if c.kind is CutKind.SPLIT:
+            eight, two = data.nbytes[bd.Route(c.index, 8)], data.nbytes[bd.Route(c.index, 2)]
+            assert (eight > c.payload_bytes(8) - 1).all() and (two < eight).all()
+            assert ((data.conf[c.index] >= 0) & (data.conf[c.index] <= 1)).all()
+    sizes = [float(data.nbytes[bd.Route(raw.index, 0, q)].mean()) for q in bd.JPEG_QUALITIES]
+    assert sizes[0] > sizes[-1]  # q95 is bigger than q30
