@@ -60,6 +60,12 @@ def topk(probs: np.ndarray, k: int) -> tuple[tuple[int, float], ...]:
     return tuple((int(i), float(probs[i])) for i in order)
 
 
+def _fits(got: Sequence[int], spec: Sequence[int]) -> bool:
+    """A tensor matches its spec with or without a leading batch dimension of 1 (devices send (1, H, W, C))."""
+    got, spec = tuple(int(d) for d in got), tuple(int(d) for d in spec)
+    return got == spec or got == (1, *spec)
+
+
 class TailSet:
     """Every tail of one bundle; a cut's model is loaded on its first frame (thread-safe)."""
 
@@ -114,8 +120,8 @@ class TailSet:
                     f"cut {h.cut_id} is the raw cut; expected one raw uint8 tensor with the raw flag, got "
                     f"{len(frame.tensors)} tensor(s), raw flag {h.is_raw}",
                 )
-            got = frame.tensors[0].shape
-            if tuple(got) != tuple(spec.shape) or frame.tensors[0].data.dtype != np.uint8:
+            got = tuple(frame.tensors[0].shape)
+            if not _fits(got, spec.shape) or frame.tensors[0].data.dtype != np.uint8:
                 return Refusal(
                     ErrorCode.MALFORMED,
                     f"raw frame of shape {tuple(got)} {frame.tensors[0].data.dtype}; cut {h.cut_id} expects "
@@ -124,7 +130,7 @@ class TailSet:
             return None
         expected = {t.name: tuple(t.shape) for t in cut.tensors}
         got_shapes = {t.name: tuple(t.shape) for t in frame.tensors}
-        if got_shapes != expected:
+        if got_shapes.keys() != expected.keys() or not all(_fits(got_shapes[k], v) for k, v in expected.items()):
             return Refusal(
                 ErrorCode.MALFORMED,
                 f"frame tensors {got_shapes}; cut {h.cut_id} ({cut.name}) expects {expected}",
@@ -135,10 +141,10 @@ class TailSet:
         """The batched inputs of a cut's tail for admitted frames."""
         cut = self._cuts[cut_id]
         if cut.kind is CutKind.RAW:
-            key = cut.tensors[0].name
-            return {key: np.stack([f.tensors[0].data for f in frames])}
+            spec = cut.tensors[0]
+            return {spec.name: np.stack([f.tensors[0].data.reshape(spec.shape) for f in frames])}
         per_frame = [f.dequantized() for f in frames]
-        return {t.name: np.stack([d[t.name] for d in per_frame]) for t in cut.tensors}
+        return {t.name: np.stack([d[t.name].reshape(t.shape) for d in per_frame]) for t in cut.tensors}
 
     def run(self, cut_id: int, frames: Sequence[Frame]) -> np.ndarray:
         """Logits ``(len(frames), classes)`` of admitted frames that all use ``cut_id``."""

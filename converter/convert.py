@@ -147,7 +147,7 @@ def convert(
             model_name=str(graph.model.name),
             model_sha256=model_sha,
             num_classes=num_classes,
-            input=InputSpec(str(graph.input_tensor._keras_history[0].name), in_shape, "uint8"),
+            input=InputSpec(str(graph.input_tensor._keras_history[0].name), in_shape, str(graph.input_tensor.dtype)),
             labels_source=labels_source,
             board=board_name,
             threads=threads,
@@ -197,7 +197,10 @@ def _ref(work: Path, rel: str, blob: bytes) -> FileRef:
 
 def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
     x, folder = ctx.data.x, f"cut_{bd.index:03d}"
-    rep_frames = export.representative_from({ctx.graph.input_tensor._keras_history[0].name: x[ctx.parts.fit]})
+    in_dtype = str(ctx.graph.input_tensor.dtype)
+    in_type = "uint8" if in_dtype == "uint8" else "float32"
+    rep_frames = export.representative_from(
+        {ctx.graph.input_tensor._keras_history[0].name: x[ctx.parts.fit].astype(in_dtype)})
     y_ev, fp_ev = ctx.labels[ctx.ev], ctx.float_pred[ctx.ev]
     common = dict(index=bd.index, name=bd.name, kind=bd.kind, head_flops=bd.head_flops, tail_flops=bd.tail_flops,
                   head_weight_bytes=bd.head_weight_bytes, head_peak_activation_bytes=bd.head_peak_activation_bytes)
@@ -215,7 +218,7 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
                        exit_accuracy=0.0, tail=tail)
 
     head_model = ctx.graph.model if bd.kind is CutKind.DEVICE else build_head(ctx.graph, bd.index)
-    head = _ref(ctx.work, f"{folder}/head.tflite", export.export_int8(head_model, rep_frames, uint8_input=True))
+    head = _ref(ctx.work, f"{folder}/head.tflite", export.export_int8(head_model, rep_frames, input_type=in_type))
     head_rt = LiteRTModel(ctx.work / head.path, threads=ctx.threads)
     names = [ctx.graph.tensor_name(t) for t in bd.live]
     tensors = tuple(
@@ -252,7 +255,7 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
     exit_k = early_exit.build_exit([(t.name, t.shape) for t in tensors], ctx.num_classes, seed=ctx.seed)
     early_exit.train_exit(exit_k, fit_feats, ctx.labels[ctx.parts.fit], seed=ctx.seed)
     exit_ref = _ref(ctx.work, f"{folder}/exit.tflite",
-                    export.export_int8(exit_k, export.representative_from(fit_feats), uint8_input=False))
+                    export.export_int8(exit_k, export.representative_from(fit_feats), input_type="int8"))
     exit_rt = LiteRTModel(ctx.work / exit_ref.path, threads=ctx.threads)
     tensors = tuple(
         TensorSpec(t.name, t.shape, t.dtype, t.scale, t.zero_point, t.head_output,

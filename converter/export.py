@@ -46,16 +46,21 @@ def export_int8(
     model: Any,
     representative: Callable[[], Iterator[dict[str, np.ndarray]]],
     *,
-    uint8_input: bool,
+    input_type: str,
 ) -> bytes:
-    """Full-integer int8 model. `representative` yields {signature input key: batch-1 array}."""
+    """Full-integer int8 model. `representative` yields {signature input key: batch-1 array}.
+
+    input_type "uint8": raw camera bytes in (a uint8 Keras input); "int8": quantized tensors in (early
+    exits); "float32": a float-input model (e.g. keras.applications) keeps a float input with the
+    quantize op inside, so the device feeds its frames as they are.
+    """
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = representative
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.uint8 if uint8_input else tf.int8
+    conv.inference_input_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[input_type]
     conv.inference_output_type = tf.int8
     with _quiet():
         return bytes(conv.convert())
