@@ -28,7 +28,10 @@ planned at ``E[T] = T_dev + q * T_esc`` (``sdk.planner.cascade_latency``), with 
 curve's coverage at that option's tau: its transfer, link and tail times in the plan are scaled by
 ``q``. Without it a cut whose exit answers most frames locally looks as costly as escalating every
 frame, and the policy misses the cheapest option (the replay benchmark measured 2.3x the oracle's
-mean latency on a Zero 2 W profile). Probes still escalate in full.
+mean latency on a Zero 2 W profile). Probes still escalate in full. An option whose cascade
+accuracy (exit + escalations, on the exit curve) drops more than the budget below the float model is
+infeasible under ``target_escalation_rate`` (whose tau ignores accuracy), so an uninformative exit that
+answers every frame locally is never the "fastest" option.
 """
 
 from __future__ import annotations
@@ -94,12 +97,17 @@ def tau_for(cut: CutSpec, bits: int, target: TauTarget, value: float, cloud_accu
     return math.inf
 
 
+def _exit_point(cut: CutSpec, tau: float) -> tuple[float, float]:
+    """(coverage, local accuracy) on the cut's held-out exit curve at the first point at or above tau."""
+    if cut.kind is not CutKind.SPLIT:
+        return 0.0, 1.0
+    above = [p for p in sorted(cut.exit_curve, key=lambda p: p.tau) if p.tau >= tau - 1e-12]
+    return (above[0].coverage, above[0].accuracy) if above else (0.0, 1.0)
+
+
 def escalation_rate(cut: CutSpec, tau: float) -> float:
     """q(tau) = 1 - coverage on the cut's held-out exit curve (the first point at or above tau); 1 without a curve."""
-    if cut.kind is not CutKind.SPLIT:
-        return 1.0
-    above = [p for p in sorted(cut.exit_curve, key=lambda p: p.tau) if p.tau >= tau - 1e-12]
-    return 1.0 - above[0].coverage if above else 1.0
+    return 1.0 - _exit_point(cut, tau)[0]
 
 
 class CutPolicy:
@@ -189,14 +197,32 @@ class CutPolicy:
         return self._with_exits(plan) if self.expected_cost else plan
 
     def _with_exits(self, plan: Plan) -> Plan:
-        """The plan at E[T] = T_dev + q * T_esc per split option (module doc); same tie rule as evaluate."""
+        """The plan at E[T] = T_dev + q * T_esc per split option (module doc); same tie rule as evaluate.
+
+        Under ``target_escalation_rate`` (tau chosen without regard to accuracy), an option whose *cascade* accuracy (exit answers + escalated answers, on the exit curve) falls
+        more than ``accuracy_drop_budget`` below the float model is marked infeasible: otherwise an
+        uninformative exit answering everything locally (``target_escalation_rate``, tau 0) would look
+        like the cheapest option. If that leaves nothing feasible, the plan is returned unchanged.
+        """
         options = []
+        budget, ref = self.device.accuracy_drop_budget, self.manifest.float_accuracy
+        # Only tau from an escalation-rate target ignores accuracy; a target accuracy or --tau is the user's choice.
+        check = self._tau_override is None and self.device.tau_target[0] is TauTarget.ESCALATION_RATE
         for o in plan.options:
             if o.kind is CutKind.SPLIT:
-                q = escalation_rate(self.manifest.cut(o.index), self.tau(o.index, o.bits))
+                cut = self.manifest.cut(o.index)
+                coverage, local = _exit_point(cut, self.tau(o.index, o.bits))
+                q = 1.0 - coverage
                 o = replace(o, transfer_ms=q * o.transfer_ms, link_ms=q * o.link_ms, tail_ms=q * o.tail_ms)
+                acc = cut.accuracy_at(o.bits)
+                cascade = coverage * local + q * (acc.accuracy if acc is not None else ref)
+                if check and o.feasible and ref - cascade > budget + 1e-12:
+                    o = replace(o, feasible=False, reason=f"cascade accuracy {cascade:.4f} < {ref:.4f} - budget {budget:.4f}")
             options.append(o)
-        best = min((o for o in options if o.feasible), key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
+        feasible = [o for o in options if o.feasible]
+        if not feasible:
+            return plan
+        best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
         return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
 
     def decide(self, est: Estimates) -> Decision:

@@ -264,3 +264,14 @@ def test_measure_on_the_reference_bundle(reference_bundle: Path) -> None:
             assert ((data.conf[c.index] >= 0) & (data.conf[c.index] <= 1)).all()
     sizes = [float(data.nbytes[bd.Route(raw.index, 0, q)].mean()) for q in bd.JPEG_QUALITIES]
     assert sizes[0] > sizes[-1]  # q95 is bigger than q30
+
+
+def test_an_uninformative_exit_is_not_a_candidate_under_an_escalation_rate_target() -> None:
+    # Escalating at most 30 % puts tau at 0 (every frame answered by an exit 60 % right): the cascade
+    # accuracy 0.6 is 0.3 below the float model, beyond the 0.01 budget, so no split cut is a candidate.
+    device = {k: v for k, v in PROFILE["device"].items() if k != "target_accuracy"}
+    cfg = parse_config({**PROFILE, "device": {**device, "target_escalation_rate": 0.3}})
+    m = fake_manifest()
+    s = bd.make_setup(m, cfg, fake_data(m))
+    assert {r.cut for r in s.candidates} == {0, 3}
+    assert {r.cut for r in setup().candidates} == {0, 1, 2, 3}  # target_accuracy 0.9: tau 0.9, cascade 0.91
