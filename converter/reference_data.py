@@ -7,9 +7,9 @@ Each frame is a random crop of a sample photo (zoomed, flipped, white-balanced, 
 photo is grey) with one MNIST digit alpha-blended onto it in a colour, then vignetting and sensor
 noise. Three independent factors make a frame *hard*, each with probability ``P_HARD``:
 
-    small         the digit box is 24-36 px instead of 52-84 px (and its position varies more)
-    low_contrast  the digit colour sits 35-60 levels (plus the background's own spread) from the
-                  background under it, 60-85 % opaque,
+    small         the digit box is 26-38 px instead of 52-84 px (and its position varies more)
+    low_contrast  the digit colour sits 45-70 levels (plus the background's own spread) from the
+                  background under it, 65-90 % opaque,
                   instead of a colour far away in luminance, nearly opaque
     clutter       a sharp (busy) background, 1-3 distractor strokes and stronger noise, instead of
                   a blurred background and faint noise
@@ -80,6 +80,7 @@ class Frames:
     y: np.ndarray  #: int64 (n,) digit labels 0..9
     factors: np.ndarray  #: bool (n, 3) hard factors, columns named by FACTORS
     difficulty: np.ndarray  #: int64 (n,) number of hard factors, 0..3
+    digit: np.ndarray  #: int64 (n,) which of the 5,000 MNIST digits each frame shows
 
     @property
     def hard(self) -> np.ndarray:
@@ -187,7 +188,13 @@ def generate(n: int, seed: int, split: str = "train") -> Frames:
             low[part],
             clutter[part],
         )
-    return Frames(x=x, y=labels[pick].copy(), factors=factors, difficulty=factors.sum(axis=1).astype(np.int64))
+    return Frames(
+        x=x,
+        y=labels[pick].copy(),
+        factors=factors,
+        difficulty=factors.sum(axis=1).astype(np.int64),
+        digit=pick.astype(np.int64),
+    )
 
 
 def make_frames(n: int, seed: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -259,7 +266,7 @@ def _compose(
     """Blend digits (and distractor strokes) onto backgrounds; add vignetting and noise -> uint8."""
     n, size = len(digits), FRAME_SIZE
     # Where the digit goes: box side in pixels, centre, rotation.
-    box = np.where(small, rng.uniform(24, 36, n), rng.uniform(52, 84, n))
+    box = np.where(small, rng.uniform(26, 38, n), rng.uniform(52, 84, n))
     margin = box * 0.35
     cx = _f32(rng.uniform(margin, size - margin))
     cy = _f32(rng.uniform(margin, size - margin))
@@ -273,7 +280,7 @@ def _compose(
     second = np.einsum("nhw,nhwc->nc", alpha, background * background) / weight[:, None]
     texture = np.sqrt(np.maximum(second - under * under, 0.0)).mean(axis=1)
     colour = _digit_colours(rng, under, texture, low)
-    opacity = _f32(np.where(low, rng.uniform(0.6, 0.85, n), rng.uniform(0.85, 1.0, n)))
+    opacity = _f32(np.where(low, rng.uniform(0.65, 0.9, n), rng.uniform(0.85, 1.0, n)))
     a = (alpha * opacity[:, None, None])[..., None]
     frame = background  # blended in place: frame += a * (colour - frame)
     frame += a * (colour[:, None, None, :] - frame)
@@ -286,7 +293,7 @@ def _compose(
     vignette = 1.0 - _f32(rng.uniform(0.05, 0.25, n))[:, None, None] * r2[None]
     gain = _f32(rng.uniform(0.85, 1.15, n))
     frame *= (vignette * gain[:, None, None])[..., None]
-    sigma = _f32(np.where(clutter, rng.uniform(0.03, 0.06, n), rng.uniform(0.005, 0.02, n)))
+    sigma = _f32(np.where(clutter, rng.uniform(0.02, 0.045, n), rng.uniform(0.005, 0.02, n)))
     noise = rng.standard_normal(frame.shape, dtype=np.float32)
     noise *= sigma[:, None, None, None]
     frame += noise
@@ -337,9 +344,9 @@ def _digit_colours(
     dark = hue * rng.uniform(0.0, 0.25, (n, 1))
     bright = 1.0 - (1.0 - hue) * rng.uniform(0.0, 0.3, (n, 1))
     far = np.where((luma > 0.5)[:, None], dark, bright)
-    # Low contrast: 35-60 levels (plus the texture) lighter or darker than the background.
+    # Low contrast: 45-70 levels (plus the texture) lighter or darker than the background.
     sign = np.where(luma > 0.5, -1.0, 1.0) * np.where(rng.random(n) < 0.25, -1.0, 1.0)
-    offset = rng.uniform(35, 60, n) / 255.0 + texture
+    offset = rng.uniform(45, 70, n) / 255.0 + texture
     near = under + (sign * offset)[:, None] + rng.normal(0, 0.03, (n, 3))
     return np.clip(np.where(low[:, None], near, far), 0.0, 1.0).astype(np.float32)
 

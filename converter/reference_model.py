@@ -36,7 +36,7 @@ OUTPUT_NAME = "logits"
 #: (expansion factor, output channels, stride) of each inverted-residual block, in order.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
     (1, 8, 1),  # block_1: 48x48x16 -> 48x48x8   (18,432 B)
-    (6, 16, 2),  # block_2: -> 24x24x16            (9,216 B)
+    (4, 16, 2),  # block_2: -> 24x24x16            (9,216 B)
     (4, 16, 1),  # block_3: residual
     (4, 24, 2),  # block_4: -> 12x12x24            (3,456 B)
     (4, 24, 1),  # block_5: residual
