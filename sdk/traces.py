@@ -14,7 +14,7 @@ exactly when the trace allows it; outages (zero-rate bins) simply push the end l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ class BandwidthTrace:
     starts: np.ndarray  # bin start times (s), starts[0] == 0, increasing
     rates: np.ndarray  # bytes/s in each bin
     period: float  # the trace loops after this many seconds
+    _cum: np.ndarray = field(init=False, repr=False, compare=False)  # bytes delivered by each bin start
 
     def __post_init__(self) -> None:
         if len(self.starts) == 0 or len(self.starts) != len(self.rates):
@@ -39,15 +40,8 @@ class BandwidthTrace:
             raise ValueError(f"trace {self.name}: period {self.period} must exceed the last bin start")
         if float(self.rates.sum()) <= 0:
             raise ValueError(f"trace {self.name}: every rate is zero; nothing would ever be sent")
-
-    @property
-    def _durations(self) -> np.ndarray:
-        return np.diff(np.append(self.starts, self.period))
-
-    @property
-    def _cum(self) -> np.ndarray:
-        """Bytes delivered from 0 to each bin start, and to the period at the end."""
-        return np.concatenate([[0.0], np.cumsum(self.rates * self._durations)])
+        durations = np.diff(np.append(self.starts, self.period))
+        object.__setattr__(self, "_cum", np.concatenate([[0.0], np.cumsum(self.rates * durations)]))
 
     @property
     def bytes_per_period(self) -> float:
