@@ -14,8 +14,7 @@ the reference frames.
 Each device's uplink follows the same trace from a different offset (staggered by period / N):
 
 * ``--link shaper`` (default, works anywhere): inside the device's transport, a FIFO link whose
-  transfers end when :meth:`BandwidthTrace.transfer_end` says (:class:`TraceShaper`, same interface
-  as ``device_runner.link.ConstantRateShaper``), plus ``--latency-ms`` one way;
+  transfers end when :meth:`BandwidthTrace.transfer_end` says (``device_runner.link.TraceShaper``), plus ``--latency-ms`` one way;
 * ``--link netns`` (root, Linux): every device process runs in its own network namespace and its
   uplink is a veth whose ``tbf`` rate follows the trace (:mod:`cloud_tail.netem`); falls back to the
   shaper, saying why, where that is not possible.
@@ -35,7 +34,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
@@ -46,37 +44,13 @@ import numpy as np
 from cloud_tail import netem
 from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
 
-__all__ = ["DeviceSpec", "TraceShaper", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
+__all__ = ["DeviceSpec", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
 
 DEFAULT_TRACE = "ATT-LTE-driving-2016.up"
 _REPO = Path(__file__).resolve().parents[1]
 
 
 # ====================================================================== the emulated uplink (shaper)
-
-
-class TraceShaper:
-    """A FIFO uplink following ``trace``: a payload offered at ``now`` starts when the previous one has
-    crossed and ends at ``trace.transfer_end`` (trace time = ``now - t0 + offset``), plus ``latency_s``.
-
-    Same interface as ``device_runner.link.ConstantRateShaper`` (``delay_s(nbytes, now)``). Private to
-    the demo until ``device_runner.link`` has one of its own."""
-
-    def __init__(self, trace: BandwidthTrace, *, offset: float = 0.0, t0: float = 0.0, latency_s: float = 0.0) -> None:
-        if latency_s < 0:
-            raise ValueError(f"latency_s must be >= 0, got {latency_s}")
-        self.trace, self.offset, self.t0, self.latency_s = trace, float(offset), float(t0), float(latency_s)
-        self._free_at = -float("inf")
-        self._lock = threading.Lock()
-
-    def rate_at(self, now: float) -> float:
-        return self.trace.rate_at(now - self.t0 + self.offset)
-
-    def delay_s(self, nbytes: int, now: float) -> float:
-        with self._lock:
-            start = max(now, self._free_at) - self.t0 + self.offset
-            self._free_at = self.trace.transfer_end(start, nbytes) + self.t0 - self.offset
-            return self._free_at - now + self.latency_s
 
 
 class _Sink:
@@ -96,9 +70,9 @@ class _Sink:
 
 def check_shaper(trace: BandwidthTrace, offset: float, seconds: float, *, window_s: float = 0.5,
                  packet: int = 4000) -> netem.LinkCheck:
-    """Saturate a real :class:`~device_runner.link.ShapedTransport` + :class:`TraceShaper` for
+    """Saturate a real :class:`~device_runner.link.ShapedTransport` + ``TraceShaper`` for
     ``seconds`` (wall clock, its release thread) and compare bytes released per window with the trace."""
-    from device_runner.link import ShapedTransport
+    from device_runner.link import ShapedTransport, TraceShaper
 
     sink = _Sink()
     t0 = time.time()
@@ -151,7 +125,7 @@ class DeviceSpec:
 def run_device(spec: DeviceSpec) -> int:
     """One camera: a DeviceRunner over MQTT (+ the trace shaper), writing one JSON line per answer."""
     from device_runner.heads import LiteRTHeads
-    from device_runner.link import ShapedTransport
+    from device_runner.link import ShapedTransport, TraceShaper
     from device_runner.runner import Answer, DeviceRunner, RunnerOptions
     from device_runner.sources import NpzSource
     from sdk.config import load_board, with_overrides

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cloud_tail import netem
-from cloud_tail.demo import TraceShaper, answer_problems, check_shaper, main
+from cloud_tail.demo import answer_problems, check_shaper, main
+from device_runner.link import TraceShaper
 from sdk.broker import find_mosquitto
 from sdk.traces import BandwidthTrace
 
