@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # splitedge's two set-up commands (see README.md):
-#   ./run.sh start   set up .venv (once) and run the main job: convert the reference model, print the plan
+#   ./run.sh start   set up .venv (once) and run the main job: the end-to-end demo (splitedge demo)
 #   ./run.sh test    set up .venv (once), install Mosquitto/QEMU if missing, run the whole test suite
-# Extra arguments after the command go to `splitedge reference` / pytest.
+# Extra arguments after the command go to `splitedge demo` / pytest.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3.11}
@@ -40,7 +40,8 @@ shift || true
 case "$cmd" in
   start)
     venv
-    exec "$VENV/bin/splitedge" reference "$@"
+    system_packages
+    exec "$VENV/bin/splitedge" demo "$@"
     ;;
   test)
     system_packages
