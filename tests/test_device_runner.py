@@ -12,6 +12,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from fakes import fake_manifest
 
 from device_runner.estimator import Estimates, Estimator
 from device_runner.heads import CutOutput, Prediction, softmax_prediction
@@ -22,14 +23,8 @@ from device_runner.sources import FpsLimiter, NpzSource, SyntheticSource
 from sdk import topics
 from sdk.config import TauTarget, parse_config
 from sdk.manifest import (
-    AccuracyAtBits,
     CutKind,
     CutSpec,
-    ExitPoint,
-    InputSpec,
-    LabelsSource,
-    Manifest,
-    TensorSpec,
 )
 from sdk.messages import (
     ErrorMessage,
@@ -44,51 +39,9 @@ from sdk.transport import InMemoryHub, Message
 from sdk.wire import decode_frame
 
 DEVICE = "cam-01"
-CURVE = (
-    ExitPoint(0.0, 1.0, 0.6),
-    ExitPoint(0.5, 0.6, 0.8),
-    ExitPoint(0.9, 0.2, 0.95),
-    ExitPoint(1.0, 0.0, 1.0),
-)
 
 
-def _cut(index: int, kind: CutKind, shape: tuple[int, ...], head_ms: float, tail_ms: float, two_bit_acc: float = 0.8) -> CutSpec:
-    n = math.prod(shape)
-    if kind is CutKind.RAW:
-        tensors = (TensorSpec("frame", shape, "uint8", 1.0, 0, ""),)
-        nbytes, acc = {"raw": n}, (AccuracyAtBits(8, 0.9, 1.0),)
-    elif kind is CutKind.DEVICE:
-        tensors = (TensorSpec("logits", shape, "int8", 0.1, 0, "output_0"),)
-        nbytes, acc = {}, (AccuracyAtBits(8, 0.9, 1.0),)
-    else:
-        tensors = (TensorSpec(f"t{index}", shape, "int8", 0.05, -3, "output_0", 0.05, -3),)
-        nbytes = {"8": n, "4": (n + 1) // 2, "2": (n + 3) // 4}
-        acc = (AccuracyAtBits(8, 0.9, 1.0), AccuracyAtBits(4, 0.9, 1.0), AccuracyAtBits(2, two_bit_acc, 0.9))
-    return CutSpec(
-        index=index, name=f"c{index}", kind=kind, tensors=tensors, bytes_at_bits=nbytes, compressive_bits=(),
-        head_flops=0, tail_flops=0, head_weight_bytes=0, head_peak_activation_bytes=0, head_ms=head_ms,
-        tail_ms=tail_ms, exit_ms=0.0, float_accuracy=0.9, accuracy=acc,
-        exit_curve=CURVE if kind is CutKind.SPLIT else (), exit_temperature=1.0, exit_accuracy=0.7,
-    )  # fmt: skip
-
-
-def make_manifest() -> Manifest:
-    """raw 3072 B | cut 1: 2048 B at 8 bits, 1024 at 4 | cut 2: 128 B | device cut 20 ms."""
-    cuts = (
-        _cut(0, CutKind.RAW, (32, 32, 3), 0.0, 5.0),
-        _cut(1, CutKind.SPLIT, (16, 16, 8), 1.0, 2.0),
-        _cut(2, CutKind.SPLIT, (4, 4, 8), 3.0, 1.0),
-        _cut(3, CutKind.DEVICE, (10,), 20.0, 0.0),
-    )
-    return Manifest(
-        schema_version=1, bundle_id="1a2b3c4d" + "0" * 56, created_by="test", model_name="fake", model_sha256="0" * 64,
-        num_classes=10, input=InputSpec("frame", (32, 32, 3), "uint8"), labels_source=LabelsSource.LABELS,
-        board="host", threads=1, host="test", bits=(8, 4, 2), n_calib=1, n_eval=1, float_accuracy=0.9,
-        layers=(), cuts=cuts, files=(),
-    )  # fmt: skip
-
-
-MANIFEST = make_manifest()
+MANIFEST = fake_manifest()
 
 
 def make_config(**device: object):
@@ -177,7 +130,7 @@ def make_runner(*, hub=None, clock=None, confidence=0.1, tau=0.5, transport=None
     clock = clock or FakeClock()
     hub = hub or InMemoryHub(clock=clock)
     cfg = make_config(**device)
-    manifest = make_manifest()
+    manifest = fake_manifest()
     answers: list[Answer] = []
     policy = CutPolicy(manifest, cfg.device, tau_override=tau, probe_every=probe_every, initial=initial)
     runner = DeviceRunner(
@@ -333,12 +286,12 @@ def test_status_online_retained_and_telemetry() -> None:
 
 
 def est(bandwidth: float, link_ms: float = 0.0, **head: float) -> Estimates:
-    m = make_manifest()
+    m = fake_manifest()
     return Estimates(bandwidth, link_ms, {c.index: c.head_ms for c in m.cuts}, {c.index: c.tail_ms for c in m.cuts}, {}, True)
 
 
 def test_policy_picks_the_planners_argmin_within_the_accuracy_budget() -> None:
-    m, cfg = make_manifest(), make_config()
+    m, cfg = fake_manifest(), make_config()
     policy = CutPolicy(m, cfg.device, probe_every=0)
     d = policy.decide(est(10e6))
     assert d.choice == Choice(1, 4)  # 2 bits would be smaller but drops accuracy by 0.1 > 0.01
@@ -347,7 +300,7 @@ def test_policy_picks_the_planners_argmin_within_the_accuracy_budget() -> None:
 
 
 def test_policy_hysteresis_does_not_flap_on_a_steady_noisy_link() -> None:
-    m, cfg = make_manifest(), make_config()
+    m, cfg = fake_manifest(), make_config()
     policy = CutPolicy(m, cfg.device, probe_every=0, margin=0.15, patience=3)
     # Around 880 kB/s cut 1 @4 bits and cut 2 cost about the same; the estimate wobbles +-10 %.
     rng = np.random.default_rng(0)
@@ -356,14 +309,14 @@ def test_policy_hysteresis_does_not_flap_on_a_steady_noisy_link() -> None:
 
 
 def test_policy_switches_after_patience_decisions_when_clearly_better() -> None:
-    m, cfg = make_manifest(), make_config()
+    m, cfg = fake_manifest(), make_config()
     policy = CutPolicy(m, cfg.device, probe_every=0, margin=0.15, patience=3, initial=Choice(1, 4))
     seq = [policy.decide(est(20e3)).choice for _ in range(4)]
     assert seq == [Choice(1, 4), Choice(1, 4), Choice(2, 4), Choice(2, 4)] and policy.switches == 1
 
 
 def test_policy_probes_other_cuts_stalest_first() -> None:
-    m, cfg = make_manifest(), make_config()
+    m, cfg = fake_manifest(), make_config()
     policy = CutPolicy(m, cfg.device, probe_every=5)
     decisions = [policy.decide(est(10e6)) for _ in range(20)]
     probes = [d.choice for d in decisions if d.probe]
@@ -372,7 +325,7 @@ def test_policy_probes_other_cuts_stalest_first() -> None:
 
 
 def test_privacy_never_sends_the_raw_frame() -> None:
-    m = make_manifest()
+    m = fake_manifest()
     # A fast link and a costly head make the raw cut the best option without privacy.
     fast = Estimates(1e12, 0.0, {0: 0.0, 1: 50.0, 2: 50.0, 3: 50.0}, {0: 0.1, 1: 0.1, 2: 0.1, 3: 0.0}, {}, True)
     assert CutPolicy(m, make_config().device, probe_every=0).decide(fast).choice.cut == 0
@@ -382,14 +335,14 @@ def test_privacy_never_sends_the_raw_frame() -> None:
 
 
 def test_tau_from_targets_on_the_exit_curve() -> None:
-    cut = make_manifest().cut(1)
+    cut = fake_manifest().cut(1)
     assert tau_for(cut, 8, TauTarget.ESCALATION_RATE, 0.4, 0.9) == 0.5
     assert tau_for(cut, 8, TauTarget.ESCALATION_RATE, 0.0, 0.9) == 0.0
     assert tau_for(cut, 8, TauTarget.ESCALATION_RATE, 1.0, 0.9) == 1.0
     assert tau_for(cut, 8, TauTarget.ACCURACY, 0.8, 0.9) == 0.5  # 0.6*0.8 + 0.4*0.9 = 0.84
     assert tau_for(cut, 8, TauTarget.ACCURACY, 0.9, 0.9) == 0.9  # 0.2*0.95 + 0.8*0.9 = 0.91
     assert tau_for(cut, 8, TauTarget.ACCURACY, 0.95, 0.9) == math.inf  # unreachable: escalate all
-    policy = CutPolicy(make_manifest(), make_config(target_escalation_rate=0.4).device)
+    policy = CutPolicy(fake_manifest(), make_config(target_escalation_rate=0.4).device)
     assert policy.tau(1, 8) == 0.5
 
 
