@@ -57,9 +57,13 @@ def write(results: dict[str, str]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*", choices=list(BENCHMARKS), help="default: all")
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"one of {', '.join(BENCHMARKS)} (default: all)")
     p.add_argument("--print-only", action="store_true", help="print, do not write docs/BENCHMARKS.md")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
