@@ -72,6 +72,15 @@ def load_model(path: str | Path) -> Any:
         raise ConversionError(f"model {p}: Keras cannot load it ({type(exc).__name__}: {exc})") from exc
 
 
+def _quiet_tensorflow() -> None:
+    """Keep TensorFlow's Python warnings (retracing of each cut's predict, deprecations) off the user's screen."""
+    import logging
+
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+
+
 def board_settings(board: str | None) -> tuple[str, int, int | None]:
     """(name, LiteRT threads, memory budget in bytes) of a board profile; no board: host, 2 threads, no budget."""
     if board is None:
@@ -94,6 +103,7 @@ def convert(
     max_eval: int = 400,
     progress: Progress | None = None,
 ) -> ConversionResult:
+    _quiet_tensorflow()
     out = Path(out)
     if out.exists() and not force:
         raise ConversionError(f"{out} exists; pass --force (force=True) to write over it")

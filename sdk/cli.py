@@ -7,6 +7,7 @@ Each command lives in the module named after its step and is imported only when 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from sdk.errors import SplitEdgeError
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"splitedge: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name = COMMANDS[name][0]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ chatter, where a command imports it
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
