@@ -259,7 +259,7 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
     accuracy = measure.accuracy_at_bits(tail_rt, ev_out, tensors, ctx.bits, y_ev, fp_ev)
 
     # Early exit: trained on the float head's tensors (fit split), exported int8, calibrated on `calib`.
-    feats = build_head(ctx.graph, bd.index).predict(x[ctx.parts.fit], batch_size=64, verbose=0)
+    feats = head_model.predict(x[ctx.parts.fit], batch_size=64, verbose=0)  # the float head, built once above
     feats = feats if isinstance(feats, list) else [feats]
     fit_feats = dict(zip(names, feats, strict=True))
     exit_k = early_exit.build_exit([(t.name, t.shape) for t in tensors], ctx.num_classes, seed=ctx.seed)
