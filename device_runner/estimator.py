@@ -29,6 +29,28 @@ bandwidth; the policy's probes keep the big ones coming. A frame whose answer ne
 deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes``, so the bandwidth
 estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
 later even though no answer comes back). Everything is O(1) memory per cut.
+
+**Snapshots are cached and versioned** (the runner asks for one every frame): :meth:`Estimator.snapshot`
+returns the *same* :class:`Estimates` object until an estimate changes materially, and each new one
+carries a larger ``version``. Material is:
+
+* a head, tail, bandwidth or link estimate that moved more than ``rel_tol`` (3 %) from the value in the
+  last snapshot (plus ``abs_tol_ms`` = 0.01 ms for the millisecond estimates, so sub-microsecond jitter
+  of a near-zero link latency is not news) - small moves accumulate until they cross it, so a
+  snapshot is never more than ``rel_tol`` off;
+* the first measurement of a cut's head or tail time, the first bandwidth sample, a new peak
+  bandwidth;
+* a deadline miss (a censored sample);
+* a sample of another cut than the previous sample's: the order of ``last_sample`` (which the policy
+  probes by) changes only then. Repeated samples of the same cut move its own counter, not the order,
+  so the snapshot keeps the older counter value for it (it stays the most recent one).
+
+Steady state (one cut, a steady link) therefore re-uses one snapshot and the policy re-uses one plan
+(``device_runner.policy``).
+
+``peak_bandwidth_bytes_per_s`` is the highest bandwidth *estimate* so far (the EWMA, not a single
+sample, so one lucky sample does not inflate it), or the prior while nothing is measured: the policy
+does not probe a cut that would need a link far faster than any seen (``plausible_factor``).
 """
 
 from __future__ import annotations
@@ -50,6 +72,9 @@ class Estimates:
     tail_ms: Mapping[int, float]
     last_sample: Mapping[int, float]  # cut -> sample counter value of its last head or network sample
     measured: bool
+    #: highest bandwidth estimate so far (the prior until one is measured); None: unknown (no plausibility rule)
+    peak_bandwidth_bytes_per_s: float | None = None
+    version: int = 0  # bumped by the estimator on every material change (module doc)
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -69,11 +94,17 @@ class Estimator:
         alpha: float = 0.4,
         small_bytes: int = 512,
         min_transfer_ms: float = 0.05,
+        rel_tol: float = 0.03,
+        abs_tol_ms: float = 0.01,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        if rel_tol < 0 or abs_tol_ms < 0:
+            raise ValueError(f"rel_tol and abs_tol_ms must be >= 0, got {rel_tol} and {abs_tol_ms}")
+        self.rel_tol = rel_tol
+        self.abs_tol_ms = abs_tol_ms
         self.alpha = alpha
         self.small_bytes = small_bytes
         self.min_transfer_ms = min_transfer_ms
@@ -86,6 +117,10 @@ class Estimator:
         self._tail_measured: set[int] = set()
         self._last: dict[int, float] = {}
         self._counter = 0
+        self._last_cut: int | None = None
+        self._peak: float | None = None
+        self._version = 0
+        self._snap: Estimates | None = None  # the published snapshot; None: stale, rebuilt on demand
         self.network_samples = 0
         self.censored_samples = 0
 
@@ -105,19 +140,51 @@ class Estimator:
     def tail_ms(self, cut: int) -> float:
         return self._tail.get(cut, 0.0)
 
+    @property
+    def version(self) -> int:
+        """Bumped on every material change (module doc); equal versions mean the same snapshot."""
+        return self._version
+
     def snapshot(self) -> Estimates:
-        return Estimates(
-            bandwidth_bytes_per_s=self._bandwidth if self._bandwidth is not None else self._prior_bandwidth,
-            link_ms=self._link_ms,
-            head_ms=dict(self._head),
-            tail_ms=dict(self._tail),
-            last_sample=dict(self._last),
-            measured=self._bandwidth is not None,
-        )
+        """The current estimates: the cached object while nothing changed materially (module doc)."""
+        if self._snap is None:
+            bw = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
+            self._snap = Estimates(
+                bandwidth_bytes_per_s=bw,
+                link_ms=self._link_ms,
+                head_ms=dict(self._head),
+                tail_ms=dict(self._tail),
+                last_sample=dict(self._last),
+                measured=self._bandwidth is not None,
+                peak_bandwidth_bytes_per_s=self._peak if self._peak is not None else self._prior_bandwidth,
+                version=self._version,
+            )
+        return self._snap
+
+    def _changed(self) -> None:
+        if self._snap is not None:
+            self._snap = None
+            self._version += 1
+
+    def _moved(self, published: float | None, new: float, abs_tol: float) -> bool:
+        return published is None or abs(new - published) > self.rel_tol * abs(published) + abs_tol
 
     def _touch(self, cut: int) -> None:
         self._counter += 1
         self._last[cut] = float(self._counter)
+        if cut != self._last_cut:  # the staleness order changed (module doc)
+            self._last_cut = cut
+            self._changed()
+
+    def _set_bandwidth(self, bw: float) -> None:
+        self._bandwidth = bw
+        snap = self._snap
+        if snap is not None and (not snap.measured or self._moved(snap.bandwidth_bytes_per_s, bw, 0.0)):
+            self._changed()
+        if self._peak is None or bw > self._peak:
+            self._peak = bw
+            if snap is not None and self._moved(snap.peak_bandwidth_bytes_per_s, bw, 0.0):
+                self._changed()
 
     # ---- samples
     def observe_head(self, cut: int, ms: float) -> None:
@@ -127,6 +194,8 @@ class Estimator:
         first = cut not in self._head_measured
         self._head[cut] = ms if first else _ewma(self._head.get(cut), ms, self.alpha)
         self._head_measured.add(cut)
+        if self._snap is not None and (first or self._moved(self._snap.head_ms.get(cut), self._head[cut], self.abs_tol_ms)):
+            self._changed()
         self._touch(cut)
 
     def observe_tail(self, cut: int, ms: float) -> None:
@@ -136,6 +205,8 @@ class Estimator:
         first = cut not in self._tail_measured
         self._tail[cut] = ms if first else _ewma(self._tail.get(cut), ms, self.alpha)
         self._tail_measured.add(cut)
+        if self._snap is not None and (first or self._moved(self._snap.tail_ms.get(cut), self._tail[cut], self.abs_tol_ms)):
+            self._changed()
 
     def observe_network(self, cut: int, nbytes: int, net_ms: float) -> None:
         """One round trip's network part (see the module doc): ``net_ms = link_ms + nbytes / bandwidth``."""
@@ -150,12 +221,14 @@ class Estimator:
         if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
             self._link_ms = max(0.0, _ewma(self._link_ms, net_ms - predicted_transfer, self.alpha))
+            if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):
+                self._changed()
             return
         rate = nbytes / transfer * 1000.0
         if self._bandwidth is None:
-            self._bandwidth = rate
+            self._set_bandwidth(rate)
         else:
-            self._bandwidth = math.exp(_ewma(math.log(self._bandwidth), math.log(rate), self.alpha))
+            self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), self.alpha)))
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
         """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""
@@ -163,6 +236,7 @@ class Estimator:
         if nbytes <= 0 or transfer <= 0:
             return
         self.censored_samples += 1
+        self._changed()  # a deadline miss is always news
         self._touch(cut)
         cap = nbytes / transfer * 1000.0
         current = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth

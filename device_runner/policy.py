@@ -7,15 +7,39 @@ under ``privacy``, without the raw cut. Options whose payload exceeds the broker
 dropped before planning.
 
 * **Hysteresis**: the policy moves to the plan's best option only after it has been better than the
-  current one by more than ``margin`` (relative) for ``patience`` consecutive decisions; a current
-  option that becomes infeasible is left at once. A steady link therefore never flaps.
+  current one by more than ``margin`` (relative) for ``patience`` consecutive *decisions* (frames); a
+  current option that becomes infeasible is left at once. A steady link therefore never flaps.
+* **Re-planning only on news** (the per-frame cost): :meth:`CutPolicy.decide` solves the plan only
+  when it is handed another :class:`~device_runner.estimator.Estimates` object than last time; the
+  estimator returns the same cached object until an estimate changes materially (its module doc), so
+  in steady state a decision is a few attribute reads. ``patience`` still counts decisions, not
+  plans: the same plan preferring another option for ``patience`` frames switches, as before (counting
+  plans instead would never switch while the estimates stand still). ``plans`` counts the solves.
+  Measured (``/tmp``-free recipe in docs/DYNAMIC.md, "Per-frame cost"): decide() on an unchanged
+  snapshot 236 us -> ~1 us on the reference bundle (7 cuts x 4 bit widths).
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
-  how an early cut is found again when the bandwidth recovers. A cut that has been sampled and could
-  not beat the current option even over an infinitely fast link (its head + link + tail alone are not
-  ``margin`` below the current total) is not probed: the bandwidth cannot make it win, and a probe
-  waits for the cloud, so it would only cost latency. (E.g. at the device cut of a small model no
-  offload can ever win; probing there raised the mean latency 3x in the replay benchmark.)
+  how an early cut is found again when the bandwidth recovers. A probe waits for the cloud, so it
+  costs latency; two rules skip a probe that cannot pay:
+
+  - a cut that has been sampled and could not beat the current option even over an infinitely fast
+    link (its head + link + tail alone are not ``margin`` below the current total) is not probed
+    (e.g. at the device cut of a small model no offload can ever win; probing there raised the mean
+    latency 3x in the replay benchmark);
+  - **plausible link**: a cut that would win only above ``plausible_factor`` (4) x the highest
+    bandwidth estimate seen so far (``Estimates.peak_bandwidth_bytes_per_s``; the prior until one is
+    measured), or above ``bandwidth_ceiling`` when given, is not probed. The bandwidth it needs is
+    ``B* = B * transfer / (bar - floor)``: the option's transfer time scales as 1/B, ``bar`` is the
+    current total x (1 - margin), ``floor`` its total minus the transfer. This rule covers
+    never-sampled cuts too (with the manifest's prior times) when the snapshot knows a peak; without
+    one (``peak_bandwidth_bytes_per_s=None``) a never-sampled cut is probed once, as before. After a
+    drop the peak still remembers the fast link, so the early cut stays plausible and is probed:
+    recovery works (tests).
+  - **back-off**: a probe is judged at the cut's next probe turn: if the policy re-planned since
+    (its samples came in) and no plan preferred that cut, it lost, and the cut's interval doubles (it
+    takes 1 of 2 of its turns, then 1 of 4 = ``max_backoff``, the cap); a plan preferring it resets
+    the interval. Only probe *turns* are skipped, so a backed-off early cut is still probed every
+    ``max_backoff`` x ``probe_every`` frames at worst after a drop - recovery is delayed, not lost.
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
@@ -49,6 +73,8 @@ from sdk.planner import CutCost, Option, Plan, costs_from_manifest, evaluate
 __all__ = ["Choice", "CutPolicy", "Decision", "escalation_rate", "tau_for"]
 
 log = logging.getLogger(__name__)
+
+_LEAVE, _BETTER, _STAY = 0, 1, 2  # what a plan says about the current choice (CutPolicy._judge)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +152,15 @@ class CutPolicy:
         tau_override: float | None = None,
         allowed_cuts: Collection[int] | None = None,
         expected_cost: bool = True,
+        plausible_factor: float = 4.0,
+        bandwidth_ceiling: float | None = None,
+        max_backoff: int = 4,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
+        if plausible_factor <= 0 or (bandwidth_ceiling is not None and bandwidth_ceiling <= 0) or max_backoff < 1:
+            raise ValueError(f"need plausible_factor > 0, bandwidth_ceiling > 0 (or None), max_backoff >= 1; got "
+                             f"{plausible_factor}, {bandwidth_ceiling}, {max_backoff}")
         self.manifest = manifest
         self.device = device
         self.margin = margin
@@ -151,13 +183,26 @@ class CutPolicy:
         self._tau_override = tau_override
         self.expected_cost = expected_cost
         self._taus: dict[tuple[int, int], float] = {}
+        self._exit_effects: dict[tuple[int, int], tuple[float, str]] = {}
         self.current: Choice | None = initial
         self._streak = 0
         self._decisions = 0
         self._warned_budget = False
+        self.plausible_factor = plausible_factor
+        self.bandwidth_ceiling = bandwidth_ceiling
+        self.max_backoff = max_backoff
         self._probed: dict[int, int] = {}
+        self._backoff: dict[int, int] = {}  # cut -> probe turns to skip per turn taken (1 = none)
+        self._skipped: dict[int, int] = {}  # cut -> turns skipped since its last probe
+        self._won: set[int] = set()  # cuts a plan has preferred since their last probe
+        self._plans_at_probe: dict[int, int] = {}  # cut -> self.plans when it was last probed
+        self._pending: set[int] = set()  # probed cuts whose probe is not judged yet
+        self._est: Estimates | None = None  # the snapshot the cached plan was solved for
+        self._plan: Plan | None = None
+        self._verdict: tuple[Choice | None, int] = (None, _LEAVE)
         self.switches = 0
         self.probes = 0
+        self.plans = 0  # how many times the plan was solved (once per new snapshot)
 
     # ---- tau
     def tau(self, cut: int, bits: int) -> float:
@@ -205,19 +250,12 @@ class CutPolicy:
         like the cheapest option. If that leaves nothing feasible, the plan is returned unchanged.
         """
         options = []
-        budget, ref = self.device.accuracy_drop_budget, self.manifest.float_accuracy
-        # Only tau from an escalation-rate target ignores accuracy; a target accuracy or --tau is the user's choice.
-        check = self._tau_override is None and self.device.tau_target[0] is TauTarget.ESCALATION_RATE
         for o in plan.options:
             if o.kind is CutKind.SPLIT:
-                cut = self.manifest.cut(o.index)
-                coverage, local = _exit_point(cut, self.tau(o.index, o.bits))
-                q = 1.0 - coverage
-                o = replace(o, transfer_ms=q * o.transfer_ms, link_ms=q * o.link_ms, tail_ms=q * o.tail_ms)
-                acc = cut.accuracy_at(o.bits)
-                cascade = coverage * local + q * (acc.accuracy if acc is not None else ref)
-                if check and o.feasible and ref - cascade > budget + 1e-12:
-                    o = replace(o, feasible=False, reason=f"cascade accuracy {cascade:.4f} < {ref:.4f} - budget {budget:.4f}")
+                q, why = self._exit_effect(o.index, o.bits)
+                feasible, reason = (False, why) if why and o.feasible else (o.feasible, o.reason)
+                o = Option(o.index, o.name, o.kind, o.bits, o.nbytes, o.head_ms, q * o.transfer_ms, q * o.link_ms,
+                           q * o.tail_ms, o.accuracy_drop, feasible, reason)
             options.append(o)
         feasible = [o for o in options if o.feasible]
         if not feasible:
@@ -225,16 +263,43 @@ class CutPolicy:
         best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
         return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
 
+    def _exit_effect(self, index: int, bits: int) -> tuple[float, str]:
+        """(q, why infeasible or "") of a split option: fixed per (cut, bits), so computed once."""
+        key = (index, bits)
+        if key not in self._exit_effects:
+            budget, ref = self.device.accuracy_drop_budget, self.manifest.float_accuracy
+            # Only tau from an escalation-rate target ignores accuracy; a target accuracy or --tau is the user's choice.
+            check = self._tau_override is None and self.device.tau_target[0] is TauTarget.ESCALATION_RATE
+            cut = self.manifest.cut(index)
+            coverage, local = _exit_point(cut, self.tau(index, bits))
+            q = 1.0 - coverage
+            acc = cut.accuracy_at(bits)
+            cascade = coverage * local + q * (acc.accuracy if acc is not None else ref)
+            why = ""
+            if check and ref - cascade > budget + 1e-12:
+                why = f"cascade accuracy {cascade:.4f} < {ref:.4f} - budget {budget:.4f}"
+            self._exit_effects[key] = (q, why)
+        return self._exit_effects[key]
+
     def decide(self, est: Estimates) -> Decision:
-        plan = self.plan(est)
+        """The choice for one frame; solves the plan only for a snapshot not seen last time (module doc)."""
+        if est is not self._est or self._plan is None:
+            self._plan, self._est = self.plan(est), est
+            self.plans += 1
+            self._won.add(self._plan.best.index)
+            self._backoff.pop(self._plan.best.index, None)
+            self._verdict = (None, _LEAVE)
+        plan = self._plan
         self._decisions += 1
         best = Choice(plan.best.index, plan.best.bits)
         switched = False
-        current_opt = self._option(plan, self.current)
-        if current_opt is None or not current_opt.feasible:
+        if self._verdict[0] != self.current or self.current is None:
+            self._verdict = (self.current, self._judge(plan, best))
+        verdict = self._verdict[1]
+        if verdict == _LEAVE:
             switched = self.current is not None
             self.current, self._streak = best, 0
-        elif best != self.current and plan.best.total_ms < current_opt.total_ms * (1.0 - self.margin):
+        elif verdict == _BETTER:
             self._streak += 1
             if self._streak >= self.patience:
                 self.current, self._streak, switched = best, 0, True
@@ -251,6 +316,15 @@ class CutPolicy:
                 return Decision(probe, True, plan, switched)
         return Decision(self.current, False, plan, switched)
 
+    def _judge(self, plan: Plan, best: Choice) -> int:
+        """What ``plan`` says about the current choice: leave it now, a better one exists, or stay."""
+        current_opt = self._option(plan, self.current)
+        if current_opt is None or not current_opt.feasible:
+            return _LEAVE
+        if best != self.current and plan.best.total_ms < current_opt.total_ms * (1.0 - self.margin):
+            return _BETTER
+        return _STAY
+
     @staticmethod
     def _option(plan: Plan, choice: Choice | None) -> Option | None:
         if choice is None:
@@ -260,27 +334,66 @@ class CutPolicy:
         except KeyError:
             return None
 
-    def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
-        """The feasible cut (other than the current one) sampled least recently, at its best bit width."""
-        assert self.current is not None
+    def needed_bandwidth(self, plan: Plan, option: Option) -> float:
+        """B* (bytes/s): the bandwidth above which ``option`` beats the current choice by ``margin``;
+        ``inf`` when no bandwidth can (its cost without the transfer is already over the bar)."""
         current = self._option(plan, self.current)
-        bar = current.total_ms * (1.0 - self.margin) if current is not None and current.feasible else math.inf
+        if current is None or not current.feasible:
+            return 0.0
+        slack = current.total_ms * (1.0 - self.margin) - (option.total_ms - option.transfer_ms)
+        if slack <= 0:
+            return math.inf
+        return plan.bandwidth_bytes_per_s * option.transfer_ms / slack
+
+    def plausible_bandwidth(self, est: Estimates) -> float:
+        """The fastest link worth probing for: ``plausible_factor`` x the peak estimate, at most the ceiling."""
+        limit = math.inf if est.peak_bandwidth_bytes_per_s is None else self.plausible_factor * est.peak_bandwidth_bytes_per_s
+        return min(limit, self.bandwidth_ceiling) if self.bandwidth_ceiling is not None else limit
+
+    def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
+        """The feasible cut (other than the current one) sampled least recently, at its best bit width,
+        among those that could win on a plausible link and are not backed off (module doc)."""
+        assert self.current is not None
+        limit = self.plausible_bandwidth(est)
+        known_link = est.peak_bandwidth_bytes_per_s is not None or self.bandwidth_ceiling is not None
         best_per_cut: dict[int, Option] = {}
         for o in plan.options:
             if not o.feasible or o.index == self.current.cut:
                 continue
-            if o.index in est.last_sample and o.total_ms - o.transfer_ms >= bar:
-                continue  # sampled, and no bandwidth could make it win: a probe would only cost latency
             if o.kind is CutKind.RAW and not self.allow_raw:  # belt and braces: evaluate already excludes it
                 continue
             if o.index not in best_per_cut or o.total_ms < best_per_cut[o.index].total_ms:
                 best_per_cut[o.index] = o
-        if not best_per_cut:
+        candidates = []
+        for o in best_per_cut.values():
+            needed = min(self.needed_bandwidth(plan, p) for p in plan.options
+                         if p.index == o.index and p.feasible)
+            sampled = o.index in est.last_sample
+            if sampled and math.isinf(needed):
+                continue  # no bandwidth could make it win: a probe would only cost latency
+            if (sampled or known_link) and needed > limit:
+                continue  # it would need a link far faster than any seen
+            candidates.append(o)
+        ready = []
+        for o in candidates:  # back-off: a cut whose probes keep losing takes fewer turns
+            c = o.index
+            if c in self._pending and self._plans_at_probe[c] < self.plans:  # re-planned since its probe
+                self._pending.discard(c)
+                self._backoff[c] = 1 if c in self._won else min(2 * self._backoff.get(c, 1), self.max_backoff)
+            if self._skipped.get(c, 0) + 1 >= self._backoff.get(c, 1):
+                ready.append(o)
+            else:
+                self._skipped[c] = self._skipped.get(c, 0) + 1
+        if not ready:
             return None
         stalest = min(
-            best_per_cut.values(),
+            ready,
             key=lambda o: (est.last_sample.get(o.index, -1.0), self._probed.get(o.index, -1), o.index),
         )
-        self._probed[stalest.index] = self._decisions
-        return Choice(stalest.index, stalest.bits)
-
+        cut = stalest.index
+        self._pending.add(cut)
+        self._won.discard(cut)
+        self._plans_at_probe[cut] = self.plans
+        self._skipped[cut] = 0
+        self._probed[cut] = self._decisions
+        return Choice(cut, stalest.bits)

@@ -1,0 +1,199 @@
+"""The policy's per-frame cost (cached snapshots and plans) and its probe rules (plausible link, back-off).
+
+Numbers are from tests/fakes.py's manifest, by hand, with ``tau_override=2.0`` (every split frame
+escalates, q = 1) and ``margin=0.15``:
+
+    cut 1 @4 b: head 1 + 1024 B / B + tail 2      cut 2 @4 b: head 3 + 64 B / B + tail 1
+    device cut: 20 ms                             raw: 3072 B / B + tail 5 (excluded: privacy)
+
+At B = 20 kB/s cut 2 costs 3 + 3.2 + 1 = 7.2 ms and is chosen; the bar a probe target must beat is
+7.2 x 0.85 = 6.12 ms; cut 1's cost without the transfer is 3 ms, so it wins only above
+B* = 1024 B / 3.12 ms = 328.2 kB/s; the device cut (20 ms) never does.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fakes import fake_manifest
+
+from device_runner.estimator import Estimates, Estimator
+from device_runner.policy import Choice, CutPolicy
+from sdk.config import DeviceSettings, parse_config
+
+B_STAR = 1024 / 3.12 * 1000  # bytes/s, see the module doc
+
+
+def device(**over: object) -> DeviceSettings:
+    data = {
+        "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
+                  "speed_factor_source": "test"},
+        "device": {"device_id": "cam-01", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.9,
+                   "bits": [8, 4, 2], "codec": "none", "accuracy_drop_budget": 0.01, "telemetry_interval_s": 1.0,
+                   "privacy": True, **over},
+        "broker": {"url": "mqtt://127.0.0.1:1883"},
+    }  # fmt: skip
+    return parse_config(data).device
+
+
+def priors() -> tuple[dict[int, float], dict[int, float]]:
+    m = fake_manifest()
+    return {c.index: c.head_ms for c in m.cuts}, {c.index: c.tail_ms for c in m.cuts}
+
+
+def snapshot(bandwidth: float, peak: float | None, sampled: tuple[int, ...] = (1, 2, 3)) -> Estimates:
+    head, tail = priors()
+    return Estimates(bandwidth, 0.0, head, tail, {c: float(i + 1) for i, c in enumerate(sampled)}, True, peak)
+
+
+def policy(**kw: object) -> CutPolicy:
+    return CutPolicy(fake_manifest(), device(), tau_override=2.0, **kw)  # type: ignore[arg-type]
+
+
+def estimator() -> Estimator:
+    head, tail = priors()
+    return Estimator(head_prior=head, tail_prior=tail, prior_bandwidth=1e6)
+
+
+# ------------------------------------------------------------------------------------ cached snapshots
+def test_snapshot_is_reused_until_an_estimate_moves_materially() -> None:
+    e = estimator()
+    first = e.snapshot()
+    assert e.snapshot() is first
+    e.observe_head(2, 3.0)  # first measurement of cut 2: news
+    second = e.snapshot()
+    assert second is not first and second.version > first.version and second.head_ms[2] == 3.0
+    for _ in range(20):
+        e.observe_head(2, 3.03)  # 1 % off, same cut: no news
+    assert e.snapshot() is second
+    e.observe_head(2, 3.6)  # the EWMA moves 0.23 ms (> 3 % of 3.0)
+    third = e.snapshot()
+    assert third is not second and third.head_ms[2] == pytest.approx(e.head_ms(2))
+
+
+def test_small_moves_add_up_until_they_cross_the_tolerance() -> None:
+    e = Estimator(head_prior={2: 10.0}, tail_prior={}, alpha=1.0, rel_tol=0.03, abs_tol_ms=0.0)
+    e.observe_head(2, 10.0)
+    published = e.snapshot()
+    e.observe_head(2, 10.2)
+    e.observe_head(2, 10.25)
+    assert e.snapshot() is published  # 2.5 % from the published 10.0
+    e.observe_head(2, 10.35)  # 3.5 %: publish
+    assert e.snapshot().head_ms[2] == 10.35
+
+
+def test_network_timeout_and_another_cut_are_news() -> None:
+    e = estimator()
+    e.observe_head(2, 3.0)
+    s = e.snapshot()
+    e.observe_network(1, 10_000, 100.0)  # first bandwidth sample
+    s1 = e.snapshot()
+    assert s1 is not s and s1.measured and s1.peak_bandwidth_bytes_per_s == pytest.approx(100e3)
+    e.observe_network(1, 10_000, 100.5)  # 0.5 % slower: no news
+    assert e.snapshot() is s1
+    e.observe_network(1, 10_000, 200.0)  # the link halves: news, and the peak stays
+    s2 = e.snapshot()
+    assert s2.bandwidth_bytes_per_s < 0.9 * s1.bandwidth_bytes_per_s and s2.peak_bandwidth_bytes_per_s == pytest.approx(100e3)
+    e.observe_head(3, 20.0)  # a sample of another cut: the staleness order changed
+    s3 = e.snapshot()
+    assert s3 is not s2 and s3.last_sample[3] > s3.last_sample[1]
+    e.observe_timeout(1, 10_000, 5_000.0)  # a deadline miss is always news
+    assert e.snapshot() is not s3
+
+
+def test_peak_is_the_prior_until_a_bandwidth_is_measured() -> None:
+    assert estimator().snapshot().peak_bandwidth_bytes_per_s == 1e6
+
+
+# ------------------------------------------------------------------------------------ cached plans
+def test_the_plan_is_not_resolved_on_an_unchanged_snapshot_and_is_after_a_report() -> None:
+    e, p = estimator(), policy(probe_every=0)
+    e.observe_network(1, 10_000, 10.0)  # 1 MB/s: cut 1 @4 b costs 1 + 1.024 + 2 = 4.02 ms, cut 2 @4 b 4.06
+    for c in (2, 3, 1):  # first head measurements (news), at the priors' values; cut 1 (in use) last
+        e.observe_head(c, fake_manifest().cut(c).head_ms)
+    first = p.decide(e.snapshot())
+    assert first.choice == Choice(1, 4) and p.plans == 1
+    for _ in range(100):
+        d = p.decide(e.snapshot())
+        e.observe_head(d.choice.cut, fake_manifest().cut(d.choice.cut).head_ms)  # steady: same value
+    assert p.plans == 1 and d.choice == first.choice
+    # A report: the uplink dropped to 20 kB/s (net 51.2 ms for 1024 B). Re-planned, and after
+    # `patience` decisions on that plan the cut moves later.
+    for _ in range(10):
+        e.observe_network(1, 1024, 51.2)
+    assert p.decide(e.snapshot()).plan.bandwidth_bytes_per_s < 100e3
+    assert p.plans == 2
+    seq = [p.decide(e.snapshot()).choice for _ in range(3)]
+    assert seq[-1] == Choice(2, 4) and p.plans == 2
+
+
+def test_patience_counts_decisions_on_one_cached_plan() -> None:
+    p = policy(probe_every=0, patience=3, initial=Choice(1, 4))
+    slow = snapshot(20e3, None)  # the same object every frame: one plan
+    seq = [p.decide(slow).choice for _ in range(4)]
+    assert seq == [Choice(1, 4), Choice(1, 4), Choice(2, 4), Choice(2, 4)]
+    assert p.plans == 1 and p.switches == 1
+
+
+# ------------------------------------------------------------------------------------ probe rules
+def test_a_probe_target_needing_an_implausible_bandwidth_is_skipped() -> None:
+    p = policy(probe_every=2)
+    est = snapshot(20e3, peak=0.9 * B_STAR / 4)  # cut 1 would need more than 4x the fastest link seen
+    decisions = [p.decide(est) for _ in range(20)]
+    assert {d.choice for d in decisions} == {Choice(2, 4)} and p.probes == 0
+
+
+def test_a_probe_target_on_a_plausible_link_is_still_probed() -> None:
+    p = policy(probe_every=2)
+    est = snapshot(20e3, peak=1.1 * B_STAR / 4)  # within 4x the fastest link seen
+    probes = [d.choice for d in (p.decide(est) for _ in range(20)) if d.probe]
+    assert probes and {c.cut for c in probes} == {1}  # never the device cut: it cannot win at any rate
+
+
+def test_a_bandwidth_ceiling_caps_the_plausible_link() -> None:
+    est = snapshot(20e3, peak=1.1 * B_STAR / 4)
+    low = policy(probe_every=2, bandwidth_ceiling=0.9 * B_STAR)
+    assert not any(low.decide(est).probe for _ in range(20))
+    high = policy(probe_every=2, bandwidth_ceiling=1.1 * B_STAR)
+    assert any(high.decide(est).probe for _ in range(20))
+
+
+def test_without_a_known_link_a_never_sampled_cut_is_probed_once_as_before() -> None:
+    p = policy(probe_every=2)
+    est = snapshot(20e3, peak=None, sampled=(2,))
+    probed = {d.choice.cut for d in (p.decide(est) for _ in range(6)) if d.probe}
+    assert probed == {1, 3}  # unsampled: cut 1 and even the device cut
+
+
+def test_known_link_never_sampled_cut_that_cannot_win_is_not_probed() -> None:
+    p = policy(probe_every=2)
+    est = snapshot(20e3, peak=1.1 * B_STAR / 4, sampled=(2,))
+    probed = {d.choice.cut for d in (p.decide(est) for _ in range(20)) if d.probe}
+    assert probed == {1}
+
+
+def test_a_cut_whose_probes_keep_losing_is_probed_less_often() -> None:
+    p = policy(probe_every=1, max_backoff=4)
+    plausible = 1.1 * B_STAR / 4
+    # A fresh snapshot per frame (as if samples kept coming), in which cut 1 never wins.
+    probed = [i for i in range(1, 17) if p.decide(snapshot(20e3, plausible)).probe]
+    assert probed == [1, 3, 7, 11, 15]  # every turn, then 1 turn in 2, then 1 in 4 (the cap)
+
+
+def test_a_backed_off_cut_is_probed_at_its_next_turn_once_a_plan_preferred_it() -> None:
+    plausible = 1.1 * B_STAR / 4
+    preferred, control = policy(probe_every=1, max_backoff=4), policy(probe_every=1, max_backoff=4)
+    for p in (preferred, control):
+        for _ in range(10):  # probes at decisions 1, 3, 7: cut 1 is backed off to 1 turn in 4
+            p.decide(snapshot(20e3, plausible))
+    for _ in range(2):  # decisions 11-12: a fast link, cut 1 is the plan's best (not by the margin: no switch)
+        assert preferred.decide(snapshot(1e6, plausible)).plan.best.index == 1
+        control.decide(snapshot(20e3, plausible))
+    assert preferred.decide(snapshot(20e3, plausible)).probe  # decision 13: back to every turn
+    assert not control.decide(snapshot(20e3, plausible)).probe  # still 1 in 4 (it probed at 11)
+
+
+def test_policy_rejects_bad_probe_settings() -> None:
+    with pytest.raises(ValueError, match="plausible_factor"):
+        policy(plausible_factor=0.0)
+    with pytest.raises(ValueError, match="max_backoff"):
+        policy(max_backoff=0)
