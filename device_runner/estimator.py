@@ -22,7 +22,13 @@ The two unknowns are separated by payload size, online:
   *link latency*: ``link_ms`` <- EWMA of ``net_ms - nbytes / bandwidth``;
 * a bigger one teaches the *bandwidth*: ``bandwidth`` <- EWMA of ``nbytes / (net_ms - link_ms)``,
   taken on the logarithm (a geometric mean), so a drop or a recovery by orders of magnitude is
-  followed in a few samples instead of dozens.
+  followed in a few samples instead of dozens. A sample more than ``jump_factor`` (4x) *above* the
+  estimate moves it with ``jump_alpha`` (0.8) instead of ``alpha``: waiting in the uplink queue
+  (behind a probe, say) only ever makes a sample look slower, so a much faster one is the link
+  recovering - and while the cut in use sends small payloads, the only bandwidth samples are the
+  probes, one every ``probe_every`` frames or fewer (measured in the replay: after a 10 MB/s ->
+  20 kB/s -> 10 MB/s step the cut came back 3 probes after the recovery with ``alpha`` alone; see
+  docs/DYNAMIC.md). A much slower sample keeps ``alpha``; deadline misses cap the estimate at once.
 
 Small payloads (late cuts) therefore teach the latency and big ones (early cuts, probes) the
 bandwidth; the policy's probes keep the big ones coming. A frame whose answer never came before its
@@ -96,6 +102,8 @@ class Estimator:
         min_transfer_ms: float = 0.05,
         rel_tol: float = 0.03,
         abs_tol_ms: float = 0.01,
+        jump_factor: float = 4.0,
+        jump_alpha: float = 0.8,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -103,6 +111,10 @@ class Estimator:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         if rel_tol < 0 or abs_tol_ms < 0:
             raise ValueError(f"rel_tol and abs_tol_ms must be >= 0, got {rel_tol} and {abs_tol_ms}")
+        if jump_factor < 1 or not 0 < jump_alpha <= 1:
+            raise ValueError(f"need jump_factor >= 1 and jump_alpha in (0, 1], got {jump_factor} and {jump_alpha}")
+        self.jump_factor = jump_factor
+        self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
         self.abs_tol_ms = abs_tol_ms
         self.alpha = alpha
@@ -228,7 +240,8 @@ class Estimator:
         if self._bandwidth is None:
             self._set_bandwidth(rate)
         else:
-            self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), self.alpha)))
+            alpha = self.jump_alpha if rate > self.jump_factor * self._bandwidth else self.alpha
+            self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
         """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""

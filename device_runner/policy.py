@@ -36,7 +36,8 @@ dropped before planning.
     drop the peak still remembers the fast link, so the early cut stays plausible and is probed:
     recovery works (tests).
   - **back-off**: a probe is judged at the cut's next probe turn: if the policy re-planned since
-    (its samples came in) and no plan preferred that cut, it lost, and the cut's interval doubles (it
+    (its samples came in), no plan preferred that cut and the bandwidth estimate did not at least
+    double since the probe (a recovering link), it lost, and the cut's interval doubles (it
     takes 1 of 2 of its turns, then 1 of 4 = ``max_backoff``, the cap); a plan preferring it resets
     the interval. Only probe *turns* are skipped, so a backed-off early cut is still probed every
     ``max_backoff`` x ``probe_every`` frames at worst after a drop - recovery is delayed, not lost.
@@ -75,6 +76,7 @@ __all__ = ["Choice", "CutPolicy", "Decision", "escalation_rate", "tau_for"]
 log = logging.getLogger(__name__)
 
 _LEAVE, _BETTER, _STAY = 0, 1, 2  # what a plan says about the current choice (CutPolicy._judge)
+_IMPROVING = 2.0  # a probe after which the bandwidth estimate rose this much did not lose (back-off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,7 @@ class CutPolicy:
         self._skipped: dict[int, int] = {}  # cut -> turns skipped since its last probe
         self._won: set[int] = set()  # cuts a plan has preferred since their last probe
         self._plans_at_probe: dict[int, int] = {}  # cut -> self.plans when it was last probed
+        self._bw_at_probe: dict[int, float] = {}  # cut -> the plan's bandwidth when it was last probed
         self._pending: set[int] = set()  # probed cuts whose probe is not judged yet
         self._est: Estimates | None = None  # the snapshot the cached plan was solved for
         self._plan: Plan | None = None
@@ -379,7 +382,9 @@ class CutPolicy:
             c = o.index
             if c in self._pending and self._plans_at_probe[c] < self.plans:  # re-planned since its probe
                 self._pending.discard(c)
-                self._backoff[c] = 1 if c in self._won else min(2 * self._backoff.get(c, 1), self.max_backoff)
+                improving = plan.bandwidth_bytes_per_s >= _IMPROVING * self._bw_at_probe[c]
+                lost = c not in self._won and not improving
+                self._backoff[c] = min(2 * self._backoff.get(c, 1), self.max_backoff) if lost else 1
             if self._skipped.get(c, 0) + 1 >= self._backoff.get(c, 1):
                 ready.append(o)
             else:
@@ -394,6 +399,7 @@ class CutPolicy:
         self._pending.add(cut)
         self._won.discard(cut)
         self._plans_at_probe[cut] = self.plans
+        self._bw_at_probe[cut] = plan.bandwidth_bytes_per_s
         self._skipped[cut] = 0
         self._probed[cut] = self._decisions
         return Choice(cut, stalest.bits)

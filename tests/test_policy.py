@@ -197,3 +197,16 @@ def test_policy_rejects_bad_probe_settings() -> None:
         policy(plausible_factor=0.0)
     with pytest.raises(ValueError, match="max_backoff"):
         policy(max_backoff=0)
+
+
+def test_a_much_faster_bandwidth_sample_moves_the_estimate_further() -> None:
+    plain = Estimator(head_prior={}, tail_prior={}, alpha=0.4, jump_factor=1e9)  # never jumps
+    jumpy = Estimator(head_prior={}, tail_prior={}, alpha=0.4, jump_factor=4.0, jump_alpha=0.8)
+    for e in (plain, jumpy):
+        e.observe_network(1, 1024, 1024 / 20e3 * 1000)  # 20 kB/s
+        e.observe_network(1, 1024, 1024 / 10e6 * 1000)  # the link recovered: 10 MB/s
+    assert plain.bandwidth == pytest.approx(20e3 ** 0.6 * 10e6 ** 0.4, rel=1e-6)  # geometric EWMA, alpha 0.4
+    assert jumpy.bandwidth == pytest.approx(20e3 ** 0.2 * 10e6 ** 0.8, rel=1e-6)  # alpha 0.8
+    for e in (plain, jumpy):
+        e.observe_network(1, 1024, 1024 / 10e3 * 1000)  # much slower (a queue?): plain alpha both
+    assert jumpy.bandwidth == pytest.approx((20e3 ** 0.2 * 10e6 ** 0.8) ** 0.6 * 10e3 ** 0.4, rel=1e-6)
