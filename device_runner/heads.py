@@ -32,7 +32,15 @@ from sdk.litert import HeadRunner, LiteRTModel
 from sdk.manifest import CutKind, CutSpec, FileRef, Manifest
 from sdk.packing import dequantize, requant_int8
 
-__all__ = ["CutExecutor", "CutOutput", "LiteRTHeads", "ModelCache", "Prediction", "softmax_prediction"]
+__all__ = [
+    "CutExecutor",
+    "CutOutput",
+    "LiteRTHeads",
+    "ModelCache",
+    "Prediction",
+    "int8_prediction",
+    "softmax_prediction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +84,49 @@ class CutExecutor(Protocol):
 
 
 def softmax_prediction(logits: np.ndarray, temperature: float, k: int = 3) -> Prediction:
-    """Top-1, confidence = max softmax(logits / temperature), and the top-k (class, probability)."""
-    z = np.asarray(logits, dtype=np.float64).reshape(-1) / max(float(temperature), 1e-6)
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")[:k]
-    return Prediction(int(order[0]), float(p[order[0]]), tuple((int(i), float(p[i])) for i in order))
+    """Top-1, confidence = max softmax(logits / temperature), and the top-k (class, probability).
+
+    float64 softmax; ties keep the lower class first (a stable sort of -p). For a few classes the
+    top-k is taken in Python from the probabilities (``sorted(..., reverse=True)`` is stable too),
+    which is cheaper than ``argsort``; the values are the same either way (a test compares both).
+    """
+    return _prediction(np.asarray(logits, dtype=np.float64).reshape(-1) / max(float(temperature), 1e-6), k)
+
+
+def _prediction(z: np.ndarray, k: int) -> Prediction:
+    """:func:`softmax_prediction` of ``z = logits / temperature`` (a fresh float64 vector, changed in place)."""
+    z -= np.maximum.reduce(z)  # = z.max() without the method's Python wrapper
+    np.exp(z, out=z)
+    total = np.add.reduce(z)  # = z.sum(): the same pairwise summation
+    z /= total
+    if z.size <= _PY_TOPK_MAX and total == total:  # no NaN (a NaN anywhere makes the sum NaN)
+        p = z.tolist()
+        order = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]
+        return Prediction(order[0], p[order[0]], tuple([(i, p[i]) for i in order]))
+    order = np.argsort(-z, kind="stable")[:k]
+    return Prediction(int(order[0]), float(z[order[0]]), tuple((int(i), float(z[i])) for i in order))
+
+
+_PY_TOPK_MAX = 64  # classes up to which the top-k is sorted in Python
+_LOGIT_TABLES: dict[tuple[float, int, float], np.ndarray] = {}
+
+
+def int8_prediction(q: np.ndarray, scale: float, zero_point: int, temperature: float, k: int = 3) -> Prediction:
+    """``softmax_prediction(dequantize(q, scale, zero_point), temperature, k)`` for int8 logits ``q``.
+
+    The same numbers in one gather: a 256-entry table holds ``float32(scale * (v - zero_point)) /
+    temperature`` (in float64) for every int8 value ``v``, built once per (scale, zero point, temperature).
+    """
+    key = (float(scale), int(zero_point), float(temperature))
+    table = _LOGIT_TABLES.get(key)
+    if table is None:
+        values = np.arange(256, dtype=np.uint8).view(np.int8)
+        table = dequantize(values, scale, zero_point).astype(np.float64) / max(float(temperature), 1e-6)
+        table.flags.writeable = False
+        if len(_LOGIT_TABLES) >= 256:
+            _LOGIT_TABLES.clear()
+        _LOGIT_TABLES[key] = table
+    return _prediction(np.take(table, q.view(np.uint8).reshape(-1)), k)
 
 
 Loader = Callable[[Path, int], HeadRunner]
@@ -167,8 +211,11 @@ class LiteRTHeads:
         head_ms = _invoke_ms(head, t0)
         if cut.kind is CutKind.DEVICE:
             spec = cut.tensors[0]
-            logits = dequantize(np.asarray(outs[spec.head_output]), spec.scale, spec.zero_point)
-            pred = softmax_prediction(logits, cut.exit_temperature)
+            raw = np.asarray(outs[spec.head_output])
+            if raw.dtype == np.int8:
+                pred = int8_prediction(raw, spec.scale, spec.zero_point, cut.exit_temperature)
+            else:
+                pred = softmax_prediction(dequantize(raw, spec.scale, spec.zero_point), cut.exit_temperature)
             measured = (time.perf_counter() - t0) * 1000.0
             return CutOutput(cut.index, {}, pred, self._board_ms(head_ms), 0.0, measured, self.emulated)
         acts = _activations(cut, outs)
@@ -182,8 +229,10 @@ class LiteRTHeads:
             exit_ms = _invoke_ms(exit_model, t1)
             okey, oinfo = next(iter(exit_model.outputs.items()))
             raw = np.asarray(out[okey])
-            logits = dequantize(raw, oinfo.scale, oinfo.zero_point) if raw.dtype == np.int8 else raw
-            pred = softmax_prediction(logits, cut.exit_temperature)
+            if raw.dtype == np.int8:
+                pred = int8_prediction(raw, oinfo.scale, oinfo.zero_point, cut.exit_temperature)
+            else:
+                pred = softmax_prediction(raw, cut.exit_temperature)
         measured = (time.perf_counter() - t0) * 1000.0
         return CutOutput(
             cut.index, acts, pred, self._board_ms(head_ms), self._board_ms(exit_ms), measured, self.emulated

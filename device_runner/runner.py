@@ -18,11 +18,17 @@ mark errors; every model invocation and every local answer happens on the caller
 :meth:`process` / :meth:`expire`. Memory is bounded whatever the uplink does: the in-flight map
 (``max_inflight``), the report/answer join (``timing_window``), the set of recently answered seqs
 (``recent_answers``) and the latency window are all capped.
+
+Per-frame cost (docs/DEVICE.md "Overhead"): :meth:`expire` runs after every frame, so it is O(1)
+when nothing is due - in-flight deadlines sit in a min-heap (stale entries of frames already
+answered are skipped, and the heap is rebuilt when they outnumber the live ones) and frames the
+cloud refused are queued by seq - instead of scanning the whole in-flight map.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 import json
 import logging
 import threading
@@ -211,6 +217,9 @@ class DeviceRunner:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._inflight: dict[int, _Pending] = {}
+        self._deadlines: list[tuple[float, int]] = []  # min-heap of (deadline, seq); may hold answered seqs
+        self._refused: list[int] = []  # seqs whose entry got an error (cloud ErrorMessage, abandon)
+        self._quant: dict[int, dict[str, tuple[float, int]]] = {}  # per cut: {tensor: (scale, zero point)}
         self._timings: OrderedDict[int, _Timing] = OrderedDict()
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
@@ -330,10 +339,12 @@ class DeviceRunner:
             )  # fmt: skip
         else:
             acts = out.activations  # type: ignore[attr-defined]
+            quant = self._quant.get(cut.index)
+            if quant is None:
+                quant = self._quant[cut.index] = {t.name: (t.scale, t.zero_point) for t in cut.tensors}
             payload = encode_activation(
                 device_id=self.device_id, seq=seq, cut_id=cut.index, bundle_id=self.manifest.wire_bundle_id,
-                activations=acts, quant={t.name: (t.scale, t.zero_point) for t in cut.tensors},
-                bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
+                activations=acts, quant=quant, bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
             )  # fmt: skip
         pending = _Pending(
             seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
@@ -344,6 +355,7 @@ class DeviceRunner:
         payload = stamp_send_ts(payload, send_ts)
         with self._lock:
             self._inflight[seq] = pending
+            self._track_deadline(pending)
             self._timings[seq] = _Timing(send_ts, cut.index)
             while len(self._timings) > self.options.timing_window:
                 self._timings.popitem(last=False)
@@ -423,13 +435,57 @@ class DeviceRunner:
                 offset_ms += max(0.0, out.device_ms - out.measured_ms)
         self._answer_local(pred, AnsweredBy.DEADLINE, reason, capture_ts, offset_ms, **base)  # type: ignore[arg-type]
 
+    def _track_deadline(self, p: _Pending) -> None:
+        """Push a new in-flight entry's deadline (lock held); drop stale heap entries when they dominate."""
+        heap = self._deadlines
+        heapq.heappush(heap, (p.deadline, p.seq))
+        if len(heap) > 64 + 2 * len(self._inflight):
+            heap[:] = [(q.deadline, q.seq) for q in self._inflight.values()]
+            heapq.heapify(heap)
+
+    def _earliest(self) -> float | None:
+        """The earliest deadline in flight (lock held), popping heap entries of frames already answered."""
+        heap, inflight = self._deadlines, self._inflight
+        while heap and heap[0][1] not in inflight:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _mark_error(self, p: _Pending, error: str) -> None:
+        """Record that an in-flight frame must be answered locally at the next expire (lock held)."""
+        if p.error is None:
+            self._refused.append(p.seq)
+        p.error = error
+
+    def _take_due(self, now: float) -> list[_Pending]:
+        """Remove and return the in-flight entries that are refused or past their deadline, by seq (lock held)."""
+        inflight, heap = self._inflight, self._deadlines
+        due: dict[int, _Pending] = {}
+        if self._refused:
+            for seq in self._refused:
+                p = inflight.get(seq)
+                if p is not None and p.error is not None:
+                    due[seq] = p
+            self._refused.clear()
+        while heap and heap[0][0] <= now:
+            _, seq = heapq.heappop(heap)
+            p = inflight.get(seq)
+            if p is not None:
+                due[seq] = p
+        for seq in due:
+            del inflight[seq]
+        return [due[s] for s in sorted(due)] if len(due) > 1 else list(due.values())
+
     def expire(self, now: float | None = None) -> int:
-        """Answer locally every in-flight frame past its deadline or refused by the cloud; return how many."""
+        """Answer locally every in-flight frame past its deadline or refused by the cloud; return how many.
+
+        O(1) when nothing is due (see the module docstring), O(k log n) for k frames due.
+        """
         now = self.clock() if now is None else now
         with self._lock:
-            due = [p for p in self._inflight.values() if p.error is not None or now >= p.deadline]
+            if not self._refused and (not self._deadlines or now < self._deadlines[0][0]):
+                return 0
+            due = self._take_due(now)
             for p in due:
-                del self._inflight[p.seq]
                 if p.error is None and not p.late_result:
                     elapsed_ms = (now - p.send_ts) * 1000.0
                     self.estimator.observe_timeout(p.cut, p.nbytes, elapsed_ms)
@@ -443,7 +499,7 @@ class DeviceRunner:
         """Answer every in-flight frame locally now (shutdown); returns how many."""
         with self._lock:
             for p in self._inflight.values():
-                p.error = p.error or reason
+                self._mark_error(p, p.error or reason)
         return self.expire()
 
     @property
@@ -452,7 +508,7 @@ class DeviceRunner:
 
     def next_deadline(self) -> float | None:
         with self._lock:
-            return min((p.deadline for p in self._inflight.values()), default=None)
+            return self._earliest()
 
     # ------------------------------------------------------------------ messages from the cloud
     def _on_message(self, msg: Message) -> None:
@@ -479,7 +535,7 @@ class DeviceRunner:
                 self.errors += 1
                 p = self._inflight.get(m.seq) if m.seq is not None else None
                 if p is not None:
-                    p.error = m.code
+                    self._mark_error(p, m.code)
                     self._wake.notify_all()
                 if m.seq is not None:
                     self._timings.pop(m.seq, None)
@@ -568,7 +624,7 @@ class DeviceRunner:
                 return
             wake = min(t, self._next_telemetry, self.next_deadline() or t)
             with self._wake:
-                if any(p.error for p in self._inflight.values()) or (stop is not None and stop()):
+                if self._refused or (stop is not None and stop()):
                     continue
                 self._wake.wait(timeout=max(0.0, wake - now))
 

@@ -3,6 +3,8 @@
 #
 #   scripts/qemu_device.sh --setup-only                      build the cache and exit
 #   scripts/qemu_device.sh --bundle B --broker mqtt://127.0.0.1:PORT [--frames 3] [device args...]
+#   scripts/qemu_device.sh --module MOD [args...]            run `python -m MOD args` as aarch64 instead
+#                                                            (e.g. benchmarks.bench_device --inner ...)
 #
 # Cached under ${SPLITEDGE_CACHE:-~/.cache/splitedge}/qemu: an arm64 Debian bookworm rootfs with Python 3.11
 # (mmdebstrap --variant=extract, ~76 MB) and aarch64 wheels of ai-edge-litert, numpy, paho-mqtt and zstandard
@@ -64,5 +66,11 @@ export QEMU_LD_PREFIX="$ROOTFS"
 export PYTHONPATH="$SITE:$REPO"
 export PYTHONDONTWRITEBYTECODE=1
 cd "$REPO"
+if [ "${1:-}" = "--module" ]; then
+  [ -n "${2:-}" ] || { echo "qemu_device: --module needs a module name (e.g. benchmarks.bench_device)" >&2; exit 2; }
+  module="$2"
+  shift 2
+  exec qemu-aarch64-static "$ROOTFS/usr/bin/python3.11" -m "$module" "$@"
+fi
 exec qemu-aarch64-static "$ROOTFS/usr/bin/python3.11" -m sdk.cli device \
   --config "${SPLITEDGE_QEMU_CONFIG:-$REPO/firmware_configs/qemu-aarch64.toml}" "$@"

@@ -1,8 +1,16 @@
 """The LiteRT adapter: the only module that imports an interpreter (ai_edge_litert, else tflite_runtime).
 
-Models are run through their signature runner, so inputs and outputs are mapped by *name* (a
-multi-output head's ``get_output_details()`` order is not the Keras order; the signature keys are).
-On a 32-bit Pi OS only ``tflite_runtime`` exists: it is used when ai_edge_litert is not installed.
+Inputs and outputs are mapped by the signature's *names* (a multi-output head's
+``get_output_details()`` order is not the Keras order; the signature keys are). On a 32-bit Pi OS
+only ``tflite_runtime`` exists: it is used when ai_edge_litert is not installed.
+
+Per call, :meth:`LiteRTModel.run` does only what the frame needs: ``set_tensor`` for each input,
+``invoke``, ``get_tensor`` for each output, on the signature's tensor indices. An input is resized
+(and the tensors re-allocated) only when its shape differs from the previous call's - the stock
+signature runner resizes and re-allocates on every call, which on a small head costs more than the
+runner's whole bookkeeping. ``last_invoke_ms`` is the interpreter's part of the call: copying the
+inputs in, ``invoke``, copying the outputs out (the signature runner's call minus its resize). A model whose signature is
+not the primary subgraph (never produced by our converter) falls back to the signature runner.
 """
 
 from __future__ import annotations
@@ -79,23 +87,68 @@ class LiteRTModel:
         signatures = self._interp.get_signature_list()
         if len(signatures) != 1:
             raise BundleError(f"{self.path}: expected one signature, found {sorted(signatures)}; re-convert it")
-        self._runner = self._interp.get_signature_runner(next(iter(signatures)))
-        self.inputs = {k: _info(k, d) for k, d in self._runner.get_input_details().items()}
-        self.outputs = {k: _info(k, d) for k, d in self._runner.get_output_details().items()}
+        runner = self._interp.get_signature_runner(next(iter(signatures)))
+        in_details, out_details = runner.get_input_details(), runner.get_output_details()
+        self.inputs = {k: _info(k, d) for k, d in in_details.items()}
+        self.outputs = {k: _info(k, d) for k, d in out_details.items()}
         self.last_invoke_ms = 0.0
+        # The direct path needs the signature to be the primary subgraph: its tensor indices must be
+        # the interpreter's own inputs/outputs. Otherwise keep the signature runner (slower, same results).
+        primary = {d["index"] for d in self._interp.get_input_details()} == {
+            d["index"] for d in in_details.values()
+        } and {d["index"] for d in self._interp.get_output_details()} == {d["index"] for d in out_details.values()}
+        self._runner: Any = None if primary else runner
+        del runner  # it holds the interpreter's wrapper, which makes Interpreter.invoke() refuse to run
+        self._in_index = {k: int(d["index"]) for k, d in in_details.items()}
+        self._out_index = tuple((k, int(d["index"])) for k, d in out_details.items())
+        self._dtypes = {k: i.dtype for k, i in self.inputs.items()}
+        self._shapes: dict[str, tuple[int, ...] | None] = {}
+        if primary:
+            for k, d in in_details.items():
+                self._shapes[k] = tuple(int(x) for x in d["shape"])
+            self._interp.allocate_tensors()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Feed {key: array with a leading batch dimension}; returns {key: array}."""
-        missing = set(self.inputs) - set(feeds)
-        if missing:
-            raise ValueError(f"{self.path.name}: missing inputs {sorted(missing)}; expected {sorted(self.inputs)}")
+        """Feed {key: array with a leading batch dimension}; returns {key: array} (copies)."""
+        if len(feeds) != len(self._in_index) or any(k not in self._in_index for k in feeds):
+            missing = set(self.inputs) - set(feeds)
+            unknown = set(feeds) - set(self.inputs)
+            raise ValueError(
+                f"{self.path.name}: missing inputs {sorted(missing)}, unknown inputs {sorted(unknown)}; "
+                f"expected exactly {sorted(self.inputs)}"
+            )
+        dtypes = self._dtypes
+        arrays = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
+        if self._runner is not None:
+            t0 = time.perf_counter()
+            out: dict[str, np.ndarray] = self._runner(**arrays)
+            self.last_invoke_ms = (time.perf_counter() - t0) * 1000.0
+            return out
+        interp, shapes = self._interp, self._shapes
+        changed = [k for k, v in arrays.items() if v.shape != shapes[k]]
+        if changed:
+            try:
+                for k in changed:
+                    shapes[k] = None  # unknown until the allocation succeeds: the next call resizes again
+                    interp.resize_tensor_input(self._in_index[k], arrays[k].shape)
+                interp.allocate_tensors()
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"{self.path.name}: cannot run inputs of shapes {({k: v.shape for k, v in arrays.items()})} "
+                    f"(model inputs {({k: (-1, *i.shape) for k, i in self.inputs.items()})}): {exc}"
+                ) from exc
+            for k in changed:
+                shapes[k] = arrays[k].shape
         t0 = time.perf_counter()
-        out = self._runner(**{k: np.ascontiguousarray(v, dtype=self.inputs[k].dtype) for k, v in feeds.items()})
+        for k, v in arrays.items():
+            interp.set_tensor(self._in_index[k], v)
+        interp.invoke()
+        out = {k: interp.get_tensor(i) for k, i in self._out_index}
         self.last_invoke_ms = (time.perf_counter() - t0) * 1000.0
         return out
 
     def run_batched(self, feeds: Mapping[str, np.ndarray], batch: int = 64) -> dict[str, np.ndarray]:
-        """Run N samples in slices of `batch` (the signature runner resizes the input as needed)."""
+        """Run N samples in slices of `batch` (the input is resized when the batch changes)."""
         n = len(next(iter(feeds.values())))
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.outputs}
         for i in range(0, n, batch):
