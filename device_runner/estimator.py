@@ -52,7 +52,8 @@ carries a larger ``version``. Material is:
   so the snapshot keeps the older counter value for it (it stays the most recent one).
 
 Steady state (one cut, a steady link) therefore re-uses one snapshot and the policy re-uses one plan
-(``device_runner.policy``).
+(``device_runner.policy``). Not thread-safe: callers serialise ``observe_*`` and ``snapshot`` (the
+runner does both under its lock).
 
 ``peak_bandwidth_bytes_per_s`` is the highest bandwidth *estimate* so far (the EWMA, not a single
 sample, so one lucky sample does not inflate it), or the prior while nothing is measured: the policy
@@ -168,7 +169,7 @@ class Estimator:
                 tail_ms=dict(self._tail),
                 last_sample=dict(self._last),
                 measured=self._bandwidth is not None,
-                peak_bandwidth_bytes_per_s=self._peak if self._peak is not None else self._prior_bandwidth,
+                peak_bandwidth_bytes_per_s=max(self._peak or 0.0, self._prior_bandwidth),
                 version=self._version,
             )
         return self._snap

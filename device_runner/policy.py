@@ -1,6 +1,6 @@
 """The dynamic cut: re-solve argmin T(s, b) from the live estimates, with hysteresis and probes.
 
-Each decision re-evaluates ``sdk.planner.evaluate`` over every cut x allowed bit width, using the
+A plan evaluates ``sdk.planner.evaluate`` over every cut x allowed bit width, using the
 estimator's head/tail times (board milliseconds, so ``device_factor = 1``), bandwidth and link
 latency, within the manifest's accuracy-drop budget (``accuracy_drop_budget`` of the profile) and,
 under ``privacy``, without the raw cut. Options whose payload exceeds the broker's packet limit are
@@ -15,8 +15,10 @@ dropped before planning.
   in steady state a decision is a few attribute reads. ``patience`` still counts decisions, not
   plans: the same plan preferring another option for ``patience`` frames switches, as before (counting
   plans instead would never switch while the estimates stand still). ``plans`` counts the solves.
-  Measured (``/tmp``-free recipe in docs/DYNAMIC.md, "Per-frame cost"): decide() on an unchanged
-  snapshot 236 us -> ~1 us on the reference bundle (7 cuts x 4 bit widths).
+  Measured (docs/DYNAMIC.md, "Per-frame cost", with the command): ``decide(estimator.snapshot())``
+  on an unchanged snapshot took 235 us before this cache and 2.5 us with it (reference bundle, 17
+  options, pi5 profile); a re-plan itself costs ~2/3 of what it did (the exit terms are computed
+  once per (cut, bits)).
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
   how an early cut is found again when the bandwidth recovers. A probe waits for the cloud, so it
@@ -35,12 +37,14 @@ dropped before planning.
     one (``peak_bandwidth_bytes_per_s=None``) a never-sampled cut is probed once, as before. After a
     drop the peak still remembers the fast link, so the early cut stays plausible and is probed:
     recovery works (tests).
-  - **back-off**: a probe is judged at the cut's next probe turn: if the policy re-planned since
-    (its samples came in), no plan preferred that cut and the bandwidth estimate did not at least
-    double since the probe (a recovering link), it lost, and the cut's interval doubles (it
-    takes 1 of 2 of its turns, then 1 of 4 = ``max_backoff``, the cap); a plan preferring it resets
-    the interval. Only probe *turns* are skipped, so a backed-off early cut is still probed every
-    ``max_backoff`` x ``probe_every`` frames at worst after a drop - recovery is delayed, not lost.
+  - **back-off**: a probe that loses makes the next ones rarer. A probe is judged at the next
+    probe turn once the probed cut has a newer sample (``Estimates.last_sample``): it *lost* if no plan
+    preferred the probed cut and the bandwidth estimate did not at least double since (a recovering
+    link). Each loss doubles the probe interval, up to ``max_backoff`` (4) x ``probe_every``
+    decisions; a probe that did not lose, or a switch of the current choice, resets it to
+    ``probe_every``. Probes are only spaced out, never stopped, so recovery after a drop is delayed
+    by at most ``max_backoff`` x ``probe_every`` frames, never lost. (Per-cut back-off was tried
+    first: with several plausible cuts taking turns it hardly lowered the probe rate.)
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
@@ -194,12 +198,10 @@ class CutPolicy:
         self.bandwidth_ceiling = bandwidth_ceiling
         self.max_backoff = max_backoff
         self._probed: dict[int, int] = {}
-        self._backoff: dict[int, int] = {}  # cut -> probe turns to skip per turn taken (1 = none)
-        self._skipped: dict[int, int] = {}  # cut -> turns skipped since its last probe
-        self._won: set[int] = set()  # cuts a plan has preferred since their last probe
-        self._plans_at_probe: dict[int, int] = {}  # cut -> self.plans when it was last probed
-        self._bw_at_probe: dict[int, float] = {}  # cut -> the plan's bandwidth when it was last probed
-        self._pending: set[int] = set()  # probed cuts whose probe is not judged yet
+        self._interval = 1  # probe every probe_every x this many decisions (back-off, module doc)
+        self._since_turn = 0  # decisions since the last probe turn
+        self._pending: tuple[int, float, float] | None = None  # last probe not judged: (cut, its last sample, bandwidth)
+        self._preferred = False  # a plan preferred the pending probe's cut
         self._est: Estimates | None = None  # the snapshot the cached plan was solved for
         self._plan: Plan | None = None
         self._verdict: tuple[Choice | None, int] = (None, _LEAVE)
@@ -289,8 +291,8 @@ class CutPolicy:
         if est is not self._est or self._plan is None:
             self._plan, self._est = self.plan(est), est
             self.plans += 1
-            self._won.add(self._plan.best.index)
-            self._backoff.pop(self._plan.best.index, None)
+            if self._pending is not None and self._plan.best.index == self._pending[0]:
+                self._preferred = True
             self._verdict = (None, _LEAVE)
         plan = self._plan
         self._decisions += 1
@@ -310,14 +312,32 @@ class CutPolicy:
             self._streak = 0
         if switched:
             self.switches += 1
+            self._interval = 1  # conditions changed: probe at the normal rate again
             log.info("cut -> %s (%.2f ms predicted)", self.current, plan.best.total_ms)
         assert self.current is not None
-        if self.probe_every and self._decisions % self.probe_every == 0:
-            probe = self._probe_target(plan, est)
-            if probe is not None:
-                self.probes += 1
-                return Decision(probe, True, plan, switched)
+        if self.probe_every:
+            self._since_turn += 1
+            if self._since_turn >= self.probe_every * self._interval:
+                self._judge_probe(plan, est)
+            if self._since_turn >= self.probe_every * self._interval:
+                self._since_turn = 0
+                probe = self._probe_target(plan, est)
+                if probe is not None:
+                    self.probes += 1
+                    return Decision(probe, True, plan, switched)
         return Decision(self.current, False, plan, switched)
+
+    def _judge_probe(self, plan: Plan, est: Estimates) -> None:
+        """Back-off (module doc): did the last probe lose? Judged once the probed cut's sample is in."""
+        if self._pending is None:
+            return
+        cut, sample, bandwidth = self._pending
+        if est.last_sample.get(cut, -1.0) <= sample:
+            return  # its samples are not in yet: wait
+        improving = plan.bandwidth_bytes_per_s >= _IMPROVING * bandwidth
+        lost = not self._preferred and not improving
+        self._interval = min(2 * self._interval, self.max_backoff) if lost else 1
+        self._pending = None
 
     def _judge(self, plan: Plan, best: Choice) -> int:
         """What ``plan`` says about the current choice: leave it now, a better one exists, or stay."""
@@ -355,7 +375,7 @@ class CutPolicy:
 
     def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
         """The feasible cut (other than the current one) sampled least recently, at its best bit width,
-        among those that could win on a plausible link and are not backed off (module doc)."""
+        among those that could win on a plausible link (module doc)."""
         assert self.current is not None
         limit = self.plausible_bandwidth(est)
         known_link = est.peak_bandwidth_bytes_per_s is not None or self.bandwidth_ceiling is not None
@@ -377,29 +397,14 @@ class CutPolicy:
             if (sampled or known_link) and needed > limit:
                 continue  # it would need a link far faster than any seen
             candidates.append(o)
-        ready = []
-        for o in candidates:  # back-off: a cut whose probes keep losing takes fewer turns
-            c = o.index
-            if c in self._pending and self._plans_at_probe[c] < self.plans:  # re-planned since its probe
-                self._pending.discard(c)
-                improving = plan.bandwidth_bytes_per_s >= _IMPROVING * self._bw_at_probe[c]
-                lost = c not in self._won and not improving
-                self._backoff[c] = min(2 * self._backoff.get(c, 1), self.max_backoff) if lost else 1
-            if self._skipped.get(c, 0) + 1 >= self._backoff.get(c, 1):
-                ready.append(o)
-            else:
-                self._skipped[c] = self._skipped.get(c, 0) + 1
-        if not ready:
+        if not candidates:
             return None
         stalest = min(
-            ready,
+            candidates,
             key=lambda o: (est.last_sample.get(o.index, -1.0), self._probed.get(o.index, -1), o.index),
         )
         cut = stalest.index
-        self._pending.add(cut)
-        self._won.discard(cut)
-        self._plans_at_probe[cut] = self.plans
-        self._bw_at_probe[cut] = plan.bandwidth_bytes_per_s
-        self._skipped[cut] = 0
+        self._pending = (cut, est.last_sample.get(cut, -1.0), plan.bandwidth_bytes_per_s)
+        self._preferred = False
         self._probed[cut] = self._decisions
         return Choice(cut, stalest.bits)

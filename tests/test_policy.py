@@ -45,6 +45,12 @@ def snapshot(bandwidth: float, peak: float | None, sampled: tuple[int, ...] = (1
     return Estimates(bandwidth, 0.0, head, tail, {c: float(i + 1) for i, c in enumerate(sampled)}, True, peak)
 
 
+def sampled_at(i: int, bandwidth: float, peak: float) -> Estimates:
+    """A snapshot after decision ``i``: every cut's last sample is newer than at the previous decision."""
+    head, tail = priors()
+    return Estimates(bandwidth, 0.0, head, tail, {1: float(i), 2: float(i), 3: float(i)}, True, peak)
+
+
 def policy(**kw: object) -> CutPolicy:
     return CutPolicy(fake_manifest(), device(), tau_override=2.0, **kw)  # type: ignore[arg-type]
 
@@ -82,7 +88,8 @@ def test_small_moves_add_up_until_they_cross_the_tolerance() -> None:
 
 
 def test_network_timeout_and_another_cut_are_news() -> None:
-    e = estimator()
+    head, tail = priors()
+    e = Estimator(head_prior=head, tail_prior=tail, prior_bandwidth=10e3)
     e.observe_head(2, 3.0)
     s = e.snapshot()
     e.observe_network(1, 10_000, 100.0)  # first bandwidth sample
@@ -100,8 +107,13 @@ def test_network_timeout_and_another_cut_are_news() -> None:
     assert e.snapshot() is not s3
 
 
-def test_peak_is_the_prior_until_a_bandwidth_is_measured() -> None:
-    assert estimator().snapshot().peak_bandwidth_bytes_per_s == 1e6
+def test_peak_is_never_below_the_prior() -> None:
+    e = estimator()  # prior 1 MB/s
+    assert e.snapshot().peak_bandwidth_bytes_per_s == 1e6
+    e.observe_network(1, 10_000, 100.0)  # 100 kB/s measured: the prior still bounds what is plausible
+    assert e.snapshot().peak_bandwidth_bytes_per_s == 1e6
+    e.observe_network(1, 10_000, 2.0)  # 5 MB/s
+    assert e.snapshot().peak_bandwidth_bytes_per_s > 1e6
 
 
 # ------------------------------------------------------------------------------------ cached plans
@@ -171,25 +183,33 @@ def test_known_link_never_sampled_cut_that_cannot_win_is_not_probed() -> None:
     assert probed == {1}
 
 
-def test_a_cut_whose_probes_keep_losing_is_probed_less_often() -> None:
+def test_probes_that_keep_losing_come_less_often() -> None:
     p = policy(probe_every=1, max_backoff=4)
     plausible = 1.1 * B_STAR / 4
     # A fresh snapshot per frame (as if samples kept coming), in which cut 1 never wins.
-    probed = [i for i in range(1, 17) if p.decide(snapshot(20e3, plausible)).probe]
-    assert probed == [1, 3, 7, 11, 15]  # every turn, then 1 turn in 2, then 1 in 4 (the cap)
+    probed = [i for i in range(1, 17) if p.decide(sampled_at(i, 20e3, plausible)).probe]
+    assert probed == [1, 3, 7, 11, 15]  # every decision, then every 2nd, then every 4th (the cap)
 
 
-def test_a_backed_off_cut_is_probed_at_its_next_turn_once_a_plan_preferred_it() -> None:
+def test_a_probe_whose_cut_a_plan_preferred_did_not_lose() -> None:
     plausible = 1.1 * B_STAR / 4
     preferred, control = policy(probe_every=1, max_backoff=4), policy(probe_every=1, max_backoff=4)
     for p in (preferred, control):
-        for _ in range(10):  # probes at decisions 1, 3, 7: cut 1 is backed off to 1 turn in 4
-            p.decide(snapshot(20e3, plausible))
-    for _ in range(2):  # decisions 11-12: a fast link, cut 1 is the plan's best (not by the margin: no switch)
-        assert preferred.decide(snapshot(1e6, plausible)).plan.best.index == 1
-        control.decide(snapshot(20e3, plausible))
-    assert preferred.decide(snapshot(20e3, plausible)).probe  # decision 13: back to every turn
-    assert not control.decide(snapshot(20e3, plausible)).probe  # still 1 in 4 (it probed at 11)
+        for i in range(1, 11):  # probes at decisions 1, 3, 7: backed off to every 4th decision
+            p.decide(sampled_at(i, 20e3, plausible))
+    for i in (11, 12):  # a fast link, cut 1 is the plan's best (not by the margin: no switch)
+        assert preferred.decide(sampled_at(i, 1e6, plausible)).plan.best.index == 1
+        control.decide(sampled_at(i, 20e3, plausible))
+    assert preferred.decide(sampled_at(13, 20e3, plausible)).probe  # back to every decision
+    assert not control.decide(sampled_at(13, 20e3, plausible)).probe  # still every 4th (it probed at 11)
+
+
+def test_a_probe_is_not_judged_before_its_sample_comes_in() -> None:
+    p = policy(probe_every=1, max_backoff=4)
+    plausible = 1.1 * B_STAR / 4
+    # New snapshot objects (re-planned every decision) but no newer sample of cut 1: no back-off.
+    probed = [p.decide(snapshot(20e3 * (1 + i / 1000), plausible)).probe for i in range(8)]
+    assert all(probed)
 
 
 def test_policy_rejects_bad_probe_settings() -> None:
