@@ -1,22 +1,45 @@
-"""Per-frame overhead of the device runner beyond the interpreter's invoke time.
+"""Per-frame overhead of the device runner beyond the interpreter's work, on this host and under QEMU aarch64.
 
-Run: ``python -m benchmarks.bench_device [BUNDLE]``. Prints a Markdown table headed by that command.
+Run: ``python -m benchmarks.bench_device [BUNDLE] [--frames N] [--qemu | --no-qemu] [--qemu-frames N]``.
+Prints Markdown headed by that command (``benchmarks.run`` calls :func:`run` with its defaults).
 
-For each path (early exit answers locally; escalation: pack + stamp + publish on an in-memory broker;
-the device cut) it runs ``DeviceRunner.process`` on seeded synthetic frames and subtracts the LiteRT
-invoke times the runner's own models reported (head + exit, 1 thread, no timing emulation). What is
-left is the runner: policy decision (a planner solve), bookkeeping, packing, publishing, telemetry.
-Goal: overhead <= 5 % of the head's invoke time. The bundle is the reference bundle
-(``converter.reference``, built on first use) unless a path is given or ``SPLITEDGE_BENCH_BUNDLE`` is set.
+For each path - the early exit answers locally; escalation (pack at 8 or 4 bits + stamp + publish on
+an in-memory broker, the frame then waits in flight: nothing answers it during the run); the device
+cut - it runs ``DeviceRunner.process`` on seeded synthetic frames with the cut and bit width pinned
+(one candidate cut, one bit width, no probes; each row checks afterwards that the path it names is
+the one that ran) and splits the wall time of each call:
+
+* **invoke**: what the LiteRT interpreters reported (``LiteRTModel.last_invoke_ms``: copy the input
+  in, ``invoke``, copy the output out), head + exit, 1 thread, no timing emulation;
+* **overhead** = ``process()`` - invoke. The goal is overhead <= 5 % of the head's invoke time.
+  It is further split into **policy** (``CutPolicy.decide``: the planner, cached while the
+  estimates do not move), **model glue** (``LiteRTHeads.run`` around the invokes: model cache, feeds,
+  int8 -> exit input, logits -> softmax / top-k) and **runner** (the rest: estimator update, wire
+  encoding, send stamp, publish, in-flight bookkeeping, the answer, expire, telemetry check).
+
+``--qemu`` (default: on when ``qemu-aarch64-static`` is installed; ``SPLITEDGE_BENCH_QEMU=0`` turns it
+off) runs the same measurement as aarch64 code under QEMU user mode through ``scripts/qemu_device.sh
+--module`` (its cached arm64 rootfs and wheels), with fewer frames, and reports it next to the host
+figure with the emulation slowdown (QEMU head invoke / host head invoke). QEMU is not a timing
+device: the slowdown differs per operation (PLATFORM.md: float numpy/LiteRT 150-600x, imports 17x),
+so the QEMU overhead ratio says how the runner's Python and numpy scale against emulated XNNPACK
+kernels, not what a Pi would measure. The bundle is the reference bundle (``converter.reference``,
+built on first use) unless a path is given or ``SPLITEDGE_BENCH_BUNDLE`` is set.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +47,14 @@ from device_runner.heads import CutOutput, LiteRTHeads
 from device_runner.policy import Choice, CutPolicy
 from device_runner.runner import DeviceRunner, RunnerOptions
 from device_runner.sources import SyntheticSource
-from sdk.config import parse_config
+from sdk.config import BoardSpec, DeviceConfig, parse_config
+from sdk.litert import LiteRTModel
 from sdk.manifest import CutKind, CutSpec, Manifest, load_manifest
 from sdk.transport import InMemoryHub
 
 COMMAND = "python -m benchmarks.bench_device"
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "qemu_device.sh"
+QEMU_TIMEOUT_S = 1800
 
 
 def _bundle(path: str | None) -> Path:
@@ -41,93 +67,295 @@ def _bundle(path: str | None) -> Path:
     return default_bundle_dir()
 
 
-class _Timed:
-    """Wraps LiteRTHeads and sums the invoke times (head + exit) the interpreters reported."""
+class _CpuTimedModel:
+    """A LiteRT model whose ``run`` also adds its thread CPU time to a shared counter (index 0: all
+    models, index 1: heads only)."""
 
-    def __init__(self, inner: LiteRTHeads) -> None:
-        self.inner = inner
-        self.emulated = inner.emulated
-        self.invoke_ms = 0.0
-        self.head_ms = 0.0
+    def __init__(self, inner: LiteRTModel, spent: list[float]) -> None:
+        self.inner, self.spent = inner, spent
+        self.is_head = inner.path.name.startswith("head")
+        self.inputs, self.outputs = inner.inputs, inner.outputs
+
+    @property
+    def last_invoke_ms(self) -> float:
+        return self.inner.last_invoke_ms
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.thread_time()
+        try:
+            return self.inner.run(feeds)
+        finally:
+            ms = (time.thread_time() - t0) * 1000.0
+            self.spent[0] += ms
+            if self.is_head:
+                self.spent[1] += ms
+
+
+class _Timed:
+    """Wraps LiteRTHeads: per call, the interpreters' reported time (head + exit), the wall time, and the
+    thread CPU time of the models' ``run`` calls."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, board: BoardSpec) -> None:
+        self.model_cpu_ms = [0.0, 0.0]
+        self.inner = LiteRTHeads(bundle, manifest, board,
+                                 loader=lambda path, threads: _CpuTimedModel(LiteRTModel(path, threads=threads),
+                                                                             self.model_cpu_ms))  # fmt: skip
+        self.emulated = self.inner.emulated
+        self.invoke_ms = self.head_ms = self.wall_ms = 0.0
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
+        t0 = time.perf_counter()
         out = self.inner.run(cut, frame)
+        self.wall_ms += (time.perf_counter() - t0) * 1000.0
         self.invoke_ms += out.head_ms + out.exit_ms
         self.head_ms += out.head_ms
         return out
 
 
-def _config() -> object:
+def _timed_decide(policy: CutPolicy) -> list[float]:
+    """Replace ``policy.decide`` on this instance by a timed call; returns the list the times go to."""
+    spent = [0.0]
+    decide: Callable[..., Any] = policy.decide
+
+    def timed(est: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return decide(est)
+        finally:
+            spent[0] += (time.perf_counter() - t0) * 1000.0
+
+    policy.decide = timed  # type: ignore[method-assign]
+    return spent
+
+
+def _config(bits: int = 8) -> DeviceConfig:
     return parse_config({
         "board": {"name": "bench", "cpu": "host", "threads": 1, "memory_budget_mb": 512, "speed_factor": 1.0,
                   "speed_factor_source": "this machine"},
         "device": {"device_id": "bench-01", "fps_cap": 1000, "deadline_ms": 60_000, "target_accuracy": 0.5,
-                   "bits": [8, 4], "codec": "none", "telemetry_interval_s": 1.0},
+                   "bits": [bits or 8], "codec": "none", "telemetry_interval_s": 1.0},
         "broker": {"url": "mqtt://127.0.0.1:1883"},
     })  # fmt: skip
 
 
-def measure(bundle: Path, manifest: Manifest, cut: int, bits: int, tau: float, frames: int = 300) -> dict[str, float]:
-    cfg = _config()
+def measure(
+    bundle: Path, manifest: Manifest, cut: int, bits: int, tau: float, frames: int = 300, *, warmup: int = 20
+) -> dict[str, float]:
+    """Median per-frame times (ms) of one pinned path; raises RuntimeError if another path ran."""
+    cfg = _config(bits)
     hub = InMemoryHub(synchronous=False)  # frames queue in the hub; nothing answers inside the timed call
-    heads = _Timed(LiteRTHeads(bundle, manifest, cfg.board))  # type: ignore[attr-defined]
-    policy = CutPolicy(manifest, cfg.device, initial=Choice(cut, bits), allowed_cuts=[cut], probe_every=0,  # type: ignore[attr-defined]
-                       tau_override=tau)
+    heads = _Timed(bundle, manifest, cfg.board)
+    policy = CutPolicy(manifest, cfg.device, initial=Choice(cut, bits), allowed_cuts=[cut], probe_every=0,
+                       tau_override=tau)  # fmt: skip
+    policy_ms = _timed_decide(policy)
     runner = DeviceRunner(manifest, cfg, hub.transport("bench-01"), heads, policy=policy,  # type: ignore[arg-type]
-                          options=RunnerOptions(max_inflight=frames + 10))
+                          options=RunnerOptions(max_inflight=frames + warmup + 10))  # fmt: skip
     runner.start()
     source = iter(SyntheticSource(tuple(manifest.input.shape), seed=0))
-    for _ in range(20):  # warm-up: load the models, fill caches
+    for _ in range(warmup):  # load the models, fill caches
         runner.process(next(source))
-    totals, invokes, heads_ms = [], [], []
+    cols: dict[str, list[float]] = {k: [] for k in ("total", "invoke", "head", "policy", "glue", "cpu", "model_cpu", "head_cpu")}
+    sent_before = runner.bytes_sent
     for _ in range(frames):
         frame = next(source)
-        heads.invoke_ms = heads.head_ms = 0.0
+        heads.invoke_ms = heads.head_ms = heads.wall_ms = policy_ms[0] = heads.model_cpu_ms[0] = heads.model_cpu_ms[1] = 0.0
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         runner.process(frame)
-        totals.append((time.perf_counter() - t0) * 1000.0)
-        invokes.append(heads.invoke_ms)
-        heads_ms.append(heads.head_ms)
+        cols["total"].append((time.perf_counter() - t0) * 1000.0)
+        cols["cpu"].append((time.thread_time() - c0) * 1000.0)
+        cols["model_cpu"].append(heads.model_cpu_ms[0])
+        cols["head_cpu"].append(heads.model_cpu_ms[1])
+        cols["invoke"].append(heads.invoke_ms)
+        cols["head"].append(heads.head_ms)
+        cols["policy"].append(policy_ms[0])
+        cols["glue"].append(heads.wall_ms - heads.invoke_ms)
         hub.pump()
+    _check_path(runner, policy, manifest.cut(cut), bits, tau, frames, runner.bytes_sent - sent_before)
     runner.abandon("bench done")
-    overhead = np.array(totals) - np.array(invokes)
-    head = float(np.median(heads_ms))
+    a = {k: np.array(v) for k, v in cols.items()}
+    overhead = a["total"] - a["invoke"]
+    rest = overhead - a["policy"] - a["glue"]
+    head = float(np.median(a["head"]))
+    med = {k: float(np.median(v)) for k, v in a.items()}
     return {
-        "total": float(np.median(totals)), "invoke": float(np.median(invokes)), "head": head,
-        "overhead": float(np.median(overhead)), "p90": float(np.percentile(overhead, 90)),
-        "ratio": float(np.median(overhead)) / head if head else float("nan"),
+        **med, "overhead": float(np.median(overhead)), "p90": float(np.percentile(overhead, 90)),
+        "runner": float(np.median(rest)), "ratio": float(np.median(overhead)) / head if head else float("nan"),
+        "ratio_no_policy": float(np.median(overhead - a["policy"])) / head if head else float("nan"),
+        "overhead_cpu": float(np.median(a["cpu"] - a["model_cpu"])),
+        "ratio_cpu": float(np.median(a["cpu"] - a["model_cpu"])) / float(np.median(a["head_cpu"]))
+        if float(np.median(a["head_cpu"])) else float("nan"),
+        "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+        "frames": float(frames),
     }  # fmt: skip
 
 
-def run(bundle: str | None = None, frames: int = 300) -> str:
-    root = _bundle(bundle)
-    manifest = load_manifest(root)
+def _check_path(
+    runner: DeviceRunner, policy: CutPolicy, cut: CutSpec, bits: int, tau: float, frames: int, sent: int
+) -> None:
+    """The row measured what it names: the pinned choice held, and frames were answered/sent as expected."""
+    current = policy.current
+    problems = []
+    if current != Choice(cut.index, bits):
+        problems.append(f"the policy moved to {current}")
+    escalates = cut.kind is CutKind.SPLIT and tau > 1.0
+    if escalates and (sent <= 0 or runner.inflight < frames):
+        problems.append(f"{sent} bytes sent, {runner.inflight} frames in flight (expected every frame escalated)")
+    if not escalates and sent:
+        problems.append(f"{sent} bytes sent (expected every frame answered on the device)")
+    if problems:
+        raise RuntimeError(f"bench path cut {cut.index} bits {bits} tau {tau}: " + "; ".join(problems))
+
+
+def rows(bundle: Path, manifest: Manifest, frames: int, *, warmup: int = 20) -> list[tuple[str, dict[str, float]]]:
+    """The measured paths, chosen from the manifest (middle split cut, first split cut, device cut)."""
     splits = [c for c in manifest.cuts if c.kind is CutKind.SPLIT]
-    rows: list[tuple[str, dict[str, float]]] = []
+    out: list[tuple[str, dict[str, float]]] = []
     if splits:
-        mid = splits[len(splits) // 2]
-        rows.append((f"exit answers (cut {mid.index})", measure(root, manifest, mid.index, 8, 0.0, frames)))
-        rows.append((f"escalate, 8 bits (cut {mid.index})", measure(root, manifest, mid.index, 8, 2.0, frames)))
-        rows.append((f"escalate, 4 bits (cut {mid.index})", measure(root, manifest, mid.index, 4, 2.0, frames)))
-        first = splits[0]
-        rows.append((f"escalate, 4 bits (cut {first.index})", measure(root, manifest, first.index, 4, 2.0, frames)))
+        mid, first = splits[len(splits) // 2], splits[0]
+        for name, cut, bits, tau in (
+            (f"exit answers (cut {mid.index})", mid, 8, 0.0),
+            (f"escalate, 8 bits (cut {mid.index})", mid, 8, 2.0),
+            (f"escalate, 4 bits (cut {mid.index})", mid, 4, 2.0),
+            (f"escalate, 4 bits (cut {first.index})", first, 4, 2.0),
+        ):
+            if bits == 8 or bits in manifest.bits:
+                out.append((name, measure(bundle, manifest, cut.index, bits, tau, frames, warmup=warmup)))
     if manifest.device_cut is not None:
         d = manifest.device_cut.index
-        rows.append((f"device cut (cut {d})", measure(root, manifest, d, 0, 0.0, frames)))
+        out.append((f"device cut (cut {d})", measure(bundle, manifest, d, 0, 0.0, frames, warmup=warmup)))
+    return out
+
+
+def _qemu_enabled(qemu: bool | None) -> bool:
+    if qemu is not None:
+        return qemu
+    return os.environ.get("SPLITEDGE_BENCH_QEMU", "1") != "0" and shutil.which("qemu-aarch64-static") is not None
+
+
+def run_qemu(bundle: Path, frames: int, *, warmup: int = 3) -> tuple[dict[str, Any] | None, str]:
+    """The same rows as aarch64 code under QEMU (scripts/qemu_device.sh --module); (result, error text)."""
+    cmd = [str(SCRIPT), "--module", "benchmarks.bench_device", str(bundle), "--inner-json",
+           "--frames", str(frames), "--warmup", str(warmup)]  # fmt: skip
+    env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}
+    t0 = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_TIMEOUT_S, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"QEMU run failed: {type(exc).__name__}: {exc}"
+    wall = time.monotonic() - t0
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        return None, f"QEMU run exited {done.returncode}: {tail}"
+    result = json.loads(lines[-1])
+    result["wall_s"] = wall
+    return result, ""
+
+
+def _host_table(results: list[tuple[str, dict[str, float]]]) -> list[str]:
     lines = [
-        f"`{COMMAND}` - {platform.machine()}, Python {platform.python_version()}, 1 LiteRT thread, "
-        f"bundle {manifest.model_name} ({root}), {frames} frames per row, medians",
-        "",
-        "| path | process() ms | invoke ms (head+exit) | head ms | runner overhead ms | p90 overhead ms | overhead / head |",
-        "|---|---|---|---|---|---|---|",
+        "| path | process() ms | invoke ms (head+exit) | head ms | overhead ms | p90 overhead ms | overhead / head "
+        "| policy ms | model glue ms | runner ms | overhead without policy / head | CPU overhead ms "
+        "| CPU overhead / head CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in rows:
+    for name, r in results:
         lines.append(
             f"| {name} | {r['total']:.3f} | {r['invoke']:.3f} | {r['head']:.3f} | {r['overhead']:.3f} | "
-            f"{r['p90']:.3f} | {r['ratio'] * 100:.1f} % |"
+            f"{r['p90']:.3f} | {r['ratio'] * 100:.1f} % | {r['policy']:.3f} | {r['glue']:.3f} | {r['runner']:.3f} | "
+            f"{r['ratio_no_policy'] * 100:.1f} % | {r['overhead_cpu']:.3f} | {r['ratio_cpu'] * 100:.1f} % |"
         )
+    return lines
+
+
+def _qemu_table(host: list[tuple[str, dict[str, float]]], qemu: dict[str, Any]) -> list[str]:
+    emulated = dict((name, r) for name, r in qemu["rows"])
+    lines = [
+        "| path | host head ms | QEMU head ms | emulation slowdown (QEMU / host head) | host overhead ms | "
+        "QEMU overhead ms | QEMU overhead / head | QEMU policy / glue / runner ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, h in host:
+        q = emulated.get(name)
+        if q is None:
+            lines.append(f"| {name} | {h['head']:.3f} | - | - | {h['overhead']:.3f} | - | - | - |")
+            continue
+        slow = q["head"] / h["head"] if h["head"] else float("nan")
+        lines.append(
+            f"| {name} | {h['head']:.3f} | {q['head']:.2f} | {slow:.0f}x | {h['overhead']:.3f} | {q['overhead']:.2f} | "
+            f"{q['ratio'] * 100:.1f} % | {q['policy']:.2f} / {q['glue']:.2f} / {q['runner']:.2f} |"
+        )
+    return lines
+
+
+def run(
+    bundle: str | None = None,
+    frames: int = 300,
+    *,
+    qemu: bool | None = None,
+    qemu_frames: int = 15,
+    warmup: int = 20,
+) -> str:
+    """The Markdown section: the host table, then (when enabled) the QEMU aarch64 table."""
+    root = _bundle(bundle)
+    manifest = load_manifest(root)
+    host = rows(root, manifest, frames, warmup=warmup)
+    lines = [
+        f"`{COMMAND}` - {platform.machine()}, Python {platform.python_version()}, 1 LiteRT thread, "
+        f"bundle {manifest.model_name} ({root}), {frames} frames per row (after {warmup} warm-up), medians. "
+        "invoke = the interpreters' reported time (input copy + invoke + output copy), head + exit; "
+        "overhead = process() - invoke = policy + model glue + runner (see the module docstring); "
+        "goal: overhead <= 5 % of the head's invoke. CPU columns: the same split in thread CPU time "
+        "(process() minus the models' run() calls), which a loaded machine does not inflate; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end.",
+        "",
+        *_host_table(host),
+    ]
+    if _qemu_enabled(qemu):
+        result, error = run_qemu(root, qemu_frames)
+        lines += ["", f"Under QEMU user mode (`{COMMAND} --qemu`, scripts/qemu_device.sh's arm64 rootfs, "
+                      f"QEMU_CPU=cortex-a72): {qemu_frames} frames per row after 3 warm-up (fewer: emulation is slow)."]  # fmt: skip
+        if result is None:
+            lines += ["", f"QEMU figure not measured: {error}"]
+        else:
+            lines[-1] += (f" Inner run: {result['machine']}, Python {result['python']}, "
+                          f"{result['wall_s']:.0f} s wall including emulated imports.")  # fmt: skip
+            lines += ["", *_qemu_table(host, result)]
+    else:
+        lines += ["", "QEMU aarch64 figure not measured (qemu-aarch64-static not installed or SPLITEDGE_BENCH_QEMU=0)."]
     return "\n".join(lines)
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", nargs="?", help="bundle folder (default: $SPLITEDGE_BENCH_BUNDLE or the reference bundle)")
+    p.add_argument("--frames", type=int, default=300, help="timed frames per row on the host (default 300)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed frames per row first (default 20)")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--qemu", dest="qemu", action="store_const", const=True, default=None,
+                   help="also measure under QEMU aarch64 (default: when qemu-aarch64-static is installed)")
+    q.add_argument("--no-qemu", dest="qemu", action="store_const", const=False, help="host only")
+    p.add_argument("--qemu-frames", type=int, default=15, help="timed frames per row under QEMU (default 15)")
+    p.add_argument("--inner-json", action="store_true",
+                   help="measure on this machine only and print one JSON line (what --qemu runs inside QEMU)")
+    args = p.parse_args(argv)
+    if args.frames < 1 or args.warmup < 0 or args.qemu_frames < 1:
+        p.error(f"need --frames >= 1, --warmup >= 0, --qemu-frames >= 1; got {args.frames}, {args.warmup}, "
+                f"{args.qemu_frames}")  # fmt: skip
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.inner_json:
+        root = _bundle(args.bundle)
+        result = rows(root, load_manifest(root), args.frames, warmup=args.warmup)
+        print(json.dumps({"machine": platform.machine(), "python": platform.python_version(), "rows": result}))
+        return 0
+    print(run(args.bundle, args.frames, qemu=args.qemu, qemu_frames=args.qemu_frames, warmup=args.warmup))
+    return 0
+
+
 if __name__ == "__main__":
-    print(run(sys.argv[1] if len(sys.argv) > 1 else None))
+    sys.exit(main())

@@ -107,41 +107,20 @@ def requantize(q: np.ndarray, scale: float, zero_point: int, bits: int) -> Quant
     levels = (1 << bits) - 1
     lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
     span = hi - lo
-    # A code depends only on the int8 value (given lo, hi, zero_point, bits): map the frame through a
-    # 256-entry table (one gather) instead of five int16 passes over it.
-    codes = _lut_int8(q, _requant_table(lo, hi, zero_point, bits))
     if span <= levels:
+        codes = (q.astype(np.int16) - lo).astype(np.uint8)
         return Quantized(codes=codes, scale=scale, zero_point=zero_point - lo, bits=bits)
     new_zp = (2 * (zero_point - lo) * levels + span) // (2 * span)
-    return Quantized(codes=codes, scale=scale * span / levels, zero_point=new_zp, bits=bits)
-
-
-_REQUANT_TABLES: dict[tuple[int, int, int, int], np.ndarray] = {}
-_REQUANT_TABLES_MAX = 1024  # x 256 bytes; cleared when full (a frame's range repeats often, not always)
-
-
-def _requant_table(lo: int, hi: int, zero_point: int, bits: int) -> np.ndarray:
-    """uint8[256]: entry u is the n-bit code of the int8 value with bit pattern u (requantize's rule)."""
-    key = (lo, hi, zero_point, bits)
-    table = _REQUANT_TABLES.get(key)
-    if table is not None:
-        return table
-    levels = (1 << bits) - 1
-    span = hi - lo
-    if span <= levels:
-        acc = _INT8_VALUES - lo  # step 1; values outside [lo, hi] never occur in this frame
-    else:
-        new_zp = (2 * (zero_point - lo) * levels + span) // (2 * span)
-        # floor((2N + span) / (2 span)) with N = (q - zero_point) * levels + new_zp * span, exactly,
-        # in int64 (the values are those the int16 formula of earlier versions gave: no overflow).
-        offset = 2 * (new_zp * span - zero_point * levels) + span
-        acc = (_INT8_VALUES * (2 * levels) + offset) // (2 * span)
-    table = np.clip(acc, 0, levels).astype(np.uint8)
-    table.flags.writeable = False
-    if len(_REQUANT_TABLES) >= _REQUANT_TABLES_MAX:
-        _REQUANT_TABLES.clear()
-    _REQUANT_TABLES[key] = table
-    return table
+    # floor((2N + span) / (2 span)) with N = (q - zero_point) * levels + new_zp * span. Every
+    # intermediate stays within int16 for levels <= 63 and |zero_point| <= 128 (|offset| < 16640,
+    # |2 q levels| <= 16128, the sum in [0, 32640]), and numpy's int16 ops are SIMD.
+    offset = 2 * (new_zp * span - zero_point * levels) + span
+    acc = q.astype(np.int16)
+    acc *= 2 * levels
+    acc += offset
+    acc //= 2 * span
+    np.clip(acc, 0, levels, out=acc)
+    return Quantized(codes=acc.astype(np.uint8), scale=scale * span / levels, zero_point=new_zp, bits=bits)
 
 
 def dequantize(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

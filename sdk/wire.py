@@ -216,12 +216,20 @@ def _check_prefix(magic: bytes, version: int, header_len: int) -> None:
 
 
 def _device_id_bytes(device_id: str) -> bytes:
+    raw = _DEVICE_IDS.get(device_id)
+    if raw is not None:
+        return raw
     raw = device_id.encode("utf-8")
     if len(raw) > DEVICE_ID_BYTES or b"\0" in raw:
         raise ValueError(
             f"device_id {device_id!r} is {len(raw)} UTF-8 bytes; expected at most {DEVICE_ID_BYTES}, no NUL"
         )
+    if len(_DEVICE_IDS) < 4096:
+        _DEVICE_IDS[device_id] = raw
     return raw
+
+
+_DEVICE_IDS: dict[str, bytes] = {}  # checked device ids (a camera encodes its own id on every frame)
 
 
 # ---- tensors -----------------------------------------------------------------------------------
@@ -474,7 +482,7 @@ def encode_activation(
     The bytes are those of :func:`encode_frame` with ``TensorRecord.int8`` / ``TensorRecord.packed``
     records (module docstring: this is the per-frame fast path).
     """
-    codec = Codec(codec)
+    codec = codec if codec.__class__ is Codec else Codec(codec)
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits={bits!r} is not supported; expected one of {SUPPORTED_BITS}")
     if len(activations) > MAX_TENSORS:
@@ -488,7 +496,7 @@ def encode_activation(
         if q.dtype != np.int8:
             raise TypeError(f"int8 activation {name!r} must be int8; got {q.dtype}")
         shape = q.shape
-        if len(shape) > MAX_NDIM or _extent(shape) > MAX_ELEMENTS:
+        if len(shape) > MAX_NDIM or (q.size if q.size else _extent(shape)) > MAX_ELEMENTS:  # size = extent if > 0
             raise ValueError(f"tensor {name!r}: shape {shape} exceeds {MAX_NDIM} dims or {MAX_ELEMENTS} elements")
         if bits == 8:
             dtype, scale, zero_point, payload = DType.INT8, float(scale), int(zero_point), q.tobytes()
