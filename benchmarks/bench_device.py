@@ -294,7 +294,7 @@ def run(
     frames: int = 300,
     *,
     qemu: bool | None = None,
-    qemu_frames: int = 15,
+    qemu_frames: int = 30,
     warmup: int = 20,
 ) -> str:
     """The Markdown section: the host table, then (when enabled) the QEMU aarch64 table."""
@@ -336,7 +336,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     q.add_argument("--qemu", dest="qemu", action="store_const", const=True, default=None,
                    help="also measure under QEMU aarch64 (default: when qemu-aarch64-static is installed)")
     q.add_argument("--no-qemu", dest="qemu", action="store_const", const=False, help="host only")
-    p.add_argument("--qemu-frames", type=int, default=15, help="timed frames per row under QEMU (default 15)")
+    p.add_argument("--qemu-frames", type=int, default=30, help="timed frames per row under QEMU (default 30)")
     p.add_argument("--inner-json", action="store_true",
                    help="measure on this machine only and print one JSON line (what --qemu runs inside QEMU)")
     args = p.parse_args(argv)

@@ -324,12 +324,11 @@ class DeviceRunner:
         capture_ts: float,
         offset_ms: float,
     ) -> None:
-        base = dict(seq=seq, cut=cut.index, bits=bits, probe=probe)
         with self._lock:
             full = len(self._inflight) >= self.options.max_inflight
         if full:
             self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
-                                  capture_ts, offset_ms, nbytes=0, **base)
+                                  capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
             return
         if cut.kind is CutKind.RAW:
             payload = encode_raw(
@@ -371,7 +370,8 @@ class DeviceRunner:
                 mine = self._inflight.pop(seq, None)
                 self._timings.pop(seq, None)
             if mine is not None:
-                self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0, **base)
+                self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0,
+                                      seq=seq, cut=cut.index, bits=bits, probe=probe)
             return
         with self._lock:
             self.bytes_sent += len(payload)
