@@ -430,7 +430,8 @@ class Dynamic(_Chooser):
         if self.perfect:
             rate = self.link.rate_ahead(start)
             self._peak = max(self._peak, rate)
-            snap = Estimates(rate, self.sc.link_ms, snap.head_ms, snap.tail_ms, snap.last_sample, True, self._peak)
+            snap = Estimates(rate, self.sc.link_ms, snap.head_ms, snap.tail_ms, snap.last_sample, True, self._peak,
+                             measured_peak_bytes_per_s=self._peak)
         d = self.policy.decide(snap)
         if not d.probe:
             self.trail.append((start, d.choice.cut))

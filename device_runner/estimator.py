@@ -55,9 +55,13 @@ Steady state (one cut, a steady link) therefore re-uses one snapshot and the pol
 (``device_runner.policy``). Not thread-safe: callers serialise ``observe_*`` and ``snapshot`` (the
 runner does both under its lock).
 
-``peak_bandwidth_bytes_per_s`` is the highest bandwidth *estimate* so far (the EWMA, not a single
-sample, so one lucky sample does not inflate it), or the prior while nothing is measured: the policy
-does not probe a cut that would need a link far faster than any seen (``plausible_factor``).
+``measured_peak_bytes_per_s`` is the highest bandwidth *estimate* so far (the EWMA, not a single
+sample, so one lucky sample does not inflate it; ``None`` until one is measured) and
+``peak_bandwidth_bytes_per_s`` the larger of it and the prior: the policy does not probe a cut that
+would need a link far faster than that (``plausible_factor``), and probes rarely for one faster than
+any measured (exploration). The prior keeps exploration alive: a first measurement taken in an
+outage would otherwise make every faster link "implausible" for good, and a late cut whose payloads
+are too small to teach the bandwidth would never be left.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Estimates:
     #: highest bandwidth estimate so far (the prior until one is measured); None: unknown (no plausibility rule)
     peak_bandwidth_bytes_per_s: float | None = None
     version: int = 0  # bumped by the estimator on every material change (module doc)
+    measured_peak_bytes_per_s: float | None = None  # highest measured bandwidth estimate; None: none measured yet
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -171,6 +176,7 @@ class Estimator:
                 measured=self._bandwidth is not None,
                 peak_bandwidth_bytes_per_s=max(self._peak or 0.0, self._prior_bandwidth),
                 version=self._version,
+                measured_peak_bytes_per_s=self._peak,
             )
         return self._snap
 
@@ -196,7 +202,7 @@ class Estimator:
             self._changed()
         if self._peak is None or bw > self._peak:
             self._peak = bw
-            if snap is not None and self._moved(snap.peak_bandwidth_bytes_per_s, bw, 0.0):
+            if snap is not None and self._moved(snap.measured_peak_bytes_per_s, bw, 0.0):
                 self._changed()
 
     # ---- samples

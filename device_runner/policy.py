@@ -29,8 +29,11 @@ dropped before planning.
     (e.g. at the device cut of a small model no offload can ever win; probing there raised the mean
     latency 3x in the replay benchmark);
   - **plausible link**: a cut that would win only above ``plausible_factor`` (4) x the highest
-    bandwidth estimate seen so far (``Estimates.peak_bandwidth_bytes_per_s``; the prior until one is
-    measured), or above ``bandwidth_ceiling`` when given, is not probed. The bandwidth it needs is
+    bandwidth estimate measured so far or the prior, whichever is higher
+    (``Estimates.peak_bandwidth_bytes_per_s``), or above ``bandwidth_ceiling`` when given, is not
+    probed. One that needs more than 4x the highest *measured* estimate
+    (``measured_peak_bytes_per_s``) but is plausible thanks to the prior is *exploration*: probed
+    only when no cut within reach of a measured link is a candidate, and backed off further (below). The bandwidth it needs is
     ``B* = B * transfer / (bar - floor)``: the option's transfer time scales as 1/B, ``bar`` is the
     current total x (1 - margin), ``floor`` its total minus the transfer. This rule covers
     never-sampled cuts too (with the manifest's prior times) when the snapshot knows a peak; without
@@ -41,9 +44,10 @@ dropped before planning.
     probe turn once the probed cut has a newer sample (``Estimates.last_sample``): it *lost* if no plan
     preferred the probed cut and the bandwidth estimate did not at least double since (a recovering
     link). Each loss doubles the probe interval, up to ``max_backoff`` (4) x ``probe_every``
-    decisions; a probe that did not lose, or a switch of the current choice, resets it to
-    ``probe_every``. Probes are only spaced out, never stopped, so recovery after a drop is delayed
-    by at most ``max_backoff`` x ``probe_every`` frames, never lost. (Per-cut back-off was tried
+    decisions, or ``explore_backoff`` (16) x ``probe_every`` after a lost exploration probe; a probe
+    that did not lose, or a switch of the current choice, resets it to ``probe_every``. Probes are
+    only spaced out, never stopped, so recovery after a drop (the fast link was measured, so its
+    cuts are not exploration) is delayed by at most ``max_backoff`` x ``probe_every`` frames. (Per-cut back-off was tried
     first: with several plausible cuts taking turns it hardly lowered the probe rate.)
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
@@ -161,12 +165,15 @@ class CutPolicy:
         plausible_factor: float = 4.0,
         bandwidth_ceiling: float | None = None,
         max_backoff: int = 4,
+        explore_backoff: int = 16,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
-        if plausible_factor <= 0 or (bandwidth_ceiling is not None and bandwidth_ceiling <= 0) or max_backoff < 1:
-            raise ValueError(f"need plausible_factor > 0, bandwidth_ceiling > 0 (or None), max_backoff >= 1; got "
-                             f"{plausible_factor}, {bandwidth_ceiling}, {max_backoff}")
+        if (plausible_factor <= 0 or (bandwidth_ceiling is not None and bandwidth_ceiling <= 0) or max_backoff < 1
+                or explore_backoff < max_backoff):
+            raise ValueError(f"need plausible_factor > 0, bandwidth_ceiling > 0 (or None), max_backoff >= 1, "
+                             f"explore_backoff >= max_backoff; got {plausible_factor}, {bandwidth_ceiling}, "
+                             f"{max_backoff}, {explore_backoff}")
         self.manifest = manifest
         self.device = device
         self.margin = margin
@@ -197,13 +204,16 @@ class CutPolicy:
         self.plausible_factor = plausible_factor
         self.bandwidth_ceiling = bandwidth_ceiling
         self.max_backoff = max_backoff
+        self.explore_backoff = explore_backoff
         self._probed: dict[int, int] = {}
         self._interval = 1  # probe every probe_every x this many decisions (back-off, module doc)
         self._since_turn = 0  # decisions since the last probe turn
-        self._pending: tuple[int, float, float] | None = None  # last probe not judged: (cut, its last sample, bandwidth)
+        # the last probe, not judged yet: (cut, its last sample, bandwidth, exploration)
+        self._pending: tuple[int, float, float, bool] | None = None
         self._preferred = False  # a plan preferred the pending probe's cut
         self._est: Estimates | None = None  # the snapshot the cached plan was solved for
         self._plan: Plan | None = None
+        self._best = Choice(-1, 0)  # the cached plan's best option
         self._verdict: tuple[Choice | None, int] = (None, _LEAVE)
         self.switches = 0
         self.probes = 0
@@ -290,13 +300,13 @@ class CutPolicy:
         """The choice for one frame; solves the plan only for a snapshot not seen last time (module doc)."""
         if est is not self._est or self._plan is None:
             self._plan, self._est = self.plan(est), est
+            self._best = Choice(self._plan.best.index, self._plan.best.bits)
             self.plans += 1
             if self._pending is not None and self._plan.best.index == self._pending[0]:
                 self._preferred = True
             self._verdict = (None, _LEAVE)
-        plan = self._plan
+        plan, best = self._plan, self._best
         self._decisions += 1
-        best = Choice(plan.best.index, plan.best.bits)
         switched = False
         if self._verdict[0] != self.current or self.current is None:
             self._verdict = (self.current, self._judge(plan, best))
@@ -331,12 +341,13 @@ class CutPolicy:
         """Back-off (module doc): did the last probe lose? Judged once the probed cut's sample is in."""
         if self._pending is None:
             return
-        cut, sample, bandwidth = self._pending
+        cut, sample, bandwidth, explore = self._pending
         if est.last_sample.get(cut, -1.0) <= sample:
             return  # its samples are not in yet: wait
         improving = plan.bandwidth_bytes_per_s >= _IMPROVING * bandwidth
         lost = not self._preferred and not improving
-        self._interval = min(2 * self._interval, self.max_backoff) if lost else 1
+        cap = self.explore_backoff if explore else self.max_backoff
+        self._interval = min(2 * self._interval, cap) if lost else 1
         self._pending = None
 
     def _judge(self, plan: Plan, best: Choice) -> int:
@@ -379,6 +390,7 @@ class CutPolicy:
         assert self.current is not None
         limit = self.plausible_bandwidth(est)
         known_link = est.peak_bandwidth_bytes_per_s is not None or self.bandwidth_ceiling is not None
+        seen = self.plausible_factor * (est.measured_peak_bytes_per_s or 0.0) if known_link else math.inf
         best_per_cut: dict[int, Option] = {}
         for o in plan.options:
             if not o.feasible or o.index == self.current.cut:
@@ -396,15 +408,15 @@ class CutPolicy:
                 continue  # no bandwidth could make it win: a probe would only cost latency
             if (sampled or known_link) and needed > limit:
                 continue  # it would need a link far faster than any seen
-            candidates.append(o)
+            candidates.append((needed > seen, o))
         if not candidates:
             return None
-        stalest = min(
+        explore, stalest = min(  # a link within reach of one measured first, then the stalest
             candidates,
-            key=lambda o: (est.last_sample.get(o.index, -1.0), self._probed.get(o.index, -1), o.index),
+            key=lambda c: (c[0], est.last_sample.get(c[1].index, -1.0), self._probed.get(c[1].index, -1), c[1].index),
         )
         cut = stalest.index
-        self._pending = (cut, est.last_sample.get(cut, -1.0), plan.bandwidth_bytes_per_s)
+        self._pending = (cut, est.last_sample.get(cut, -1.0), plan.bandwidth_bytes_per_s, explore)
         self._preferred = False
         self._probed[cut] = self._decisions
         return Choice(cut, stalest.bits)

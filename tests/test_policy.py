@@ -40,15 +40,21 @@ def priors() -> tuple[dict[int, float], dict[int, float]]:
     return {c.index: c.head_ms for c in m.cuts}, {c.index: c.tail_ms for c in m.cuts}
 
 
-def snapshot(bandwidth: float, peak: float | None, sampled: tuple[int, ...] = (1, 2, 3)) -> Estimates:
+def snapshot(bandwidth: float, peak: float | None, sampled: tuple[int, ...] = (1, 2, 3),
+             measured_peak: float | None = -1.0) -> Estimates:
+    """``peak`` measured too, unless ``measured_peak`` says otherwise (None: nothing measured)."""
     head, tail = priors()
-    return Estimates(bandwidth, 0.0, head, tail, {c: float(i + 1) for i, c in enumerate(sampled)}, True, peak)
+    measured = peak if measured_peak == -1.0 else measured_peak
+    return Estimates(bandwidth, 0.0, head, tail, {c: float(i + 1) for i, c in enumerate(sampled)}, True, peak,
+                     measured_peak_bytes_per_s=measured)
 
 
-def sampled_at(i: int, bandwidth: float, peak: float) -> Estimates:
+def sampled_at(i: int, bandwidth: float, peak: float, measured_peak: float | None = -1.0) -> Estimates:
     """A snapshot after decision ``i``: every cut's last sample is newer than at the previous decision."""
     head, tail = priors()
-    return Estimates(bandwidth, 0.0, head, tail, {1: float(i), 2: float(i), 3: float(i)}, True, peak)
+    measured = peak if measured_peak == -1.0 else measured_peak
+    return Estimates(bandwidth, 0.0, head, tail, {1: float(i), 2: float(i), 3: float(i)}, True, peak,
+                     measured_peak_bytes_per_s=measured)
 
 
 def policy(**kw: object) -> CutPolicy:
@@ -95,6 +101,7 @@ def test_network_timeout_and_another_cut_are_news() -> None:
     e.observe_network(1, 10_000, 100.0)  # first bandwidth sample
     s1 = e.snapshot()
     assert s1 is not s and s1.measured and s1.peak_bandwidth_bytes_per_s == pytest.approx(100e3)
+    assert s1.measured_peak_bytes_per_s == pytest.approx(100e3)
     e.observe_network(1, 10_000, 100.5)  # 0.5 % slower: no news
     assert e.snapshot() is s1
     e.observe_network(1, 10_000, 200.0)  # the link halves: news, and the peak stays
@@ -109,7 +116,7 @@ def test_network_timeout_and_another_cut_are_news() -> None:
 
 def test_peak_is_never_below_the_prior() -> None:
     e = estimator()  # prior 1 MB/s
-    assert e.snapshot().peak_bandwidth_bytes_per_s == 1e6
+    assert e.snapshot().peak_bandwidth_bytes_per_s == 1e6 and e.snapshot().measured_peak_bytes_per_s is None
     e.observe_network(1, 10_000, 100.0)  # 100 kB/s measured: the prior still bounds what is plausible
     assert e.snapshot().peak_bandwidth_bytes_per_s == 1e6
     e.observe_network(1, 10_000, 2.0)  # 5 MB/s
@@ -191,6 +198,14 @@ def test_probes_that_keep_losing_come_less_often() -> None:
     assert probed == [1, 3, 7, 11, 15]  # every decision, then every 2nd, then every 4th (the cap)
 
 
+def test_exploration_probes_back_off_further() -> None:
+    # Plausible only thanks to the prior: nothing this fast was measured (4x 20 kB/s < B*).
+    p = policy(probe_every=1, max_backoff=4, explore_backoff=16)
+    plausible = 1.1 * B_STAR / 4
+    probed = [i for i in range(1, 40) if p.decide(sampled_at(i, 20e3, plausible, measured_peak=20e3)).probe]
+    assert probed == [1, 3, 7, 15, 31]  # the interval doubles up to 16
+
+
 def test_a_probe_whose_cut_a_plan_preferred_did_not_lose() -> None:
     plausible = 1.1 * B_STAR / 4
     preferred, control = policy(probe_every=1, max_backoff=4), policy(probe_every=1, max_backoff=4)
@@ -217,6 +232,8 @@ def test_policy_rejects_bad_probe_settings() -> None:
         policy(plausible_factor=0.0)
     with pytest.raises(ValueError, match="max_backoff"):
         policy(max_backoff=0)
+    with pytest.raises(ValueError, match="explore_backoff"):
+        policy(max_backoff=8, explore_backoff=4)
 
 
 def test_a_much_faster_bandwidth_sample_moves_the_estimate_further() -> None:
