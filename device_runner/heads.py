@@ -109,6 +109,7 @@ def _prediction(z: np.ndarray, k: int) -> Prediction:
 
 _PY_TOPK_MAX = 64  # classes up to which the top-k is sorted in Python
 _LOGIT_TABLES: dict[tuple[float, int, float], np.ndarray] = {}
+_INT8 = np.dtype(np.int8)
 
 
 def int8_prediction(q: np.ndarray, scale: float, zero_point: int, temperature: float, k: int = 3) -> Prediction:
@@ -126,7 +127,7 @@ def int8_prediction(q: np.ndarray, scale: float, zero_point: int, temperature: f
         if len(_LOGIT_TABLES) >= 256:
             _LOGIT_TABLES.clear()
         _LOGIT_TABLES[key] = table
-    return _prediction(np.take(table, q.view(np.uint8).reshape(-1)), k)
+    return _prediction(table.take(q.view(np.uint8).reshape(-1)), k)  # the method: no np.take wrapper
 
 
 Loader = Callable[[Path, int], HeadRunner]
@@ -199,7 +200,7 @@ class LiteRTHeads:
         self.cache = ModelCache(Path(bundle), threads=threads, budget_bytes=budget, loader=loader)
 
     def _board_ms(self, measured_ms: float) -> float:
-        return self.board.emulated_ms(measured_ms)
+        return self.board.emulated_ms(measured_ms) if self.emulated else measured_ms
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
         if cut.kind is CutKind.RAW or cut.head is None:
@@ -212,7 +213,7 @@ class LiteRTHeads:
         if cut.kind is CutKind.DEVICE:
             spec = cut.tensors[0]
             raw = np.asarray(outs[spec.head_output])
-            if raw.dtype == np.int8:
+            if raw.dtype == _INT8:
                 pred = int8_prediction(raw, spec.scale, spec.zero_point, cut.exit_temperature)
             else:
                 pred = softmax_prediction(dequantize(raw, spec.scale, spec.zero_point), cut.exit_temperature)
@@ -229,7 +230,7 @@ class LiteRTHeads:
             exit_ms = _invoke_ms(exit_model, t1)
             okey, oinfo = next(iter(exit_model.outputs.items()))
             raw = np.asarray(out[okey])
-            if raw.dtype == np.int8:
+            if raw.dtype == _INT8:
                 pred = int8_prediction(raw, oinfo.scale, oinfo.zero_point, cut.exit_temperature)
             else:
                 pred = softmax_prediction(raw, cut.exit_temperature)

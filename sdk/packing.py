@@ -72,7 +72,7 @@ def packed_size(count: int, bits: int) -> int:
 
 def _lut_int8(q: np.ndarray, lut: np.ndarray) -> np.ndarray:
     """Apply a 256-entry table (entry u is for the int8 whose bit pattern is u) to int8 ``q``."""
-    return np.take(lut, q.view(np.uint8))
+    return lut.take(q.view(np.uint8))
 
 
 def _require_int8(q: np.ndarray, what: str) -> np.ndarray:
