@@ -201,8 +201,8 @@ def scenario(reference_bundle: Path) -> Scenario:
         f"its head + exit are too large a share of the whole model's for this test. {table}"
     )
     assert s.plan_low.best.index == s.device.index and low[1] <= bar * low[0], (
-        f"the device cut must win clearly at the low rate (T <= {bar:.2f} x the split cut's): raise "
-        f"LOW_TRANSFER (and PERIOD with it). {table}"
+        f"the device cut must win clearly at the low rate (T <= {bar:.2f} x the split cut's): lower the low "
+        f"rate (raise LOW_TRANSFER). {table}"
     )
     return s
 
