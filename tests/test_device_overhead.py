@@ -294,3 +294,44 @@ def test_expire_answers_exactly_the_frames_due(seed):
     runner.abandon("test over")
     assert runner.inflight == 0 and runner.next_deadline() is None
     assert sorted(a.seq for a in answers) == sorted(sent)
+
+
+def test_a_frame_left_behind_many_cloud_answers_still_expires_at_its_deadline():
+    """Frame 0 gets no answer while the cloud answers the next 300 at once: the deadline heap fills with
+    answered frames (and is compacted); frame 0 must still be answered exactly at its deadline."""
+    clock = _Clock()
+    hub = InMemoryHub(clock=clock)
+    manifest = fake_manifest()
+    cfg = parse_config({
+        "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
+                  "speed_factor_source": "test"},
+        "device": {"device_id": "cam-09", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.9,
+                   "bits": [4], "codec": "none", "telemetry_interval_s": 1000.0},
+        "broker": {"url": "mqtt://127.0.0.1:1883"},
+    })  # fmt: skip
+    answers: list[Answer] = []
+    policy = CutPolicy(manifest, cfg.device, tau_override=0.5, probe_every=0, initial=Choice(1, 4), allowed_cuts=[1])
+    runner = DeviceRunner(manifest, cfg, hub.transport("cam-09"), _Executor(), policy=policy,
+                          on_answer=answers.append, clock=clock, options=RunnerOptions(max_inflight=10_000))  # fmt: skip
+    runner.start()
+    cloud = hub.transport("cloud")
+
+    def answer(msg) -> None:
+        seq = decode_frame(msg.payload).header.seq
+        if seq:
+            result = ResultMessage(seq, "cam-09", 7, ((7, 0.9),), "cloud", 1, "w")
+            cloud.publish(topics.topic("cam-09", TopicKind.RESULT), result.to_bytes(), qos=1)
+
+    cloud.subscribe(topics.shared_filter("tails"), answer)
+    start = clock.t
+    for _ in range(301):
+        runner.process(np.zeros((32, 32, 3), np.uint8))
+        clock.t += 0.0002
+        assert runner.inflight == 1
+    assert runner.next_deadline() == start + 0.1
+    clock.t = start + 0.1 - 1e-6
+    assert runner.expire() == 0 and runner.inflight == 1
+    clock.t = start + 0.1
+    assert runner.expire() == 1
+    assert [a.seq for a in answers if a.answered_by is AnsweredBy.DEADLINE] == [0]
+    assert sorted(a.seq for a in answers) == list(range(301)) and runner.next_deadline() is None
