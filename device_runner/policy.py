@@ -15,10 +15,10 @@ dropped before planning.
   in steady state a decision is a few attribute reads. ``patience`` still counts decisions, not
   plans: the same plan preferring another option for ``patience`` frames switches, as before (counting
   plans instead would never switch while the estimates stand still). ``plans`` counts the solves.
-  Measured (docs/DYNAMIC.md, "Per-frame cost", with the command): ``decide(estimator.snapshot())``
-  on an unchanged snapshot took 235 us before this cache and 2.5 us with it (reference bundle, 17
-  options, pi5 profile); a re-plan itself costs ~2/3 of what it did (the exit terms are computed
-  once per (cut, bits)).
+  Measured (docs/DYNAMIC.md, "Per-frame cost of the policy", with the command):
+  ``decide(estimator.snapshot())`` on unchanged estimates took 240-280 us before this cache and
+  2.3-3.9 us with it (reference bundle, 17 options, pi5 profile, 2-core x86 host); a re-plan costs
+  ~2/3 of what it did (151 vs 229 us: the exit terms are computed once per (cut, bits)).
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
   how an early cut is found again when the bandwidth recovers. A probe waits for the cloud, so it
