@@ -22,33 +22,36 @@ dropped before planning.
 * **Probes**: every ``probe_every`` decisions one frame goes to another cut (the one whose estimates
   are the stalest), so head, tail and bandwidth estimates stay fresh for cuts not in use - this is
   how an early cut is found again when the bandwidth recovers. A probe waits for the cloud, so it
-  costs latency; two rules skip a probe that cannot pay:
+  costs latency; three rules keep probes that cannot pay from being sent:
 
   - a cut that has been sampled and could not beat the current option even over an infinitely fast
     link (its head + link + tail alone are not ``margin`` below the current total) is not probed
     (e.g. at the device cut of a small model no offload can ever win; probing there raised the mean
     latency 3x in the replay benchmark);
-  - **plausible link**: a cut that would win only above ``plausible_factor`` (4) x the highest
-    bandwidth estimate measured so far or the prior, whichever is higher
-    (``Estimates.peak_bandwidth_bytes_per_s``), or above ``bandwidth_ceiling`` when given, is not
-    probed. One that needs more than 4x the highest *measured* estimate
-    (``measured_peak_bytes_per_s``) but is plausible thanks to the prior is *exploration*: probed
-    only when no cut within reach of a measured link is a candidate, and backed off further (below). The bandwidth it needs is
-    ``B* = B * transfer / (bar - floor)``: the option's transfer time scales as 1/B, ``bar`` is the
-    current total x (1 - margin), ``floor`` its total minus the transfer. This rule covers
-    never-sampled cuts too (with the manifest's prior times) when the snapshot knows a peak; without
-    one (``peak_bandwidth_bytes_per_s=None``) a never-sampled cut is probed once, as before. After a
-    drop the peak still remembers the fast link, so the early cut stays plausible and is probed:
-    recovery works (tests).
-  - **back-off**: a probe that loses makes the next ones rarer. A probe is judged at the next
-    probe turn once the probed cut has a newer sample (``Estimates.last_sample``): it *lost* if no plan
+  - **plausible link**: a cut that would win only above ``plausible_factor`` (4) x the peak
+    bandwidth (``Estimates.peak_bandwidth_bytes_per_s``: the highest estimate measured so far or the
+    prior, whichever is higher), or above ``bandwidth_ceiling`` when given, is not probed. The
+    bandwidth it needs is ``B* = B * transfer / (bar - floor)`` (:meth:`CutPolicy.needed_bandwidth`):
+    the option's transfer time scales as 1/B, ``bar`` is the current total x (1 - margin), ``floor``
+    its total minus the transfer; a cut that cannot win at any bandwidth needs ``inf``. This covers
+    never-sampled cuts too (planned with the manifest's prior times) when the snapshot has a peak;
+    without one (``peak_bandwidth_bytes_per_s=None``, hand-built snapshots) a never-sampled cut is
+    probed once, as before. After a drop the peak still remembers the fast link, so the early cut
+    stays plausible and is probed: recovery works (tests). A target beyond 4x the highest *measured*
+    estimate (``measured_peak_bytes_per_s``), plausible only thanks to the prior, is *exploration*:
+    probed only when no other target is, and backed off further (below). Keeping the prior in the peak
+    keeps exploration alive: a first measurement taken in an outage must not rule out every faster
+    link for good;
+  - **back-off**: a probe that loses makes the next ones rarer. A probe is judged at the next probe
+    turn once the probed cut has a newer sample (``Estimates.last_sample``): it *lost* if no plan
     preferred the probed cut and the bandwidth estimate did not at least double since (a recovering
     link). Each loss doubles the probe interval, up to ``max_backoff`` (4) x ``probe_every``
     decisions, or ``explore_backoff`` (16) x ``probe_every`` after a lost exploration probe; a probe
-    that did not lose, or a switch of the current choice, resets it to ``probe_every``. Probes are
-    only spaced out, never stopped, so recovery after a drop (the fast link was measured, so its
-    cuts are not exploration) is delayed by at most ``max_backoff`` x ``probe_every`` frames. (Per-cut back-off was tried
-    first: with several plausible cuts taking turns it hardly lowered the probe rate.)
+    that did not lose, or a switch of the current choice, resets it to ``probe_every``. Plausible
+    targets are only spaced out, never dropped, so recovery after a drop (the fast link was measured,
+    so its cuts are not exploration) is delayed by at most ``max_backoff`` x ``probe_every`` frames.
+    (A per-cut back-off was tried first: with several plausible cuts taking turns it hardly lowered
+    the probe rate.)
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
