@@ -16,6 +16,10 @@ the one that ran) and splits the wall time of each call:
   estimates do not move), **model glue** (``LiteRTHeads.run`` around the invokes: model cache, feeds,
   int8 -> exit input, logits -> softmax / top-k) and **runner** (the rest: estimator update, wire
   encoding, send stamp, publish, in-flight bookkeeping, the answer, expire, telemetry check).
+  The timing wrappers themselves (a few ``perf_counter`` calls) add ~1 us.
+* **CPU**: on alternate frames the same split in thread CPU time (``process()`` minus the models'
+  ``run()`` calls), which preemption on a loaded machine does not inflate. ``time.thread_time`` costs
+  ~1 us a call, so it is read only on those frames; the wall-time columns come from the others.
 
 ``--qemu`` (default: on when ``qemu-aarch64-static`` is installed; ``SPLITEDGE_BENCH_QEMU=0`` turns it
 off) runs the same measurement as aarch64 code under QEMU user mode through ``scripts/qemu_device.sh
@@ -69,7 +73,8 @@ def _bundle(path: str | None) -> Path:
 
 class _CpuTimedModel:
     """A LiteRT model whose ``run`` also adds its thread CPU time to a shared counter (index 0: all
-    models, index 1: heads only)."""
+    models, index 1: heads only) while ``spent[2]`` is set. ``time.thread_time`` costs ~1 us a call, so
+    it is only read on the frames that measure CPU time (the wall-time frames skip it)."""
 
     def __init__(self, inner: LiteRTModel, spent: list[float]) -> None:
         self.inner, self.spent = inner, spent
@@ -81,6 +86,8 @@ class _CpuTimedModel:
         return self.inner.last_invoke_ms
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self.spent[2]:
+            return self.inner.run(feeds)
         t0 = time.thread_time()
         try:
             return self.inner.run(feeds)
@@ -96,7 +103,7 @@ class _Timed:
     thread CPU time of the models' ``run`` calls."""
 
     def __init__(self, bundle: Path, manifest: Manifest, board: BoardSpec) -> None:
-        self.model_cpu_ms = [0.0, 0.0]
+        self.model_cpu_ms = [0.0, 0.0, 0.0]  # all models, heads, CPU timing on (1.0) / off (0.0)
         self.inner = LiteRTHeads(bundle, manifest, board,
                                  loader=lambda path, threads: _CpuTimedModel(LiteRTModel(path, threads=threads),
                                                                              self.model_cpu_ms))  # fmt: skip
@@ -149,29 +156,35 @@ def measure(
                        tau_override=tau)  # fmt: skip
     policy_ms = _timed_decide(policy)
     runner = DeviceRunner(manifest, cfg, hub.transport("bench-01"), heads, policy=policy,  # type: ignore[arg-type]
-                          options=RunnerOptions(max_inflight=frames + warmup + 10))  # fmt: skip
+                          options=RunnerOptions(max_inflight=2 * frames + warmup + 10))  # fmt: skip
     runner.start()
     source = iter(SyntheticSource(tuple(manifest.input.shape), seed=0))
     for _ in range(warmup):  # load the models, fill caches
         runner.process(next(source))
     cols: dict[str, list[float]] = {k: [] for k in ("total", "invoke", "head", "policy", "glue", "cpu", "model_cpu", "head_cpu")}
     sent_before = runner.bytes_sent
-    for _ in range(frames):
+    cpu = heads.model_cpu_ms
+    for i in range(2 * frames):  # alternately a wall-time frame and a CPU-time frame
         frame = next(source)
-        heads.invoke_ms = heads.head_ms = heads.wall_ms = policy_ms[0] = heads.model_cpu_ms[0] = heads.model_cpu_ms[1] = 0.0
-        c0 = time.thread_time()
-        t0 = time.perf_counter()
-        runner.process(frame)
-        cols["total"].append((time.perf_counter() - t0) * 1000.0)
-        cols["cpu"].append((time.thread_time() - c0) * 1000.0)
-        cols["model_cpu"].append(heads.model_cpu_ms[0])
-        cols["head_cpu"].append(heads.model_cpu_ms[1])
-        cols["invoke"].append(heads.invoke_ms)
-        cols["head"].append(heads.head_ms)
-        cols["policy"].append(policy_ms[0])
-        cols["glue"].append(heads.wall_ms - heads.invoke_ms)
+        heads.invoke_ms = heads.head_ms = heads.wall_ms = policy_ms[0] = cpu[0] = cpu[1] = 0.0
+        if i % 2 == 0:
+            t0 = time.perf_counter()
+            runner.process(frame)
+            cols["total"].append((time.perf_counter() - t0) * 1000.0)
+            cols["invoke"].append(heads.invoke_ms)
+            cols["head"].append(heads.head_ms)
+            cols["policy"].append(policy_ms[0])
+            cols["glue"].append(heads.wall_ms - heads.invoke_ms)
+        else:
+            cpu[2] = 1.0
+            c0 = time.thread_time()
+            runner.process(frame)
+            cols["cpu"].append((time.thread_time() - c0) * 1000.0)
+            cpu[2] = 0.0
+            cols["model_cpu"].append(cpu[0])
+            cols["head_cpu"].append(cpu[1])
         hub.pump()
-    _check_path(runner, policy, manifest.cut(cut), bits, tau, frames, runner.bytes_sent - sent_before)
+    _check_path(runner, policy, manifest.cut(cut), bits, tau, 2 * frames, runner.bytes_sent - sent_before)
     runner.abandon("bench done")
     a = {k: np.array(v) for k, v in cols.items()}
     overhead = a["total"] - a["invoke"]
@@ -303,7 +316,8 @@ def run(
     host = rows(root, manifest, frames, warmup=warmup)
     lines = [
         f"`{COMMAND}` - {platform.machine()}, Python {platform.python_version()}, 1 LiteRT thread, "
-        f"bundle {manifest.model_name} ({root}), {frames} frames per row (after {warmup} warm-up), medians. "
+        f"bundle {manifest.model_name} ({root}), per row {frames} wall-time frames alternating with {frames} "
+        f"CPU-time frames (after {warmup} warm-up), medians. "
         "invoke = the interpreters' reported time (input copy + invoke + output copy), head + exit; "
         "overhead = process() - invoke = policy + model glue + runner (see the module docstring); "
         "goal: overhead <= 5 % of the head's invoke. CPU columns: the same split in thread CPU time "
@@ -315,7 +329,7 @@ def run(
     if _qemu_enabled(qemu):
         result, error = run_qemu(root, qemu_frames)
         lines += ["", f"Under QEMU user mode (`{COMMAND} --qemu`, scripts/qemu_device.sh's arm64 rootfs, "
-                      f"QEMU_CPU=cortex-a72): {qemu_frames} frames per row after 3 warm-up (fewer: emulation is slow)."]  # fmt: skip
+                      f"QEMU_CPU=cortex-a72): {qemu_frames} (+ {qemu_frames} CPU-time) frames per row after 3 warm-up (fewer: emulation is slow)."]  # fmt: skip
         if result is None:
             lines += ["", f"QEMU figure not measured: {error}"]
         else:
@@ -323,7 +337,7 @@ def run(
                           f"{result['wall_s']:.0f} s wall including emulated imports.")  # fmt: skip
             lines += ["", *_qemu_table(host, result)]
     else:
-        lines += ["", "QEMU aarch64 figure not measured (qemu-aarch64-static not installed or SPLITEDGE_BENCH_QEMU=0)."]
+        lines += ["", "QEMU aarch64 figure not measured (--no-qemu, SPLITEDGE_BENCH_QEMU=0, or no qemu-aarch64-static)."]
     return "\n".join(lines)
 
 
