@@ -110,15 +110,28 @@ def test_cli_answers_locally_and_through_the_cloud(reference_bundle, fresh_mosqu
     telemetry: list = []
     watcher.subscribe(topics.topic("it-01", TopicKind.TELEMETRY), lambda m: telemetry.append(decode_message(m.payload)))
     out = tmp_path / "answers.jsonl"
+    # One split cut, real reference frames, and the tau at which the cut's held-out exit curve answers
+    # about half the frames locally: some frames are answered by the exit, the others by the cloud.
+    from converter.reference_data import make_frames
+
+    cut, point = min(
+        ((c, p) for c in manifest.cuts if c.kind is CutKind.SPLIT for p in c.exit_curve),
+        key=lambda cp: abs(cp[1].coverage - 0.5),
+    )
+    assert 0.25 <= point.coverage <= 0.75, f"no split cut's exit answers about half the frames: {point}"
+    tau = point.tau
+    x, _ = make_frames(15, seed=77, split="test")
+    np.savez(tmp_path / "frames.npz", x=x)
     try:
-        # tau 0: the exit answers every frame locally, except the probes (every 3rd), which go to the cloud.
         code = cli.main(["--bundle", str(reference_bundle), "--config", str(write_profile(tmp_path, fresh_mosquitto.url)),
-                         "--frames", "15", "--out", str(out), "--tau", "0", "--probe-every", "3"])  # fmt: skip
+                         "--source", f"npz:{tmp_path / 'frames.npz'}", "--frames", "15", "--out", str(out),
+                         "--tau", str(tau), "--cut", str(cut.index), "--probe-every", "0"])  # fmt: skip
         assert code == 0
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert sorted(a["seq"] for a in lines) == list(range(15))
+        assert {a["cut"] for a in lines} == {cut.index}
         who = Counter(a["answered_by"] for a in lines)
-        assert who["cloud"] >= 3 and who["device"] >= 5, who
+        assert who["cloud"] >= 2 and who["device"] >= 2, (who, tau)
         assert all(a["reason"] == "cloud" for a in lines if a["answered_by"] == "cloud")
         assert cloud.count == who["cloud"]
         status = []
