@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Estimates", "Estimator"]
 
@@ -87,6 +87,9 @@ class Estimates:
     peak_bandwidth_bytes_per_s: float | None = None
     version: int = 0  # bumped by the estimator on every material change (module doc)
     measured_peak_bytes_per_s: float | None = None  # highest measured bandwidth estimate; None: none measured yet
+    #: cut -> fastest head (+ exit) time measured: host noise only adds time, so "this cut cannot win"
+    #: is judged on it, and one stalled sample cannot lock a cut out of the probes for good
+    head_min_ms: Mapping[int, float] = field(default_factory=dict)
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -132,6 +135,7 @@ class Estimator:
         self._head: dict[int, float] = dict(head_prior)
         self._tail: dict[int, float] = dict(tail_prior)
         self._head_measured: set[int] = set()
+        self._head_min: dict[int, float] = {}
         self._tail_measured: set[int] = set()
         self._last: dict[int, float] = {}
         self._counter = 0
@@ -177,6 +181,7 @@ class Estimator:
                 peak_bandwidth_bytes_per_s=max(self._peak or 0.0, self._prior_bandwidth),
                 version=self._version,
                 measured_peak_bytes_per_s=self._peak,
+                head_min_ms=dict(self._head_min),
             )
         return self._snap
 
@@ -213,6 +218,8 @@ class Estimator:
         first = cut not in self._head_measured
         self._head[cut] = ms if first else _ewma(self._head.get(cut), ms, self.alpha)
         self._head_measured.add(cut)
+        if ms < self._head_min.get(cut, math.inf):
+            self._head_min[cut] = ms  # no snapshot change on its own: the policy reads it only when probing
         if self._snap is not None and (first or self._moved(self._snap.head_ms.get(cut), self._head[cut], self.abs_tol_ms)):
             self._changed()
         self._touch(cut)

@@ -404,7 +404,9 @@ class CutPolicy:
                 best_per_cut[o.index] = o
         candidates = []
         for o in best_per_cut.values():
-            needed = min(self.needed_bandwidth(plan, p) for p in plan.options
+            # Judged on the cut's fastest measured head time: a stalled sample only inflates the estimate.
+            spare = max(0.0, est.head_ms.get(o.index, 0.0) - est.head_min_ms.get(o.index, math.inf))
+            needed = min(self.needed_bandwidth(plan, replace(p, head_ms=p.head_ms - spare)) for p in plan.options
                          if p.index == o.index and p.feasible)
             sampled = o.index in est.last_sample
             if sampled and math.isinf(needed):

@@ -247,3 +247,34 @@ def test_a_much_faster_bandwidth_sample_moves_the_estimate_further() -> None:
     for e in (plain, jumpy):
         e.observe_network(1, 1024, 1024 / 10e3 * 1000)  # much slower (a queue?): plain alpha both
     assert jumpy.bandwidth == pytest.approx((20e3 ** 0.2 * 10e6 ** 0.8) ** 0.6 * 10e3 ** 0.4, rel=1e-6)
+
+
+def test_one_stalled_head_sample_does_not_lock_a_cut_out_of_the_probes() -> None:
+    # A fast link: the split cut beats the device cut by far at its normal head time. One sample of
+    # its head 100x too slow (a host stall x the speed factor) while the device cut is in use must
+    # not make "no bandwidth could make it win" stick: the fastest measured head time is what counts.
+    m = fake_manifest()
+    split = next(c for c in m.cuts if c.kind.value == "split")
+    dev = m.device_cut
+    assert dev is not None
+    cfg = parse_config({
+        "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
+                  "speed_factor_source": "t"},
+        "device": {"device_id": "d", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.5, "bits": [8],
+                   "codec": "none", "accuracy_drop_budget": 1.0},
+        "broker": {"url": "mqtt://127.0.0.1:1883"},
+    })  # fmt: skip
+    e = Estimator(head_prior={c.index: c.head_ms for c in m.cuts}, tail_prior={c.index: c.tail_ms for c in m.cuts},
+                  prior_bandwidth=10e6)
+    p = CutPolicy(m, cfg.device, probe_every=2, allowed_cuts=(split.index, dev.index), tau_override=2.0,
+                  initial=Choice(dev.index, 0))
+    e.observe_head(split.index, split.head_ms)
+    e.observe_head(split.index, 100 * split.head_ms)
+    probes = 0
+    for _ in range(200):
+        d = p.decide(e.snapshot())
+        probes += d.probe
+        chosen = d.choice.cut
+        e.observe_head(chosen, split.head_ms if chosen == split.index else dev.head_ms)
+    assert probes >= 1
+    assert p.current is not None and p.current.cut == split.index, (p.current, e.snapshot().head_ms)
