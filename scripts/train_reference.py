@@ -1,6 +1,13 @@
 """Train the reference model and write the committed artifact, its metadata and a sample grid.
 
-    python scripts/train_reference.py     # 30 epochs of 6,000 fresh frames: ~35 min on 2 busy CPU cores
+    python scripts/train_reference.py     # stage 1 (~35 min) + stage 2 (~20 min) on 2 busy CPU cores
+    python scripts/train_reference.py --stage1-from STAGE1.keras    # stage 2 only
+
+Two stages, because the deep model learns nothing for many epochs from a random start on these
+cluttered frames: stage 1 trains the light front model (``reference_model.build_stage1``: stem and
+blocks 1-7 under a small head, 30 epochs); stage 2 copies its front into the full model
+(``reference_model.transfer_stage1``), trains the new wide blocks with the front frozen for
+``--freeze-epochs``, then everything together.
 
 Seeded end to end (frames, weight init, shuffling); TensorFlow on CPU is not bit-exact across
 machines, so a re-run lands within a point or so of the recorded accuracy rather than on it.
@@ -37,9 +44,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--frames-per-epoch", type=int, default=6000, help="fresh training frames per epoch (default 6000)"
     )
     parser.add_argument("--test-frames", type=int, default=1000, help="held-out test frames (default 1000)")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+    parser.add_argument("--stage1-epochs", type=int, default=30, help="stage-1 epochs (default 30)")
+    parser.add_argument("--stage1-learning-rate", type=float, default=3e-3, help="stage-1 peak Adam rate")
+    parser.add_argument(
+        "--stage1-from", type=Path, help="a trained stage-1 .keras (reference_model.build_stage1): skip stage 1"
+    )
+    parser.add_argument("--epochs", type=int, default=8, help="stage-2 epochs (default 8)")
+    parser.add_argument(
+        "--freeze-epochs", type=int, default=1, help="stage-2 epochs with the stage-1 front frozen (default 1)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak Adam learning rate")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="stage-2 peak Adam learning rate")
     parser.add_argument(
         "--out", type=Path, default=reference_model.ASSET_PATH, help="where to write the .keras"
     )
@@ -51,8 +66,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    """The frame seed of one training epoch (the test split uses ``seed`` itself, on other digits)."""
+    """The frame seed of one training epoch (the test split uses ``seed`` itself, on other digits).
+
+    Stage 2 counts its epochs from 100, so it sees frames stage 1 never did.
+    """
     return seed * 1000 + epoch
+
+
+def fit(model: object, args: argparse.Namespace, *, epochs: int, learning_rate: float, first_epoch: int,
+        label: str, frozen: tuple[str, ...] = (), freeze_epochs: int = 0) -> tuple[list[float], float]:
+    """Train on fresh frames every epoch (a fixed pool gets memorised); return (train accuracy per epoch, s).
+
+    The next epoch's frames are generated in a thread while the current epoch trains. Layers named in
+    ``frozen`` are not trained for the first ``freeze_epochs`` epochs.
+    """
+    import keras
+
+    steps_per_epoch = int(np.ceil(args.frames_per_epoch / args.batch_size))
+
+    def compile_with(trainable_front: bool, remaining_epochs: int) -> None:
+        # A new optimizer each time: Keras 3 optimizers are bound to the variables they first saw.
+        schedule = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=max(1, remaining_epochs * steps_per_epoch), alpha=0.02
+        )
+        for name in frozen:
+            model.get_layer(name).trainable = trainable_front
+        model.compile(
+            optimizer=keras.optimizers.Adam(schedule),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+
+    freezing = bool(frozen) and freeze_epochs > 0
+    compile_with(trainable_front=not freezing, remaining_epochs=freeze_epochs if freezing else epochs)
+    t0 = time.perf_counter()
+    history: list[float] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming = pool.submit(
+            reference_data.generate, args.frames_per_epoch, epoch_seed(args.seed, first_epoch), "train"
+        )
+        for epoch in range(epochs):
+            train = upcoming.result()
+            if epoch + 1 < epochs:
+                seed = epoch_seed(args.seed, first_epoch + epoch + 1)
+                upcoming = pool.submit(reference_data.generate, args.frames_per_epoch, seed, "train")
+            if freezing and epoch == freeze_epochs:
+                compile_with(trainable_front=True, remaining_epochs=epochs - freeze_epochs)
+            result = model.fit(train.x, train.y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
+            history.append(float(result.history["accuracy"][-1]))
+            print(
+                f"{label} epoch {epoch + 1}/{epochs}: train accuracy {history[-1]:.4f}, "
+                f"loss {result.history['loss'][-1]:.4f}, {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
+    return history, time.perf_counter() - t0
 
 
 def evaluate(model: object, frames: reference_data.Frames) -> dict[str, float]:
@@ -153,35 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     test = reference_data.generate(args.test_frames, args.seed, "test")
     print(f"generated {len(test.y)} test frames in {time.perf_counter() - t0:.1f} s", flush=True)
 
+    stage1_seconds = 0.0
+    if args.stage1_from is not None:
+        stage1 = reference_model.load(args.stage1_from)
+        stage1_source = str(args.stage1_from)
+    else:
+        stage1 = reference_model.build_stage1()
+        _, stage1_seconds = fit(stage1, args, epochs=args.stage1_epochs, learning_rate=args.stage1_learning_rate,
+                                first_epoch=0, label="stage 1")
+        stage1_source = f"trained here ({args.stage1_epochs} epochs)"
     model = reference_model.build()
-    steps = args.epochs * int(np.ceil(args.frames_per_epoch / args.batch_size))
-    schedule = keras.optimizers.schedules.CosineDecay(args.learning_rate, decay_steps=steps, alpha=0.02)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    # Fresh frames every epoch (a fixed pool gets memorised): the next epoch's frames are
-    # generated in a thread while the current epoch trains.
-    t0 = time.perf_counter()
-    history: list[float] = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(
-            reference_data.generate, args.frames_per_epoch, epoch_seed(args.seed, 0), "train"
-        )
-        for epoch in range(args.epochs):
-            train = upcoming.result()
-            if epoch + 1 < args.epochs:
-                seed = epoch_seed(args.seed, epoch + 1)
-                upcoming = pool.submit(reference_data.generate, args.frames_per_epoch, seed, "train")
-            fit = model.fit(train.x, train.y, batch_size=args.batch_size, epochs=1, shuffle=True, verbose=0)
-            history.append(float(fit.history["accuracy"][-1]))
-            print(
-                f"epoch {epoch + 1}/{args.epochs}: train accuracy {history[-1]:.4f}, "
-                f"loss {fit.history['loss'][-1]:.4f}, {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
-    train_seconds = time.perf_counter() - t0
+    copied = reference_model.transfer_stage1(stage1, model)
+    print(f"stage 2: copied {len(copied)} stage-1 layers ({stage1_source})", flush=True)
+    history, stage2_seconds = fit(model, args, epochs=args.epochs, learning_rate=args.learning_rate,
+                                  first_epoch=100, label="stage 2", frozen=tuple(copied),
+                                  freeze_epochs=args.freeze_epochs)
+    train_seconds = stage1_seconds + stage2_seconds
+    train = reference_data.generate(200, epoch_seed(args.seed, 99), "train")  # int8 calibration frames
 
     # Export a clean, uncompiled copy: no optimizer state in the artifact.
     export = reference_model.build()
@@ -207,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         "hard_means": f"difficulty >= {reference_data.HARD_FROM} of factors {list(reference_data.FACTORS)}",
         "seed": args.seed,
         "train_frames_per_epoch": args.frames_per_epoch,
-        "train_frames_seen": args.frames_per_epoch * args.epochs,
+        "stage1": stage1_source,
+        "stage1_epochs": None if args.stage1_from is not None else args.stage1_epochs,
+        "stage2_epochs": args.epochs,
+        "freeze_epochs": args.freeze_epochs,
+        "train_frames_seen_stage2": args.frames_per_epoch * args.epochs,
         "test_frames": len(test.y),
         "train_digits": len(reference_data.digit_indices("train")),
         "test_digits": len(reference_data.digit_indices("test")),
-        "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
+        "learning_rate_stage1": args.stage1_learning_rate,
+        "learning_rate_stage2": args.learning_rate,
         "final_train_accuracy": round(history[-1], 4),
         "params": int(export.count_params()),
         "artifact_bytes": args.out.stat().st_size,

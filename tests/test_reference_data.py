@@ -128,11 +128,35 @@ def test_build_has_natural_bottlenecks_shrinking_down_the_network():
     projections = [layer for layer in model.layers if layer.name.endswith("_project_bn")]
     sizes = [int(np.prod(layer.output.shape[1:])) for layer in projections]  # int8: one byte per value
     assert len(sizes) == len(reference_model.BLOCKS)
-    assert max(sizes) < RAW_FRAME_BYTES
-    assert sizes[0] == 48 * 48 * 8 and sizes[-1] == 6 * 6 * 32
-    assert all(later <= earlier for earlier, later in zip(sizes, sizes[1:], strict=False))
+    front = sizes[: reference_model.STAGE1_BLOCKS]
+    assert max(front) < RAW_FRAME_BYTES
+    assert front[0] == 48 * 48 * 8 and front[-1] == 6 * 6 * 32
+    assert all(later <= earlier for earlier, later in zip(front, front[1:], strict=False))
+    # Behind the last bottleneck the cloud-heavy back end is wider (more bytes, most of the FLOPs).
+    assert min(sizes[reference_model.STAGE1_BLOCKS :]) > front[-1]
     adds = [layer for layer in model.layers if layer.__class__.__name__ == "Add"]
-    assert len(adds) == 3  # the stride-1 blocks: cuts inside them carry two tensors
+    assert len(adds) == 6  # the stride-1 blocks with equal channels: cuts inside them carry two tensors
+
+
+def test_stage1_front_transfers_with_the_preprocessing_folded_into_the_stem():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    stage1 = reference_model.build_stage1()
+    rng = np.random.default_rng(3)
+    for layer in stage1.layers:  # non-trivial batch-norm statistics, so the moving-mean shift matters
+        if layer.__class__.__name__ == "BatchNormalization":
+            g, b, m, v = layer.get_weights()
+            layer.set_weights([g, b, rng.normal(0, 0.5, m.shape).astype("float32"),
+                               rng.uniform(0.5, 2.0, v.shape).astype("float32")])
+    model = reference_model.build()
+    copied = reference_model.transfer_stage1(stage1, model)
+    assert "stem" in copied and "block_7_project_bn" in copied and "head" not in copied
+    x = rng.integers(0, 256, (4, 96, 96, 3), dtype=np.uint8)
+    probe = [keras.Model(m.input, m.get_layer("stem_bn").output) for m in (stage1, model)]
+    a, b = (np.asarray(p(x)) for p in probe)
+    # Exact away from the zero-padded border (stride-2 "same" pads the last row and column).
+    np.testing.assert_allclose(a[:, :-1, :-1], b[:, :-1, :-1], atol=1e-4)
 
 
 def test_build_uses_only_standard_layers():
