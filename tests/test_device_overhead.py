@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from fakes import fake_manifest
 
-from device_runner.heads import int8_prediction, softmax_prediction
+from device_runner.heads import LiteRTHeads, int8_prediction, softmax_prediction
 from device_runner.policy import Choice, CutPolicy
 from device_runner.runner import Answer, AnsweredBy, DeviceRunner, RunnerOptions
 from sdk import topics
 from sdk.config import parse_config
+from sdk.litert import LiteRTModel
 from sdk.manifest import CutKind, CutSpec, load_manifest
 from sdk.messages import ErrorMessage, ResultMessage
 from sdk.packing import dequantize, requantize
@@ -335,3 +336,24 @@ def test_a_frame_left_behind_many_cloud_answers_still_expires_at_its_deadline():
     assert runner.expire() == 1
     assert [a.seq for a in answers if a.answered_by is AnsweredBy.DEADLINE] == [0]
     assert sorted(a.seq for a in answers) == list(range(301)) and runner.next_deadline() is None
+
+
+def test_litert_reports_the_invoke_cpu_time_and_emulation_uses_it(reference_bundle) -> None:
+    manifest = load_manifest(reference_bundle)
+    cut = next(c for c in manifest.cuts if c.kind is CutKind.SPLIT)
+    model = LiteRTModel(reference_bundle / cut.head.path, threads=1)
+    model.run({next(iter(model.inputs)): np.zeros((1, *manifest.input.shape), np.uint8)})
+    assert 0.0 < model.last_invoke_cpu_ms <= model.last_invoke_ms * 1.5 + 0.05
+
+    cfg = parse_config({
+        "board": {"name": "slow", "cpu": "x", "threads": 4, "memory_budget_mb": 256, "speed_factor": 10.0,
+                  "speed_factor_source": "test", "emulate_timing": True},
+        "device": {"device_id": "d", "target_accuracy": 0.5},
+        "broker": {"url": "mqtt://127.0.0.1:1"},
+    })  # fmt: skip
+    heads = LiteRTHeads(reference_bundle, manifest, cfg.board)
+    frame = np.zeros(manifest.input.shape, np.uint8)
+    out = heads.run(cut, frame)  # the model is warmed up on load: this is a steady-state invoke
+    head = heads.cache.get(cut.head)
+    assert out.emulated
+    assert out.head_ms == pytest.approx(10.0 * head.last_invoke_cpu_ms, rel=1e-6)
