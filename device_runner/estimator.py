@@ -90,6 +90,9 @@ class Estimates:
     #: cut -> fastest head (+ exit) time measured: host noise only adds time, so "this cut cannot win"
     #: is judged on it, and one stalled sample cannot lock a cut out of the probes for good
     head_min_ms: Mapping[int, float] = field(default_factory=dict)
+    #: recent share of sent frames whose answer missed the deadline (EWMA, decaying while nothing is sent;
+    #: module doc "Outage risk"); the policy charges escalating options for it
+    miss_rate: float = 0.0
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -113,6 +116,10 @@ class Estimator:
         abs_tol_ms: float = 0.01,
         jump_factor: float = 4.0,
         jump_alpha: float = 0.8,
+        stale_after: int = 20,
+        miss_alpha: float = 0.2,
+        miss_half_life: int = 120,
+        explained_share: float = 0.25,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -122,6 +129,17 @@ class Estimator:
             raise ValueError(f"rel_tol and abs_tol_ms must be >= 0, got {rel_tol} and {abs_tol_ms}")
         if jump_factor < 1 or not 0 < jump_alpha <= 1:
             raise ValueError(f"need jump_factor >= 1 and jump_alpha in (0, 1], got {jump_factor} and {jump_alpha}")
+        if stale_after < 1 or not 0 < miss_alpha <= 1 or miss_half_life < 1:
+            raise ValueError(f"need stale_after >= 1, miss_alpha in (0, 1], miss_half_life >= 1; got {stale_after}, "
+                             f"{miss_alpha} and {miss_half_life}")
+        self.stale_after = stale_after
+        self.explained_share = explained_share
+        self.miss_alpha = miss_alpha
+        self.miss_half_life = miss_half_life
+        self._bw_tick = 0  # counter value of the last bandwidth sample
+        self._miss = 0.0  # miss-rate EWMA as of counter value self._miss_tick
+        self._miss_tick = 0
+        self._late_ms = math.inf  # elapsed time of the latest deadline miss: a later answer is that frame's
         self.jump_factor = jump_factor
         self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
@@ -163,6 +181,20 @@ class Estimator:
         return self._tail.get(cut, 0.0)
 
     @property
+    def miss_rate(self) -> float:
+        """The deadline-miss EWMA of sent frames, halved every ``miss_half_life`` samples since its last update."""
+        return self._miss * 0.5 ** ((self._counter - self._miss_tick) / self.miss_half_life)
+
+    def _observe_miss(self, missed: bool) -> None:
+        new = _ewma(self.miss_rate, 1.0 if missed else 0.0, self.miss_alpha)
+        self._miss, self._miss_tick = new, self._counter
+
+    def _check_miss(self) -> None:
+        snap = self._snap
+        if snap is not None and abs(self.miss_rate - snap.miss_rate) > self.rel_tol * snap.miss_rate + 0.002:
+            self._changed()
+
+    @property
     def version(self) -> int:
         """Bumped on every material change (module doc); equal versions mean the same snapshot."""
         return self._version
@@ -182,6 +214,7 @@ class Estimator:
                 version=self._version,
                 measured_peak_bytes_per_s=self._peak,
                 head_min_ms=dict(self._head_min),
+                miss_rate=self.miss_rate,
             )
         return self._snap
 
@@ -223,6 +256,7 @@ class Estimator:
         if self._snap is not None and (first or self._moved(self._snap.head_ms.get(cut), self._head[cut], self.abs_tol_ms)):
             self._changed()
         self._touch(cut)
+        self._check_miss()  # the miss rate decays with every sample
 
     def observe_tail(self, cut: int, ms: float) -> None:
         """The cloud's time for a frame of ``cut`` (decode + queue + tail), from a report."""
@@ -241,6 +275,10 @@ class Estimator:
         net_ms = max(net_ms, 0.0)
         self.network_samples += 1
         self._touch(cut)
+        if net_ms < self._late_ms:  # not the late answer of a frame already counted as a miss
+            self._observe_miss(False)
+            self._late_ms = math.inf
+        self._check_miss()
         bw = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
         predicted_transfer = nbytes / bw * 1000.0
         transfer = net_ms - self._link_ms
@@ -251,10 +289,12 @@ class Estimator:
                 self._changed()
             return
         rate = nbytes / transfer * 1000.0
+        stale = self._counter - self._bw_tick > self.stale_after
+        self._bw_tick = self._counter
         if self._bandwidth is None:
             self._set_bandwidth(rate)
         else:
-            alpha = self.jump_alpha if rate > self.jump_factor * self._bandwidth else self.alpha
+            alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
@@ -265,7 +305,13 @@ class Estimator:
         self.censored_samples += 1
         self._changed()  # a deadline miss is always news
         self._touch(cut)
-        cap = nbytes / transfer * 1000.0
         current = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
+        expected = self._link_ms + nbytes / current * 1000.0
+        # Only a miss the estimates did not see coming is outage risk; one they explain (the link is
+        # slow and the bandwidth estimate says so) is already priced by the bandwidth.
+        if expected < self.explained_share * transfer:
+            self._observe_miss(True)
+        self._late_ms = min(self._late_ms, transfer)
+        cap = nbytes / transfer * 1000.0
         if cap < current:
             self._bandwidth = cap

@@ -169,6 +169,8 @@ class CutPolicy:
         bandwidth_ceiling: float | None = None,
         max_backoff: int = 4,
         explore_backoff: int = 16,
+        max_probe_interval_s: float | None = 20.0,
+        risk: bool = True,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
@@ -182,6 +184,12 @@ class CutPolicy:
         self.margin = margin
         self.patience = patience
         self.probe_every = probe_every
+        self.risk = risk
+        # the back-off cap in decisions: max_backoff x probe_every, but at most max_probe_interval_s at fps_cap
+        self._max_interval = max_backoff
+        if max_probe_interval_s is not None and probe_every:
+            frames = max_probe_interval_s * device.fps_cap
+            self._max_interval = max(1, min(max_backoff, int(frames // probe_every)))
         self.allow_raw = not device.privacy
         self.bits: tuple[int, ...] = tuple(b for b in device.bits if b in manifest.bits)
         self._base: list[CutCost] = []
@@ -216,6 +224,7 @@ class CutPolicy:
         self._preferred = False  # a plan preferred the pending probe's cut
         self._est: Estimates | None = None  # the snapshot the cached plan was solved for
         self._plan: Plan | None = None
+        self._plain: Plan | None = None  # the cached plan without the risk charge (probe targets)
         self._best = Choice(-1, 0)  # the cached plan's best option
         self._verdict: tuple[Choice | None, int] = (None, _LEAVE)
         self.switches = 0
@@ -257,7 +266,32 @@ class CutPolicy:
                 )
                 self._warned_budget = True
             plan = evaluate(costs, **kwargs)  # type: ignore[arg-type]
-        return self._with_exits(plan) if self.expected_cost else plan
+        plan = self._with_exits(plan) if self.expected_cost else plan
+        self._plain = plan  # without the risk charge: what the probes are chosen on
+        return self._with_risk(plan, est.miss_rate) if self.risk and est.miss_rate > 0 else plan
+
+    def _with_risk(self, plan: Plan, miss_rate: float) -> Plan:
+        """Charge every escalating option for the deadline misses (module doc, "Outage risk").
+
+        An escalated frame misses with probability ``miss_rate`` and then costs the whole deadline
+        instead of its planned time: ``+ miss_rate x q x (deadline - T_esc)``, where ``q x T_esc`` is
+        already in the option's transfer + link + tail (``q`` = 1 without the exit). The charge goes
+        into ``link_ms``: no bandwidth removes it, so a cut it prices out is not probed either.
+        """
+        deadline = self.device.deadline_ms
+        options = []
+        for o in plan.options:
+            if o.kind is not CutKind.DEVICE:
+                q = self._exit_effect(o.index, o.bits)[0] if o.kind is CutKind.SPLIT and self.expected_cost else 1.0
+                esc = o.transfer_ms + o.link_ms + o.tail_ms  # = q x T_esc
+                extra = miss_rate * max(0.0, q * deadline - esc)
+                o = replace(o, link_ms=o.link_ms + extra)
+            options.append(o)
+        feasible = [o for o in options if o.feasible]
+        if not feasible:
+            return plan
+        best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
+        return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
 
     def _with_exits(self, plan: Plan) -> Plan:
         """The plan at E[T] = T_dev + q * T_esc per split option (module doc); same tie rule as evaluate.
@@ -349,7 +383,7 @@ class CutPolicy:
             return  # its samples are not in yet: wait
         improving = plan.bandwidth_bytes_per_s >= _IMPROVING * bandwidth
         lost = not self._preferred and not improving
-        cap = self.explore_backoff if explore else self.max_backoff
+        cap = self.explore_backoff if explore else self._max_interval
         self._interval = min(2 * self._interval, cap) if lost else 1
         self._pending = None
 

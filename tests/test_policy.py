@@ -278,3 +278,71 @@ def test_one_stalled_head_sample_does_not_lock_a_cut_out_of_the_probes() -> None
         e.observe_head(chosen, split.head_ms if chosen == split.index else dev.head_ms)
     assert probes >= 1
     assert p.current is not None and p.current.cut == split.index, (p.current, e.snapshot().head_ms)
+
+
+# ------------------------------------------------------------------------------- outage risk, staleness
+def test_a_stale_bandwidth_estimate_follows_a_new_sample_faster() -> None:
+    fresh = Estimator(head_prior={}, tail_prior={}, alpha=0.4, jump_factor=1e9, stale_after=20)
+    stale = Estimator(head_prior={}, tail_prior={}, alpha=0.4, jump_factor=1e9, jump_alpha=0.8, stale_after=20)
+    for e in (fresh, stale):
+        e.observe_network(1, 1024, 1024 / 20e3 * 1000)  # 20 kB/s
+    for _ in range(21):  # a long stretch on the device cut: head samples only
+        stale.observe_head(3, 20.0)
+    for e in (fresh, stale):
+        e.observe_network(1, 1024, 1024 / 60e3 * 1000)  # 60 kB/s: within jump_factor
+    assert fresh.bandwidth == pytest.approx(20e3 ** 0.6 * 60e3 ** 0.4, rel=1e-6)
+    assert stale.bandwidth == pytest.approx(20e3 ** 0.2 * 60e3 ** 0.8, rel=1e-6)
+
+
+def test_miss_rate_rises_on_deadline_misses_falls_on_answers_and_decays() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, miss_alpha=0.5, miss_half_life=10)
+    assert e.snapshot().miss_rate == 0.0
+    e.observe_timeout(1, 1024, 100.0)
+    assert e.snapshot().miss_rate == pytest.approx(0.5)
+    e.observe_network(1, 1024, 150.0)  # that frame's late answer: not a success
+    assert e.miss_rate == pytest.approx(0.5 * 0.5 ** (1 / 10))
+    e.observe_network(1, 1024, 10.0)  # an answer in time
+    assert e.miss_rate == pytest.approx(0.5 * 0.5 ** (2 / 10) * 0.5)
+    before = e.snapshot()
+    for _ in range(10):  # ten frames without sending: halved
+        e.observe_head(3, 20.0)
+    assert e.snapshot() is not before
+    assert e.snapshot().miss_rate == pytest.approx(before.miss_rate * 0.5)
+
+
+def test_deadline_misses_keep_the_device_cut_and_stop_the_probes() -> None:
+    # At 200 kB/s cut 2 (7.2 -> 3 + 0.32 + 1 = 4.32 ms) beats the 20 ms device cut; deadline 100 ms.
+    head, tail = priors()
+
+    def snap(miss: float) -> Estimates:
+        return Estimates(200e3, 0.0, head, tail, {1: 1.0, 2: 2.0, 3: 3.0}, True, 200e3,
+                         measured_peak_bytes_per_s=200e3, miss_rate=miss)
+
+    assert policy().decide(snap(0.0)).choice.cut == 2
+    # 10 % of escalations miss: + 0.1 x (100 - 1.32) ms makes cut 2 cost ~14.2 ms, still below 20.
+    assert policy().decide(snap(0.1)).choice.cut == 2
+    risky = policy(probe_every=1)
+    d = risky.decide(snap(0.3))  # + 0.3 x 98.7 = 29.6 ms: the device cut wins
+    assert d.choice.cut == 3 and d.plan.option(2, 4).total_ms == pytest.approx(4.32 + 0.3 * (100 - 1.32))
+    assert not any(risky.decide(snap(0.3)).probe for _ in range(5))  # no bandwidth can pay for the misses
+    assert policy(risk=False).decide(snap(0.3)).choice.cut == 2
+
+
+def test_the_probe_back_off_is_bounded_in_seconds_at_fps_cap() -> None:
+    plausible = 1.1 * B_STAR / 4
+    # fps_cap 10: at most 2 s between probes = 20 decisions = 2 x probe_every (10) instead of 4x.
+    p = policy(probe_every=10, max_backoff=4, max_probe_interval_s=2.0)
+    probed = [i for i in range(1, 80) if p.decide(sampled_at(i, 20e3, plausible)).probe]
+    assert probed == [10, 30, 50, 70]
+    unbounded = policy(probe_every=10, max_backoff=4, max_probe_interval_s=None)
+    probed = [i for i in range(1, 80) if unbounded.decide(sampled_at(i, 20e3, plausible)).probe]
+    assert probed == [10, 30, 70]
+
+
+def test_a_miss_the_bandwidth_estimate_explains_is_not_outage_risk() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6)
+    e.observe_network(1, 10_000, 10_000 / 20e3 * 1000)  # the link is at 20 kB/s and the estimate knows it
+    e.observe_timeout(1, 10_000, 600.0)  # 500 ms expected: a slow link, not an outage
+    assert e.miss_rate == 0.0 and e.bandwidth == pytest.approx(10_000 / 600.0 * 1000)
+    e.observe_timeout(1, 100, 600.0)  # 100 B should take 6 ms at the new estimate: an outage
+    assert e.miss_rate > 0.0
