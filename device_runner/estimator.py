@@ -36,6 +36,18 @@ deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes
 estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
 later even though no answer comes back). Everything is O(1) memory per cut.
 
+**Stale estimates**: a bandwidth sample arriving more than ``stale_after`` (20) samples after the
+previous one (on the device cut only probes send) moves the estimate with ``jump_alpha``: an old
+estimate is a weak prior.
+
+**Outage risk** (``Estimates.miss_rate``): an EWMA (``miss_alpha``) over sent frames of "missed the
+deadline", halved every ``miss_half_life`` (120) samples since its last update, so it decays while
+nothing is sent. Only an *unexplained* miss counts as 1: one whose expected network time at the
+current estimates (``link_ms + nbytes / bandwidth``) was under ``explained_share`` (1/4) of the time
+that passed; a miss the bandwidth estimate explains is a slow link, already priced (counting it kept
+the cut at the device after a plain drop and recovery). An answer in time counts as 0; the late answer
+of a frame already counted as a miss does not count. The policy charges escalating options for it.
+
 **Snapshots are cached and versioned** (the runner asks for one every frame): :meth:`Estimator.snapshot`
 returns the *same* :class:`Estimates` object until an estimate changes materially, and each new one
 carries a larger ``version``. Material is:
@@ -46,7 +58,7 @@ carries a larger ``version``. Material is:
   snapshot is never more than ``rel_tol`` off;
 * the first measurement of a cut's head or tail time, the first bandwidth sample, a new peak
   bandwidth;
-* a deadline miss (a censored sample);
+* a deadline miss (a censored sample); the miss rate moving more than ``rel_tol`` + 0.002;
 * a sample of another cut than the previous sample's: the order of ``last_sample`` (which the policy
   probes by) changes only then. Repeated samples of the same cut move its own counter, not the order,
   so the snapshot keeps the older counter value for it (it stays the most recent one).

@@ -52,6 +52,15 @@ dropped before planning.
     so its cuts are not exploration) is delayed by at most ``max_backoff`` x ``probe_every`` frames.
     (A per-cut back-off was tried first: with several plausible cuts taking turns it hardly lowered
     the probe rate.)
+  The back-off of plausible probes is also bounded in time: at most ``max_probe_interval_s`` (20 s)
+    at the profile's ``fps_cap`` (``None``: no bound). At 2 fps the 4x cap was 50 s between probes and
+    kept the device cut ~100 s after the link recovered in the replay (metro trace, docs/DYNAMIC.md).
+* **Outage risk** (``risk=True``): an escalated frame that misses the deadline costs the whole
+  deadline. Every escalating option is charged ``miss_rate x (q x deadline - q x T_esc)`` (``q`` = 1
+  without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
+  (its module doc). The charge is added to ``link_ms``: no bandwidth pays for it, so a cut it prices
+  out is not probed either until the rate decays - probes into outages were most of the loss on the
+  bursty mahimahi traces.
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
