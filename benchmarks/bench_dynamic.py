@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- docs
-RUN_BOARDS = (("pi5", 120.0), ("zero2w", 300.0))  # board, seconds replayed per trace (<= the trace's length)
+RUN_BOARDS = (("pi5", 120.0), ("zero2w", 300.0), ("zero2w-offload", 300.0))  # board, seconds replayed per trace (<= the trace's length)
 LIVE_SECONDS = 30.0
 
 

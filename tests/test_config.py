@@ -43,7 +43,7 @@ from sdk.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 FIRMWARE = REPO / "firmware_configs"
-SHIPPED_BOARDS = ["pi3bplus", "pi4", "pi5", "qemu-aarch64", "zero2w"]
+SHIPPED_BOARDS = ["pi3bplus", "pi4", "pi5", "qemu-aarch64", "zero2w", "zero2w-offload"]
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
 )
