@@ -346,3 +346,11 @@ def test_a_miss_the_bandwidth_estimate_explains_is_not_outage_risk() -> None:
     assert e.miss_rate == 0.0 and e.bandwidth == pytest.approx(10_000 / 600.0 * 1000)
     e.observe_timeout(1, 100, 600.0)  # 100 B should take 6 ms at the new estimate: an outage
     assert e.miss_rate > 0.0
+
+
+def test_the_device_cut_is_kept_unless_an_escalation_is_clearly_faster() -> None:
+    # Fake manifest: device cut 20 ms; split cut 2 at 4 bits = 3 + 1 ms + 64 B / bandwidth.
+    near = policy(probe_every=0).decide(snapshot(64 / 0.015, 1e6))  # cut 2: 19 ms, inside the 15 % margin
+    assert near.plan.best.index == 2 and near.choice.cut == 3
+    far = policy(probe_every=0).decide(snapshot(64 / 0.001, 1e6))  # cut 2: 5 ms
+    assert far.choice.cut == 2
