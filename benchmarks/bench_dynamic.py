@@ -110,7 +110,9 @@ def live(bundle: Path, manifest: Manifest, config: DeviceConfig, sc: Scenario, *
     cfg = replace(config, device=device)
     with EmbeddedBroker() as broker:
         cloud = MqttTransport(broker.url, client_id="bench-dynamic-tail")
-        worker = TailWorker(cloud, TailSet(bundle, manifest=manifest), WorkerConfig("bench-dynamic-w1"))
+        tails = TailSet(bundle, manifest=manifest)
+        tails.load_all()
+        worker = TailWorker(cloud, tails, WorkerConfig("bench-dynamic-w1"))
         worker.start()
         shaper = TraceShaper(sc.trace, latency_s=sc.link_ms / 1000.0)
         transport = ShapedTransport(MqttTransport(broker.url, client_id="bench-dynamic"), shaper)

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_ms=args.max_queue_ms,
     )
     tails = TailSet(args.bundle, threads=args.threads)
+    tails.load_all()
     with stop_on_signals() as stop:
         transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
         worker = TailWorker(transport, tails, config)

@@ -93,8 +93,15 @@ class TailSet:
                 ref = self._cuts[cut_id].tail
                 assert ref is not None
                 model = LiteRTModel(self.bundle / ref.path, threads=self.threads)
+                model.warm_up()  # a fresh interpreter's first invoke is several times slower
                 self._models[cut_id] = model
             return model
+
+    def load_all(self) -> None:
+        """Load and warm up every tail now (a worker does this before it says it is ready): otherwise the
+        first frames of each cut wait for the load, and a device reads that wait as a slow uplink."""
+        for cut_id in self.cut_ids:
+            self.model(cut_id)
 
     def admit(self, frame: Frame) -> Refusal | None:
         """None if ``frame`` can run here; else the refusal to send back."""

@@ -56,3 +56,11 @@ def test_raw_frames_run_and_wrong_shapes_are_refused(setup):
     bad = {t.name: np.zeros((2, *t.shape), dtype=np.int8) for t in cut.tensors}  # a batch of 2 is not a frame
     refusal = tails.admit(_frame(manifest, cut, bad))
     assert refusal is not None and refusal.code is ErrorCode.MALFORMED and "expects" in refusal.detail
+
+
+def test_load_all_loads_and_warms_up_every_tail_before_the_first_frame(reference_bundle):
+    tails = TailSet(reference_bundle)
+    tails.load_all()
+    assert tails.cut_ids
+    for cut in tails.cut_ids:
+        assert tails.model(cut).last_invoke_ms > 0.0, f"cut {cut}: no warm-up invoke"
