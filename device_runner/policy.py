@@ -158,6 +158,16 @@ def escalation_rate(cut: CutSpec, tau: float) -> float:
     return 1.0 - _exit_point(cut, tau)[0]
 
 
+def _replanned(plan: Plan, options: list[Option]) -> Plan:
+    """``plan`` with its options replaced and the best re-picked (``evaluate``'s tie rule); ``plan`` as is
+    when none of them is feasible."""
+    feasible = [o for o in options if o.feasible]
+    if not feasible:
+        return plan
+    best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
+    return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
+
+
 class CutPolicy:
     """Picks (cut, bits) per frame from :class:`~device_runner.estimator.Estimates`."""
 
@@ -296,11 +306,7 @@ class CutPolicy:
                 extra = miss_rate * max(0.0, q * deadline - esc)
                 o = replace(o, link_ms=o.link_ms + extra)
             options.append(o)
-        feasible = [o for o in options if o.feasible]
-        if not feasible:
-            return plan
-        best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
-        return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
+        return _replanned(plan, options)
 
     def _with_exits(self, plan: Plan) -> Plan:
         """The plan at E[T] = T_dev + q * T_esc per split option (module doc); same tie rule as evaluate.
@@ -318,11 +324,7 @@ class CutPolicy:
                 o = Option(o.index, o.name, o.kind, o.bits, o.nbytes, o.head_ms, q * o.transfer_ms, q * o.link_ms,
                            q * o.tail_ms, o.accuracy_drop, feasible, reason)
             options.append(o)
-        feasible = [o for o in options if o.feasible]
-        if not feasible:
-            return plan
-        best = min(feasible, key=lambda o: (round(o.total_ms, 9), o.index, -o.bits))
-        return Plan(tuple(options), best, plan.bandwidth_bytes_per_s, plan.link_latency_ms)
+        return _replanned(plan, options)
 
     def _exit_effect(self, index: int, bits: int) -> tuple[float, str]:
         """(q, why infeasible or "") of a split option: fixed per (cut, bits), so computed once."""
