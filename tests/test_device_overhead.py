@@ -223,19 +223,14 @@ class _Executor:
         return CutOutput(cut.index, acts, Prediction(3, 0.0, ((3, 0.0),)), 1.0, 0.0, 1.0, False)
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_expire_answers_exactly_the_frames_due(seed):
-    """Random frames, cloud answers, cloud errors, late answers and clock jumps: after every process()
-    and expire() the frames still in flight are exactly those neither answered nor due."""
-    rng = random.Random(seed)
-    clock = _Clock()
-    hub = InMemoryHub(clock=clock)
+def _started_runner(hub: InMemoryHub, clock: object, deadline_ms: float) -> tuple[DeviceRunner, list[Answer]]:
+    """A started runner on the fake manifest's cut 1 at 4 bits that escalates every frame (tau 0.5 on a
+    fake exit), its answers collected in the returned list."""
     manifest = fake_manifest()
-    deadline_s = 0.1
     cfg = parse_config({
         "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
                   "speed_factor_source": "test"},
-        "device": {"device_id": "cam-09", "fps_cap": 10, "deadline_ms": deadline_s * 1000, "target_accuracy": 0.9,
+        "device": {"device_id": "cam-09", "fps_cap": 10, "deadline_ms": deadline_ms, "target_accuracy": 0.9,
                    "bits": [4], "codec": "none", "telemetry_interval_s": 1000.0},
         "broker": {"url": "mqtt://127.0.0.1:1883"},
     })  # fmt: skip
@@ -244,6 +239,18 @@ def test_expire_answers_exactly_the_frames_due(seed):
     runner = DeviceRunner(manifest, cfg, hub.transport("cam-09"), _Executor(), policy=policy,
                           on_answer=answers.append, clock=clock, options=RunnerOptions(max_inflight=10_000))  # fmt: skip
     runner.start()
+    return runner, answers
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_expire_answers_exactly_the_frames_due(seed):
+    """Random frames, cloud answers, cloud errors, late answers and clock jumps: after every process()
+    and expire() the frames still in flight are exactly those neither answered nor due."""
+    rng = random.Random(seed)
+    clock = _Clock()
+    hub = InMemoryHub(clock=clock)
+    deadline_s = 0.1
+    runner, answers = _started_runner(hub, clock, deadline_s * 1000)
     cloud = hub.transport("cloud")
     sent: dict[int, float] = {}  # seq -> capture time (the fake clock does not move inside process())
     errored: set[int] = set()
@@ -302,19 +309,7 @@ def test_a_frame_left_behind_many_cloud_answers_still_expires_at_its_deadline():
     answered frames (and is compacted); frame 0 must still be answered exactly at its deadline."""
     clock = _Clock()
     hub = InMemoryHub(clock=clock)
-    manifest = fake_manifest()
-    cfg = parse_config({
-        "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
-                  "speed_factor_source": "test"},
-        "device": {"device_id": "cam-09", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.9,
-                   "bits": [4], "codec": "none", "telemetry_interval_s": 1000.0},
-        "broker": {"url": "mqtt://127.0.0.1:1883"},
-    })  # fmt: skip
-    answers: list[Answer] = []
-    policy = CutPolicy(manifest, cfg.device, tau_override=0.5, probe_every=0, initial=Choice(1, 4), allowed_cuts=[1])
-    runner = DeviceRunner(manifest, cfg, hub.transport("cam-09"), _Executor(), policy=policy,
-                          on_answer=answers.append, clock=clock, options=RunnerOptions(max_inflight=10_000))  # fmt: skip
-    runner.start()
+    runner, answers = _started_runner(hub, clock, 100)
     cloud = hub.transport("cloud")
 
     def answer(msg) -> None:

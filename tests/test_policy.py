@@ -257,16 +257,10 @@ def test_one_stalled_head_sample_does_not_lock_a_cut_out_of_the_probes() -> None
     split = next(c for c in m.cuts if c.kind.value == "split")
     dev = m.device_cut
     assert dev is not None
-    cfg = parse_config({
-        "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
-                  "speed_factor_source": "t"},
-        "device": {"device_id": "d", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.5, "bits": [8],
-                   "codec": "none", "accuracy_drop_budget": 1.0},
-        "broker": {"url": "mqtt://127.0.0.1:1883"},
-    })  # fmt: skip
+    settings = device(target_accuracy=0.5, bits=[8], accuracy_drop_budget=1.0)
     e = Estimator(head_prior={c.index: c.head_ms for c in m.cuts}, tail_prior={c.index: c.tail_ms for c in m.cuts},
                   prior_bandwidth=10e6)
-    p = CutPolicy(m, cfg.device, probe_every=2, allowed_cuts=(split.index, dev.index), tau_override=2.0,
+    p = CutPolicy(m, settings, probe_every=2, allowed_cuts=(split.index, dev.index), tau_override=2.0,
                   initial=Choice(dev.index, 0))
     e.observe_head(split.index, split.head_ms)
     e.observe_head(split.index, 100 * split.head_ms)
