@@ -20,7 +20,7 @@ system_packages() {
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
   if command -v apt-get >/dev/null 2>&1; then
     echo "run.sh: installing ${missing[*]} with apt-get" >&2
-    $sudo apt-get update -qq && $sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
     echo "run.sh: please install ${missing[*]} (no apt-get here); tests that need them will be skipped" >&2
   fi
