@@ -11,7 +11,11 @@ manifest's head + exit ms times the board's speed factor); the uplink is a FIFO 
 ``trace.transfer_end(start, bytes)``; an answer comes back ``link_ms`` + the tail's ms after the transfer.
 A confident exit (``tau`` from the policy) answers at the end of the device compute. With a deadline
 (default: the profile's), a frame still unanswered then is answered locally at the deadline (as the
-runner does; raw/JPEG frames also run the device model), and counts as a ``deadline`` answer.
+runner does; raw/JPEG frames also run the device model), and counts as a ``deadline`` answer. The
+policies that are the runner (``dynamic*`` and the static cuts, cloud-raw included: the runner pinned to
+one cut) answer earlier when the answer is overdue, after ``CutPolicy.answer_within_ms`` from the send
+at their own live estimates (also a ``deadline`` answer here); cloud-jpeg (a plain client) and the
+oracles wait for the deadline.
 
 Policies (:func:`compare`): ``dynamic`` (the runner's own ``CutPolicy`` + ``Estimator``, fed only what a
 device learns: the network time of its own sent frames when the answer arrives, and timeouts at the
@@ -32,7 +36,7 @@ import io
 import itertools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,12 +46,13 @@ from device_runner.estimator import Estimates, Estimator
 from device_runner.policy import CutPolicy
 from device_runner.runner import make_estimator
 from sdk.config import DeviceConfig, load_board
+from sdk.host_speed import board_factor
 from sdk.manifest import CutKind, Manifest
 from sdk.traces import BandwidthTrace
 from sdk.wire import Codec, decode_frame, encode_activation, encode_raw
 
 __all__ = [
-    "DEFAULT_FRAMES", "JPEG_QUALITIES", "Dynamic", "FrameData", "Oracle", "PolicyRun", "Route", "Scenario", "Setup",
+    "DEFAULT_FRAMES", "JPEG_QUALITIES", "Dynamic", "FrameData", "Oracle", "Pinned", "PolicyRun", "Route", "Scenario", "Setup",
     "Static", "TraceLink", "compare", "make_setup", "measure", "outcome", "reference_frames", "simulate",
 ]  # fmt: skip
 
@@ -77,6 +82,10 @@ class FrameData:
     local_ok: Mapping[int, np.ndarray]  # cut -> the local prediction is right
     jpeg_ms: Mapping[int, tuple[float, float]] = field(default_factory=dict)  # quality -> host (encode, decode) ms
     codec: str = "none"
+    #: cut -> median host ms of head + exit on 1 LiteRT thread, what an emulating runner measures and
+    #: stretches (the manifest's head_ms are at the converter's threads: 2 threads shorten the wide late
+    #: layers more than a small head, so they understate a split cut's share); empty: the manifest's
+    host_ms: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -164,7 +173,8 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
     from device_runner.heads import LiteRTHeads
     from sdk.litert import LiteRTModel
 
-    heads = LiteRTHeads(bundle, m, replace(load_board("pi5").board, emulate_timing=False, memory_budget_mb=4096))
+    heads = LiteRTHeads(bundle, m, replace(load_board("pi5").board, emulate_timing=False, memory_budget_mb=4096, threads=1))
+    host_ms: dict[int, float] = {}
     nbytes: dict[Route, np.ndarray] = {}
     cloud_ok: dict[Route, np.ndarray] = {}
     conf: dict[int, np.ndarray] = {}
@@ -184,6 +194,7 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
             _measure_jpeg(model, key, x, y, header, nbytes, cloud_ok, jpeg_ms)
             continue
         outs = [heads.run(cut, x[i]) for i in range(len(x))]
+        host_ms[cut.index] = float(np.median([o.head_ms + o.exit_ms for o in outs]))
         conf[cut.index] = np.array([o.prediction.confidence if o.prediction else 0.0 for o in outs])
         local_ok[cut.index] = np.array([o.prediction is not None and o.prediction.cls == y[i] for i, o in enumerate(outs)])
         if cut.kind is CutKind.DEVICE:
@@ -199,7 +210,7 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
             feeds = {t.name: np.stack([d[t.name].reshape(t.shape) for d in deq]).astype(np.float32) for t in cut.tensors}
             nbytes[Route(cut.index, bits)] = np.array([len(p) for p in payloads])
             cloud_ok[Route(cut.index, bits)] = _argmax(tail.run_batched(feeds)) == y
-    return FrameData(y, nbytes, cloud_ok, conf, local_ok, jpeg_ms, codec.name.lower())
+    return FrameData(y, nbytes, cloud_ok, conf, local_ok, jpeg_ms, codec.name.lower(), host_ms)
 
 
 def _argmax(outs: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -229,9 +240,10 @@ def _measure_jpeg(model: object, key: str, x: np.ndarray, y: np.ndarray, header:
 
 # ---------------------------------------------------------------------------------------------- set-up
 def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, offload_only: bool = False) -> Setup:
-    """Costs in board ms (head + exit x speed factor unless converted for this board), tau, candidates."""
+    """Costs in board ms (head + exit, measured on 1 host thread, x this host's board factor - unless the bundle
+    was converted for this board: its manifest times), tau, candidates."""
     board, dev = config.board, config.device
-    factor = 1.0 if manifest.board == board.name else board.speed_factor
+    factor = 1.0 if manifest.board == board.name else board_factor(board)  # this host emulates the board
     allowed = None if not offload_only else [c.index for c in manifest.cuts if c.kind is not CutKind.DEVICE]
     policy = CutPolicy(manifest, dev, allowed_cuts=allowed)
     dev_ms: dict[Route, float] = {}
@@ -242,9 +254,10 @@ def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, off
         c = manifest.cut(r.cut)
         if r.jpeg:
             enc, dec = data.jpeg_ms[r.jpeg]
-            dev_ms[r], cloud_ms[r] = enc * board.speed_factor, dec + c.tail_ms
+            dev_ms[r], cloud_ms[r] = enc * board_factor(board), dec + c.tail_ms
         else:
-            dev_ms[r] = (c.head_ms + c.exit_ms) * factor if c.kind is not CutKind.RAW else 0.0
+            host = data.host_ms.get(c.index) if factor != 1.0 else None
+            dev_ms[r] = 0.0 if c.kind is CutKind.RAW else (host if host is not None else c.head_ms + c.exit_ms) * factor
             cloud_ms[r] = c.tail_ms
         tau[r] = policy.tau(c.index, r.bits) if c.kind is CutKind.SPLIT else math.inf
     plan = policy.plan(make_estimator(manifest, config).snapshot())
@@ -285,11 +298,16 @@ class _Out:
     correct: bool
     latency: float  # seconds, after the deadline fallback
     deadline: bool
+    due: float = math.inf  # when the runner answers locally if the cloud has not (deadline or overdue wait)
 
 
 def outcome(s: Setup, link: TraceLink, sc: Scenario, k: int, r: Route, probe: bool, arrival: float,
-             start: float, link_free: float) -> _Out:
-    """What serving frame ``k`` (arrived at ``arrival``, device free at ``start``) by route ``r`` gives."""
+             start: float, link_free: float, wait: Callable[[Route, int], float | None] | None = None) -> _Out:
+    """What serving frame ``k`` (arrived at ``arrival``, device free at ``start``) by route ``r`` gives.
+
+    ``wait(r, nbytes)``: ms after the send (the end of the device compute) at which the runner answers
+    a frame still unanswered (the overdue wait), None: the scenario's deadline only.
+    """
     d = s.data
     kind = s.manifest.cut(r.cut).kind
     dev_end = start + s.dev_ms[r] / 1000.0
@@ -301,15 +319,19 @@ def outcome(s: Setup, link: TraceLink, sc: Scenario, k: int, r: Route, probe: bo
     tx_end = link.transfer_end(max(dev_end, link_free), nb)
     done = tx_end + (sc.link_ms + s.cloud_ms[r]) / 1000.0
     latency, ok, late = done - arrival, bool(d.cloud_ok[r][k]), False
-    if sc.deadline_ms is not None and latency > sc.deadline_ms / 1000.0:
-        late, latency = True, sc.deadline_ms / 1000.0
+    due = arrival + sc.deadline_ms / 1000.0 if sc.deadline_ms is not None else math.inf
+    wait_ms = wait(r, nb) if wait is not None else None
+    if wait_ms is not None:
+        due = min(due, dev_end + wait_ms / 1000.0)
+    if done > due:
+        late, latency = True, due - arrival
         if kind is CutKind.SPLIT:
             ok = bool(d.local_ok[r.cut][k])
         else:  # no exit: the runner runs the device cut's model at the deadline
             dc = s.device
             ok = dc is not None and bool(d.local_ok[dc.cut][k])
             latency += s.dev_ms[dc] / 1000.0 if dc is not None else 0.0
-    return _Out(dev_end, done, tx_end, nb, True, ok, latency, late)
+    return _Out(dev_end, done, tx_end, nb, True, ok, latency, late, due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +369,9 @@ class _Chooser:
 
     def after(self, r: Route, probe: bool, arrival: float, out: _Out) -> None: ...
 
+    def wait_ms(self, r: Route, nbytes: int) -> float | None:
+        return None  # the scenario's deadline only
+
 
 def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None = None) -> PolicyRun:
     """Replay ``sc.frames`` frames at ``sc.fps`` through the serial device and the FIFO uplink."""
@@ -363,7 +388,7 @@ def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None =
         start = max(arrival, dev_free)
         chooser.before(start)
         r, probe = chooser.choose(i % s.data.n, arrival, start, link_free)
-        out = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free)
+        out = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
         chooser.after(r, probe, arrival, out)
         dev_free, link_free = out.dev_end, out.link_free
         lat[i], nb[i], ok[i], sent[i], late[i], cuts[i] = out.latency * 1000, out.nbytes, out.correct, out.sent, out.deadline, r.cut
@@ -373,8 +398,58 @@ def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None =
     return PolicyRun(chooser.name, lat, nb, ok, sent, late, cuts, switches, chooser.probes)
 
 
+class _Runner(_Chooser):
+    """What every policy that *is* the runner shares: its ``Estimator``, fed only what a device observes
+    (head times; for each sent frame, when its answer arrives, the tail and network times; a timeout
+    when it is answered locally first), and the overdue wait (``CutPolicy.answer_within_ms``)."""
+
+    def __init__(self, s: Setup, sc: Scenario, policy: CutPolicy, estimator: Estimator | None = None) -> None:
+        self.s, self.sc, self.policy = s, sc, policy
+        self.est = estimator or make_estimator(s.manifest, s.config)
+        self._events: list[tuple[float, int, str, int, int, float, float]] = []
+        self._ids = itertools.count()
+
+    def before(self, t: float) -> None:
+        while self._events and self._events[0][0] <= t:
+            _, _, kind, cut, nbytes, a, b = heapq.heappop(self._events)
+            if kind == "net":
+                self.est.observe_tail(cut, b)
+                self.est.observe_network(cut, nbytes, a)
+            else:
+                self.est.observe_timeout(cut, nbytes, a)
+
+    def wait_ms(self, r: Route, nbytes: int) -> float | None:
+        return self.policy.answer_within_ms(self.est.snapshot(), r.cut, nbytes)
+
+    def after(self, r: Route, probe: bool, arrival: float, out: _Out) -> None:
+        if self.s.manifest.cut(r.cut).kind is not CutKind.RAW:
+            self.est.observe_head(r.cut, self.s.dev_ms[r])
+        if not out.sent:
+            return
+        cloud = self.s.cloud_ms[r]
+        net_ms = (out.done - out.dev_end) * 1000.0 - cloud  # device clock only, minus what the cloud reports
+        heapq.heappush(self._events, (out.done, next(self._ids), "net", r.cut, out.nbytes, net_ms, cloud))
+        if out.deadline:
+            heapq.heappush(self._events, (out.due, next(self._ids), "timeout", r.cut, out.nbytes,
+                                          (out.due - out.dev_end) * 1000.0, 0.0))
+
+
 class Static(_Chooser):
+    """One route for every frame, waiting for the scenario's deadline (a plain client: cloud-jpeg)."""
+
     def __init__(self, name: str, route: Route) -> None:
+        self.name, self.route = name, route
+
+    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
+        return self.route, False
+
+
+class Pinned(_Runner):
+    """The runner pinned to one route (every static cut, cloud-raw, edge-only): the same route for every
+    frame, with the runner's estimates and overdue wait."""
+
+    def __init__(self, name: str, route: Route, s: Setup, sc: Scenario) -> None:
+        super().__init__(s, sc, CutPolicy(s.manifest, s.config.device, probe_every=0))
         self.name, self.route = name, route
 
     def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
@@ -396,34 +471,22 @@ class Oracle(_Chooser):
         return min(self.s.candidates, key=cost), False
 
 
-class Dynamic(_Chooser):
+class Dynamic(_Runner):
     """The runner's CutPolicy + Estimator, fed what a device observes (``perfect``: the true rate)."""
 
     def __init__(self, name: str, s: Setup, sc: Scenario, link: TraceLink, *, probe_every: int = 25,
                  perfect: bool = False, estimator: Estimator | None = None, allowed: Sequence[int] | None = None,
                  expected_cost: bool = True) -> None:
-        self.name, self.s, self.sc, self.link, self.perfect = name, s, sc, link, perfect
         allowed = allowed if allowed is not None else sorted({r.cut for r in s.candidates})
-        self.policy = CutPolicy(s.manifest, s.config.device, probe_every=probe_every, allowed_cuts=allowed,
-                                expected_cost=expected_cost)
-        self.est = estimator or make_estimator(s.manifest, s.config)
-        self._events: list[tuple[float, int, str, int, int, float, float]] = []
-        self._ids = itertools.count()
+        super().__init__(s, sc, CutPolicy(s.manifest, s.config.device, probe_every=probe_every, allowed_cuts=allowed,
+                                          expected_cost=expected_cost), estimator)  # fmt: skip
+        self.name, self.link, self.perfect = name, link, perfect
         self.trail: list[tuple[float, int]] = []  # (decision time, chosen cut) of non-probe frames
         self._peak = 0.0  # perfect: the highest true rate so far (the estimator's peak, known exactly)
 
     @property
     def probes(self) -> int:  # type: ignore[override]
         return self.policy.probes
-
-    def before(self, t: float) -> None:
-        while self._events and self._events[0][0] <= t:
-            _, _, kind, cut, nbytes, a, b = heapq.heappop(self._events)
-            if kind == "net":
-                self.est.observe_tail(cut, b)
-                self.est.observe_network(cut, nbytes, a)
-            else:
-                self.est.observe_timeout(cut, nbytes, a)
 
     def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
         snap = self.est.snapshot()
@@ -436,19 +499,6 @@ class Dynamic(_Chooser):
         if not d.probe:
             self.trail.append((start, d.choice.cut))
         return Route(d.choice.cut, d.choice.bits), d.probe
-
-    def after(self, r: Route, probe: bool, arrival: float, out: _Out) -> None:
-        if self.s.manifest.cut(r.cut).kind is not CutKind.RAW:
-            self.est.observe_head(r.cut, self.s.dev_ms[r])
-        if not out.sent:
-            return
-        cloud = self.s.cloud_ms[r]
-        net_ms = (out.done - out.dev_end) * 1000.0 - cloud  # device clock only, minus what the cloud reports
-        heapq.heappush(self._events, (out.done, next(self._ids), "net", r.cut, out.nbytes, net_ms, cloud))
-        if self.sc.deadline_ms is not None and out.done - arrival > self.sc.deadline_ms / 1000.0:
-            due = arrival + self.sc.deadline_ms / 1000.0
-            heapq.heappush(self._events, (due, next(self._ids), "timeout", r.cut, out.nbytes,
-                                          (due - out.dev_end) * 1000.0, 0.0))
 
 
 def _label(s: Setup, r: Route) -> str:
@@ -466,18 +516,18 @@ def compare(s: Setup, sc: Scenario, *, diagnostics: bool = True) -> dict[str, Po
         choosers += [Dynamic("dynamic-no-probes", s, sc, link, probe_every=0),
                      Dynamic("dynamic-perfect-bw", s, sc, link, perfect=True),
                      Dynamic("dynamic-escalated-cost", s, sc, link, expected_cost=False)]
-    choosers += [Static(f"static:{_label(s, r)}", r) for r in s.statics]
+    choosers += [Pinned(f"static:{_label(s, r)}", r, s, sc) for r in s.statics]
     raw = s.manifest.raw_cut
     if raw is not None:
-        choosers.append(Static("cloud-raw", Route(raw.index)))
+        choosers.append(Pinned("cloud-raw", Route(raw.index), s, sc))
     if s.jpeg is not None:
         choosers.append(Static("cloud-jpeg", s.jpeg))
     if s.device is not None:
-        choosers.append(Static("edge-only", s.device))
+        choosers.append(Pinned("edge-only", s.device, s, sc))
     choosers += [Oracle("oracle", s, sc, link), Oracle("oracle-link", s, sc, link, exits=False)]
     for ch in choosers:
         run_ = simulate(s, sc, ch, link)
-        label = _label(s, getattr(ch, "route", Route(-1))) if isinstance(ch, Static) else ""
+        label = _label(s, getattr(ch, "route", Route(-1))) if isinstance(ch, Static | Pinned) else ""
         runs[ch.name] = replace(run_, route=label)
     allowed_static = [n for n in runs if n.startswith("static:") or n == "edge-only"
                       or (n == "cloud-raw" and not s.config.device.privacy)]

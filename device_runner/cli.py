@@ -27,6 +27,7 @@ from device_runner.runner import Answer, DeviceRunner, RunnerOptions
 from device_runner.sources import open_source
 from sdk import topics
 from sdk.config import BrokerSettings, load_board, with_overrides
+from sdk.host_speed import host_scale
 from sdk.manifest import load_manifest
 from sdk.messages import StatusMessage
 from sdk.planner import parse_rate
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
     timing = (
-        f"emulated: measured on 1 host thread x speed_factor {board.speed_factor} ({board.name})"
+        f"emulated: measured on 1 host thread x speed_factor {board.speed_factor} ({board.name}) x host scale "
+        f"{host_scale():.2f} (this host vs the reference core, sdk.host_speed)"
         if heads.emulated else f"measured on this machine ({board.threads} threads)"
     )  # fmt: skip
     print(f"splitedge device {cfg.device.device_id}: bundle {args.bundle} ({len(manifest.cuts)} cuts), "

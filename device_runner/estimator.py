@@ -29,6 +29,10 @@ The two unknowns are separated by payload size, online:
   probes, one every ``probe_every`` frames or fewer (measured in the replay: after a 10 MB/s ->
   20 kB/s -> 10 MB/s step the cut came back 3 probes after the recovery with ``alpha`` alone; see
   docs/DYNAMIC.md). A much slower sample keeps ``alpha``; deadline misses cap the estimate at once.
+  **A cap is a bound, not a measurement**: the first bandwidth sample faster than a cap replaces it
+  (``alpha`` = 1). Before this, one missed frame in a sub-second outage capped the estimate at
+  ~0.01 Mbit/s and the geometric EWMA needed several probes - seconds apart - to climb back to a
+  ~3 Mbit/s link (the live demo on ``zero2w-offload`` stayed on the device for most of a 30 s run).
 
 Small payloads (late cuts) therefore teach the latency and big ones (early cuts, probes) the
 bandwidth; the policy's probes keep the big ones coming. A frame whose answer never came before its
@@ -152,6 +156,7 @@ class Estimator:
         self._miss = 0.0  # miss-rate EWMA as of counter value self._miss_tick
         self._miss_tick = 0
         self._late_ms = math.inf  # elapsed time of the latest deadline miss: a later answer is that frame's
+        self._capped = False  # the estimate is a deadline miss's cap (a bound): the next faster sample replaces it
         self.jump_factor = jump_factor
         self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
@@ -305,6 +310,9 @@ class Estimator:
         self._bw_tick = self._counter
         if self._bandwidth is None:
             self._set_bandwidth(rate)
+        elif self._capped and rate > self._bandwidth:
+            self._capped = False
+            self._set_bandwidth(rate)  # the first measurement above a cap replaces it (module doc)
         else:
             alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
@@ -327,3 +335,4 @@ class Estimator:
         cap = nbytes / transfer * 1000.0
         if cap < current:
             self._bandwidth = cap
+            self._capped = True

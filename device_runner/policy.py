@@ -263,6 +263,22 @@ class CutPolicy:
             self._taus[key] = tau_for(spec, bits, target, value, cloud)
         return self._taus[key]
 
+    def answer_within_ms(self, est: Estimates, cut: int, nbytes: int) -> float:
+        """How long after sending a frame of ``nbytes`` at ``cut`` the runner waits for the cloud before
+        answering locally: ``overdue_factor`` x the expected time (``link_ms + nbytes / bandwidth +
+        tail_ms`` at ``est``) + ``overdue_slack_ms``, or the deadline when that is off (factor 0) or later.
+
+        The deadline is a bound the user sets; this wait follows the link. A frame caught in an
+        outage is answered after tens of ms instead of the whole deadline (on ``zero2w-offload``
+        a 500 ms deadline hit added ~0.8 ms to a 600-frame mean, docs/DYNAMIC.md), and the miss is a
+        censored sample that caps the bandwidth estimate at once (``Estimator.observe_timeout``).
+        """
+        dev = self.device
+        if dev.overdue_factor <= 0:
+            return dev.deadline_ms
+        expected = est.link_ms + nbytes / est.bandwidth_bytes_per_s * 1000.0 + est.tail_ms.get(cut, 0.0)
+        return min(dev.deadline_ms, dev.overdue_factor * expected + dev.overdue_slack_ms)
+
     # ---- planning
     def plan(self, est: Estimates) -> Plan:
         costs = [

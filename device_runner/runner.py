@@ -6,7 +6,9 @@ activation (or, at cut 0, the raw frame) is packed, its send time stamped and pu
 ``splitedge/v1/<id>/act``, and the frame waits in the bounded in-flight map for the cloud.
 
 **Exactly one answer per frame.** A frame leaves the in-flight map exactly once, under a lock: by
-the cloud's ResultMessage (``cloud``), or locally (``deadline``) when its deadline passes, the cloud
+the cloud's ResultMessage (``cloud``), or locally (``deadline``) when its deadline passes - or
+earlier (``overdue``) once the answer is later than the policy's wait for it
+(``CutPolicy.answer_within_ms``: a few times its expected time at the live estimates) - the cloud
 sent an ErrorMessage, the publish failed (broker gone: ``BrokerUnavailableError``), or the
 in-flight map was full. A cloud answer for a frame already answered is counted (``late_answers``)
 and never written. The local answer is the early exit's prediction when there is one, else the
@@ -44,6 +46,7 @@ from device_runner.policy import CutPolicy
 from sdk import topics
 from sdk.config import CodecChoice, DeviceConfig
 from sdk.errors import BrokerUnavailableError, PayloadTooLargeError, TransportError, WireError
+from sdk.host_speed import prior_factor
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.messages import (
     ErrorMessage,
@@ -88,6 +91,7 @@ class _Pending:
     send_ts: float = 0.0
     error: str | None = None
     late_result: bool = False  # the cloud's answer came after the deadline (a real network sample exists)
+    overdue: bool = False  # ``deadline`` is the policy's overdue wait, earlier than the configured deadline
 
 
 @dataclass(slots=True)
@@ -113,7 +117,7 @@ def codec_for(choice: CodecChoice) -> Codec:
 
 def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth: float = 1_000_000.0) -> Estimator:
     """Priors from the manifest: head times scaled to the board (unless converted for it), tail times as is."""
-    factor = 1.0 if manifest.board == config.board.name else config.board.speed_factor
+    factor = prior_factor(config.board, manifest.board)
     costs = costs_from_manifest(manifest)
     return Estimator(
         head_prior={c.index: c.head_ms * factor for c in costs},
@@ -298,6 +302,9 @@ class DeviceRunner:
         pending.send_ts = send_ts
         payload = stamp_send_ts(payload, send_ts)
         with self._lock:
+            overdue = send_ts + self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload)) / 1000.0
+            if overdue < pending.deadline:
+                pending.deadline, pending.overdue = overdue, True
             self._inflight[seq] = pending
             self._track_deadline(pending)
             self._timings[seq] = _Timing(send_ts, cut.index)
@@ -435,7 +442,7 @@ class DeviceRunner:
                     elapsed_ms = (now - p.send_ts) * 1000.0
                     self.estimator.observe_timeout(p.cut, p.nbytes, elapsed_ms)
         for p in due:
-            reason = f"cloud_error:{p.error}" if p.error is not None else "deadline"
+            reason = f"cloud_error:{p.error}" if p.error is not None else "overdue" if p.overdue else "deadline"
             base = dict(seq=p.seq, cut=p.cut, bits=p.bits, probe=p.probe, nbytes=p.nbytes)
             self._answer_fallback(p.fallback, p.frame, reason, p.capture_ts, p.offset_ms, **base)
         return len(due)

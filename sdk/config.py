@@ -113,8 +113,13 @@ class BoardSpec:
     emulate_timing: bool = False
 
     def emulated_ms(self, measured_ms: float) -> float:
-        """Head time this board would take, from one measured on the reference core (1 thread)."""
-        return measured_ms * self.speed_factor if self.emulate_timing else measured_ms
+        """Head time this board would take, from one measured on this host (1 thread): x ``speed_factor``
+        x this host's speed relative to the reference core (``sdk.host_speed``, measured once per process)."""
+        if not self.emulate_timing:
+            return measured_ms
+        from sdk.host_speed import board_factor  # measures the host on first use; imports LiteRT lazily
+
+        return measured_ms * board_factor(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,11 @@ class DeviceSettings:
     telemetry_interval_s: float
     target_accuracy: float | None = None
     target_escalation_rate: float | None = None
+    #: answer locally once the cloud's answer is overdue: later than overdue_factor x its expected time
+    #: (link + transfer + tail, from the live estimates) + overdue_slack_ms, if that comes before the
+    #: deadline; 0 turns it off (docs/DEVICE.md, "Exactly one answer per frame")
+    overdue_factor: float = 3.0
+    overdue_slack_ms: float = 30.0
 
     @property
     def tau_target(self) -> tuple[TauTarget, float]:
@@ -410,6 +420,8 @@ def _parse_device(s: _Section) -> DeviceSettings:
         telemetry_interval_s=s.number("telemetry_interval_s", 5.0, low=0.0, low_open=True),
         target_accuracy=accuracy,
         target_escalation_rate=escalation,
+        overdue_factor=s.number("overdue_factor", 3.0, low=0.0, high=1000.0),
+        overdue_slack_ms=s.number("overdue_slack_ms", 30.0, low=0.0),
     )
 
 

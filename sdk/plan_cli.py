@@ -55,10 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     factor, note = 1.0, f" (head times measured on {manifest.host})"
     if args.board:
         from sdk.config import load_board
+        from sdk.host_speed import board_factor, host_scale
 
         spec = load_board(args.board).board
-        factor = spec.speed_factor
-        note = (f" (head times EMULATED for {spec.name}: measured on {manifest.host} x speed factor {factor})")
+        factor = board_factor(spec)
+        note = (f" (head times EMULATED for {spec.name}: measured on {manifest.host} x speed factor "
+                f"{spec.speed_factor} x host scale {host_scale():.2f} = {factor:.2f})")
     try:
         plan = evaluate(costs_from_manifest(manifest), bandwidth_bytes_per_s=rate, link_latency_ms=args.link_latency,
                         device_factor=factor, allow_raw=not args.no_raw, accuracy_drop_budget=args.accuracy_budget)

@@ -26,6 +26,10 @@ import pytest
 
 from sdk.broker import EmbeddedBroker, amqtt_available, find_mosquitto
 
+# Emulated board times in tests are the profiles' factors exactly (this host counted as the reference
+# core), in this process and the ones it starts; tests/test_host_speed.py measures the real scale.
+os.environ.setdefault("SPLITEDGE_HOST_SCALE", "1")
+
 MOSQUITTO_INSTALL = "apt-get install mosquitto mosquitto-clients  (macOS: brew install mosquitto)"
 
 

@@ -51,6 +51,7 @@ def make_config(**device: object):
         "device": {"device_id": DEVICE, "fps_cap": 10, "deadline_ms": 100,
                    **({} if "target_escalation_rate" in device else {"target_accuracy": 0.9}),
                    "bits": [8, 4, 2], "codec": "none", "accuracy_drop_budget": 0.01, "telemetry_interval_s": 1.0,
+                   "overdue_factor": 0,  # the deadline alone, unless a test turns the overdue wait on
                    **{k: v for k, v in device.items() if v is not None}},
         "broker": {"url": "mqtt://127.0.0.1:1883"},
     }  # fmt: skip
@@ -198,6 +199,32 @@ def test_deadline_answers_locally_and_a_late_cloud_answer_is_counted_not_doubled
     cloud.release()
     assert len(answers) == 1 and runner.late_answers == 1
     assert_exactly_once(answers, 1)
+
+
+def test_an_overdue_answer_is_answered_locally_before_the_deadline_and_caps_the_bandwidth() -> None:
+    # prior 1 MB/s, link 0: a 4-bit frame of cut 1 is expected in well under 1 ms, so the wait is
+    # 3 x that (+ the tail) + 20 ms of slack, well before the 100 ms deadline
+    runner, answers, hub, clock = make_runner(initial=Choice(1, 4), overdue_factor=3, overdue_slack_ms=20)
+    cloud = Responder(hub, clock, mode="hold")
+    runner.process(FRAME)
+    nbytes = runner.bytes_sent
+    wait_ms = runner.policy.answer_within_ms(runner.estimator.snapshot(), 1, nbytes)
+    assert 20 < wait_ms < 50  # (the fake manifest's tail prior is a few ms)
+    clock.advance(wait_ms / 1000 - 0.001)
+    assert runner.expire() == 0
+    clock.advance(0.002)
+    assert runner.expire() == 1
+    assert answers[0].answered_by is AnsweredBy.DEADLINE and answers[0].reason == "overdue"
+    assert answers[0].cls == 3 and answers[0].latency_ms == pytest.approx(wait_ms + 1, abs=0.01)
+    assert runner.estimator.bandwidth is not None and runner.estimator.bandwidth < nbytes / 0.020  # censored
+    cloud.release()  # the late answer is counted, never written
+    assert len(answers) == 1 and runner.late_answers == 1
+    assert_exactly_once(answers, 1)
+    # the wait never exceeds the deadline, and factor 0 means the deadline alone
+    slow = make_runner(overdue_factor=1000, overdue_slack_ms=0)[0]
+    assert slow.policy.answer_within_ms(slow.estimator.snapshot(), 1, 10**9) == 100
+    off = make_runner(overdue_factor=0)[0]
+    assert off.policy.answer_within_ms(off.estimator.snapshot(), 1, 1) == 100
 
 
 def test_broker_gone_answers_locally_at_once_then_recovers() -> None:
@@ -364,6 +391,19 @@ def test_estimator_separates_latency_and_bandwidth_without_clock_sync() -> None:
     assert e.bandwidth == pytest.approx(50e3, rel=0.05)
     e.observe_timeout(1, 10_000, 1000.0)  # no answer within 1 s: at most ~10 kB/s
     assert e.bandwidth < 10_500
+
+
+def test_a_deadline_cap_is_a_bound_the_next_faster_sample_replaces() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6)
+    e.observe_network(1, 10_000, 10_000 / 400e3 * 1000)  # 400 kB/s
+    e.observe_timeout(1, 1_000, 500.0)  # a sub-second outage: capped at 2 kB/s
+    assert e.bandwidth == pytest.approx(2e3, rel=0.01)
+    e.observe_network(1, 1_000, 900.0)  # that frame's late answer: slower than the cap, a real sample
+    assert e.bandwidth < 2e3
+    e.observe_network(1, 10_000, 10_000 / 300e3 * 1000)  # the link is back: replaces, not a geometric step
+    assert e.bandwidth == pytest.approx(300e3, rel=0.01)
+    e.observe_network(1, 10_000, 10_000 / 100e3 * 1000)  # no cap any more: the EWMA as usual
+    assert 100e3 < e.bandwidth < 300e3
 
 
 # ------------------------------------------------------------------------------------------ dynamic cut

@@ -1,0 +1,102 @@
+"""How fast this host's CPU runs int8 LiteRT kernels compared with the reference core the board factors use.
+
+A board profile's ``speed_factor`` is ``T_board / T_ref`` for MobileNetV2 1.0 224 int8
+(firmware_configs/README.md), with ``T_ref`` = :data:`REFERENCE_CORE_MS` (10.8 ms: one thread of the x86
+core the profiles were written on, which has no AVX-512 VNNI). Hosts differ by much more than the
+factors' +-40 %: a core with VNNI ran the same file in 1.6 ms, 6.7x faster, and the reference model's
+whole int8 network in 0.21 instead of 1.4 ms. Stretching such a host's head times by ``speed_factor``
+alone made an emulated Zero 2 W as fast as a Pi 5.
+
+So an emulating host measures itself: :func:`host_scale` times the calibration file
+(``firmware_configs/calibration/mobilenet_v2_224_int8.tflite``, made by
+``scripts/make_calibration_model.py``: the same network with random, seeded weights - only its timing
+matters) on one LiteRT thread and returns ``T_ref / T_host``; :func:`board_factor` is the factor
+that turns a head time measured on this host into the board's, ``speed_factor * host_scale()``.
+The measurement (a load, 3 warm-up and 15 timed invokes, the median: ~0.1 s here, seconds under
+QEMU - which never emulates timing) runs once per process, and only when a board emulates timing.
+
+``SPLITEDGE_HOST_SCALE=<number>`` sets the scale instead of measuring (``1`` = "this host is the
+reference core": the behaviour before the calibration); without the file or a LiteRT runtime the
+scale is 1 with a warning that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from sdk.config import BoardSpec
+from sdk.errors import ConfigError
+
+__all__ = ["CALIBRATION_MODEL", "REFERENCE_CORE_MS", "board_factor", "host_scale", "measure_host_ms", "prior_factor"]
+
+log = logging.getLogger(__name__)
+
+REFERENCE_CORE_MS = 10.8  # MobileNetV2 1.0 224 int8, 1 LiteRT thread, the reference core (PLATFORM.md)
+CALIBRATION_MODEL = Path(__file__).resolve().parent.parent / "firmware_configs" / "calibration" / "mobilenet_v2_224_int8.tflite"
+_ENV = "SPLITEDGE_HOST_SCALE"
+_lock = threading.Lock()
+_scale: float | None = None
+
+
+def measure_host_ms(path: Path = CALIBRATION_MODEL, *, repeats: int = 15) -> float:
+    """Median ms of one invoke of ``path`` on one LiteRT thread of this host (after warm-up)."""
+    from sdk.litert import LiteRTModel  # the LiteRT adapter (imports the interpreter lazily)
+
+    model = LiteRTModel(path, threads=1)
+    model.warm_up()
+    return model.time_ms(repeats=repeats, warmup=3)
+
+
+def host_scale() -> float:
+    """``REFERENCE_CORE_MS / T_host`` (> 1: this host is faster than the reference core); see the module doc."""
+    global _scale
+    if _scale is not None:  # the per-frame path: no lock once measured
+        return _scale
+    with _lock:
+        if _scale is None:
+            _scale = _host_scale()
+        return _scale
+
+
+def _host_scale() -> float:
+    text = os.environ.get(_ENV)
+    if text is not None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{_ENV}={text!r}: expected a number > 0 (1 = this host is the reference core), "
+                              f"or unset it to measure this host.")
+        return value
+    if not CALIBRATION_MODEL.is_file():
+        log.warning("host speed: %s is missing, so emulated board times assume this host is the reference core "
+                    "(scale 1); run scripts/make_calibration_model.py to restore it", CALIBRATION_MODEL)
+        return 1.0
+    try:
+        ms = measure_host_ms()
+    except Exception as exc:  # no LiteRT runtime, or an unreadable file: emulate as before, and say so
+        log.warning("host speed: could not time %s (%s); emulated board times assume scale 1", CALIBRATION_MODEL, exc)
+        return 1.0
+    scale = REFERENCE_CORE_MS / ms
+    log.info("host speed: MobileNetV2 int8 %.2f ms on 1 thread here vs %.1f ms on the reference core: scale %.2f",
+             ms, REFERENCE_CORE_MS, scale)
+    return scale
+
+
+def board_factor(board: BoardSpec) -> float:
+    """Board ms per ms measured on this host (1 thread): ``speed_factor * host_scale()``."""
+    return board.speed_factor * host_scale()
+
+
+def prior_factor(board: BoardSpec, converted_for: str | None) -> float:
+    """Board ms per manifest ms (the manifest's head times were measured where the bundle was converted):
+    1 when it was converted for this board; :func:`board_factor` when this host emulates the board (it
+    converted the bundle, as a rule); the bare ``speed_factor`` on the board itself, where this host's
+    speed says nothing about the converting host's."""
+    if converted_for == board.name:
+        return 1.0
+    return board_factor(board) if board.emulate_timing else board.speed_factor
