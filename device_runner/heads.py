@@ -31,7 +31,7 @@ import numpy as np
 
 from sdk.config import BoardSpec
 from sdk.errors import BundleError
-from sdk.litert import HeadRunner, LiteRTModel
+from sdk.litert import HeadRunner, LiteRTModel, TensorInfo
 from sdk.manifest import CutKind, CutSpec, FileRef, Manifest
 from sdk.packing import dequantize, requant_int8
 
@@ -111,26 +111,71 @@ def _prediction(z: np.ndarray, k: int) -> Prediction:
 
 
 _PY_TOPK_MAX = 64  # classes up to which the top-k is sorted in Python
-_LOGIT_TABLES: dict[tuple[float, int, float], np.ndarray] = {}
+_LOGIT_TABLES: dict[tuple[float, int, float], _LogitTable] = {}
 _INT8 = np.dtype(np.int8)
+_FLIP = bytes(i ^ 0x80 for i in range(256))  # int8 bit pattern <-> its value + 128 (order-preserving bytes)
+
+
+class _LogitTable:
+    """The 256 values ``z = float32(scale * (v - zero_point)) / temperature`` (float64) of one logits
+    quantization, indexed by the uint8 view of the int8 code ``v``, and, per top code ``m`` met so far,
+    the row ``exp(z - z[m])``: the softmax numerators of every frame whose largest logit is ``m``."""
+
+    __slots__ = ("monotone", "rows", "z")
+
+    def __init__(self, scale: float, zero_point: int, temperature: float) -> None:
+        values = np.arange(256, dtype=np.uint8).view(np.int8)
+        self.z = dequantize(values, scale, zero_point).astype(np.float64) / max(float(temperature), 1e-6)
+        self.z.flags.writeable = False
+        ordered = self.z[np.argsort(values, kind="stable")]  # in int8 order
+        # The largest logit is the largest code only when z does not decrease with the code (scale >= 0).
+        self.monotone = bool(np.all(ordered[1:] >= ordered[:-1]))
+        self.rows: dict[int, np.ndarray] = {}
+
+    def row(self, top: int) -> np.ndarray:
+        """``exp(z - z[top])`` for every code: elementwise the numbers :func:`_prediction` computes."""
+        row = self.z - self.z[top]
+        with np.errstate(over="ignore"):  # codes above `top` (never gathered with this row) may overflow
+            np.exp(row, out=row)
+        self.rows[top] = row
+        return row
+
+
+def _logit_table(scale: float, zero_point: int, temperature: float) -> _LogitTable:
+    key = (scale, zero_point, temperature)
+    table = _LOGIT_TABLES.get(key)
+    if table is None:
+        if len(_LOGIT_TABLES) >= 256:
+            _LOGIT_TABLES.clear()
+        table = _LOGIT_TABLES[key] = _LogitTable(float(scale), int(zero_point), float(temperature))
+    return table
 
 
 def int8_prediction(q: np.ndarray, scale: float, zero_point: int, temperature: float, k: int = 3) -> Prediction:
     """``softmax_prediction(dequantize(q, scale, zero_point), temperature, k)`` for int8 logits ``q``.
 
-    The same numbers in one gather: a 256-entry table holds ``float32(scale * (v - zero_point)) /
-    temperature`` (in float64) for every int8 value ``v``, built once per (scale, zero point, temperature).
+    The same numbers with fewer numpy calls: per (scale, zero point, temperature) a 256-entry table of
+    the logits every int8 code stands for, and per largest code the table of ``exp(logit - largest)``;
+    a frame then costs one gather, the (numpy, pairwise) sum and the top-k in Python.
     """
-    key = (float(scale), int(zero_point), float(temperature))
-    table = _LOGIT_TABLES.get(key)
-    if table is None:
-        values = np.arange(256, dtype=np.uint8).view(np.int8)
-        table = dequantize(values, scale, zero_point).astype(np.float64) / max(float(temperature), 1e-6)
-        table.flags.writeable = False
-        if len(_LOGIT_TABLES) >= 256:
-            _LOGIT_TABLES.clear()
-        _LOGIT_TABLES[key] = table
-    return _prediction(table.take(q.view(np.uint8).reshape(-1)), k)  # the method: no np.take wrapper
+    return _table_prediction(_logit_table(scale, zero_point, temperature), q, k)
+
+
+def _table_prediction(table: _LogitTable, q: np.ndarray, k: int) -> Prediction:
+    u = q.view(np.uint8).reshape(-1)
+    if not table.monotone or not 0 < u.size <= _PY_TOPK_MAX:
+        return _prediction(table.z.take(u), k)
+    top = max(u.tobytes().translate(_FLIP)) ^ 0x80  # bit pattern of the largest int8 code
+    row = table.rows.get(top)
+    if row is None:
+        row = table.row(top)
+    e = row.take(u)
+    total = float(np.add.reduce(e))  # the same pairwise summation as _prediction's
+    if total != total:  # NaN (a degenerate quantization): the general path handles it
+        return _prediction(table.z.take(u), k)
+    p = [v / total for v in e.tolist()]  # Python's float division is numpy's (IEEE, correctly rounded)
+    order = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]
+    return Prediction(order[0], p[order[0]], tuple([(i, p[i]) for i in order]))
 
 
 Loader = Callable[[Path, int], HeadRunner]
@@ -185,7 +230,12 @@ class ModelCache:
 
 
 class LiteRTHeads:
-    """:class:`CutExecutor` over a bundle's LiteRT heads and exits (tails are never loaded here)."""
+    """:class:`CutExecutor` over a bundle's LiteRT heads and exits (tails are never loaded here).
+
+    What a cut needs per frame beyond its models (the head's input key, the tensors' output keys, the
+    exit's requantization tables and its logits table) is worked out on the cut's first frame and kept
+    (:class:`_Plan`), so a frame costs the model-cache lookup, the invokes and a few dictionary steps.
+    """
 
     def __init__(
         self,
@@ -203,61 +253,121 @@ class LiteRTHeads:
         threads = 1 if self.emulated else board.threads
         budget = budget_bytes if budget_bytes is not None else board.memory_budget_mb * 1024 * 1024
         self.cache = ModelCache(Path(bundle), threads=threads, budget_bytes=budget, loader=loader)
+        self._plans: dict[int, _Plan] = {}
 
     def _board_ms(self, measured_ms: float) -> float:
         return self.board.emulated_ms(measured_ms) if self.emulated else measured_ms
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
-        if cut.kind is CutKind.RAW or cut.head is None:
-            raise ValueError(f"cut {cut.index} ({cut.kind.value}) has no head to run on the device")
         t0 = time.perf_counter()
-        head = self.cache.get(cut.head, extra_bytes=cut.head_peak_activation_bytes)
-        key = next(iter(head.inputs))
-        outs = head.run({key: np.asarray(frame, dtype=np.uint8)[None]})
-        head_ms = _invoke_ms(head, t0, cpu=self.emulated)
-        if cut.kind is CutKind.DEVICE:
+        plan = self._plans.get(cut.index)
+        if plan is None or plan.cut is not cut:
+            plan = self._plans[cut.index] = _Plan(cut)
+        cache, emulated = self.cache, self.emulated
+        head = cache.get(cut.head, extra_bytes=plan.head_extra)  # type: ignore[arg-type]  # _Plan checked it
+        key = plan.head_key
+        if key is None:
+            key = plan.head_key = next(iter(head.inputs))
+        if frame.__class__ is not np.ndarray or frame.dtype != _UINT8:
+            frame = np.asarray(frame, dtype=np.uint8)
+        outs = head.run({key: frame[None]})
+        head_ms = _invoke_ms(head, t0, cpu=emulated)
+        if plan.device:
             spec = cut.tensors[0]
-            raw = np.asarray(outs[spec.head_output])
+            raw = outs[spec.head_output]
             if raw.dtype == _INT8:
-                pred = int8_prediction(raw, spec.scale, spec.zero_point, cut.exit_temperature)
+                pred = _table_prediction(plan.logits(spec.scale, spec.zero_point), raw, 3)
             else:
                 pred = softmax_prediction(dequantize(raw, spec.scale, spec.zero_point), cut.exit_temperature)
             measured = (time.perf_counter() - t0) * 1000.0
-            return CutOutput(cut.index, {}, pred, self._board_ms(head_ms), 0.0, measured, self.emulated)
-        acts = _activations(cut, outs)
+            if emulated:
+                head_ms = self._board_ms(head_ms)
+            return CutOutput(cut.index, {}, pred, head_ms, 0.0, measured, emulated)
+        try:
+            acts = {name: outs[output] for name, output, _ in plan.tensors}
+        except KeyError:
+            raise _inconsistent(cut, outs) from None
         pred, exit_ms = None, 0.0
         if cut.exit is not None:
             t1 = time.perf_counter()
-            exit_model = self.cache.get(cut.exit)
-            feeds = {t.name: _exit_input(acts[t.name], t.scale, t.zero_point, t.exit_scale, t.exit_zero_point)
-                     for t in cut.tensors}
+            exit_model = cache.get(cut.exit)
+            feeds = {name: acts[name] if lut is None else lut.take(acts[name].view(np.uint8))
+                     for name, _, lut in plan.tensors}  # fmt: skip
             out = exit_model.run(feeds)
-            exit_ms = _invoke_ms(exit_model, t1, cpu=self.emulated)
-            okey, oinfo = next(iter(exit_model.outputs.items()))
-            raw = np.asarray(out[okey])
+            exit_ms = _invoke_ms(exit_model, t1, cpu=emulated)
+            okey, oinfo = plan.exit_output(exit_model)
+            raw = out[okey]
             if raw.dtype == _INT8:
-                pred = int8_prediction(raw, oinfo.scale, oinfo.zero_point, cut.exit_temperature)
+                pred = _table_prediction(plan.logits(oinfo.scale, oinfo.zero_point), raw, 3)
             else:
                 pred = softmax_prediction(raw, cut.exit_temperature)
         measured = (time.perf_counter() - t0) * 1000.0
-        return CutOutput(
-            cut.index, acts, pred, self._board_ms(head_ms), self._board_ms(exit_ms), measured, self.emulated
-        )
+        if emulated:
+            head_ms, exit_ms = self._board_ms(head_ms), self._board_ms(exit_ms)
+        return CutOutput(cut.index, acts, pred, head_ms, exit_ms, measured, emulated)
+
+
+_UINT8 = np.dtype(np.uint8)
+
+
+class _Plan:
+    """What :meth:`LiteRTHeads.run` needs of one cut beyond its models, worked out once per cut.
+
+    ``tensors``: (name, head output key, int8 -> int8 table into the exit's input quantization, or
+    None when both quantizations agree - the usual case - and the codes go to the exit as they are).
+    """
+
+    __slots__ = ("_exit_output", "_logits", "cut", "device", "head_extra", "head_key", "tensors")
+
+    def __init__(self, cut: CutSpec) -> None:
+        if cut.kind is CutKind.RAW or cut.head is None:
+            raise ValueError(f"cut {cut.index} ({cut.kind.value}) has no head to run on the device")
+        self.cut = cut
+        self.device = cut.kind is CutKind.DEVICE
+        self.head_extra = cut.head_peak_activation_bytes
+        self.head_key: str | None = None
+        self.tensors = tuple(
+            (t.name, t.head_output, _exit_table(t.scale, t.zero_point, t.exit_scale, t.exit_zero_point)
+             if cut.exit is not None and not self.device else None)
+            for t in cut.tensors
+        )  # fmt: skip
+        self._exit_output: tuple[str, TensorInfo] | None = None
+        self._logits: tuple[float, int, _LogitTable] | None = None
+
+    def exit_output(self, model: HeadRunner) -> tuple[str, TensorInfo]:
+        """(key, info) of the exit's (first) output: the same for every load of the same file."""
+        if self._exit_output is None:
+            self._exit_output = next(iter(model.outputs.items()))
+        return self._exit_output
+
+    def logits(self, scale: float, zero_point: int) -> _LogitTable:
+        """The logits table of this cut's exit temperature at the given output quantization."""
+        cached = self._logits
+        if cached is None or cached[0] != scale or cached[1] != zero_point:
+            cached = self._logits = (scale, zero_point, _logit_table(scale, zero_point, self.cut.exit_temperature))
+        return cached[2]
+
+
+def _exit_table(scale: float, zp: int, exit_scale: float, exit_zp: int) -> np.ndarray | None:
+    """The int8 -> int8 table from the head's output quantization into the exit's input one, or None
+    when both agree (the usual case: the codes go to the exit as they are)."""
+    if zp == exit_zp and abs(scale - exit_scale) <= 1e-6 * abs(scale):
+        return None
+    return requant_int8(np.arange(256, dtype=np.uint8).view(np.int8), scale, zp, exit_scale, exit_zp)
 
 
 def _exit_input(q: np.ndarray, scale: float, zp: int, exit_scale: float, exit_zp: int) -> np.ndarray:
     """The head's int8 codes in the exit's input quantization (as is when both agree, the usual case)."""
-    if zp == exit_zp and abs(scale - exit_scale) <= 1e-6 * abs(scale):
-        return q
-    return requant_int8(q, scale, zp, exit_scale, exit_zp)
+    table = _exit_table(scale, zp, exit_scale, exit_zp)
+    return q if table is None else table.take(q.view(np.uint8))
 
 
 def _invoke_ms(model: HeadRunner, t0: float, *, cpu: bool = False) -> float:
     """The interpreter's own invoke time when it reports one, else the wall time since ``t0``.
 
     ``cpu``: the calling thread's CPU time over the invoke instead (emulated timing, one thread): a
-    host scheduling stall of a few ms, times a board's speed factor, would otherwise read as a board
-    hundreds of ms slower and push the cut around.
+    host scheduling stall of a few ms, times a board's speed factor, would otherwise read as a much
+    slower board and push the cut around.
     """
     if cpu:
         ms = getattr(model, "last_invoke_cpu_ms", None)
@@ -267,13 +377,15 @@ def _invoke_ms(model: HeadRunner, t0: float, *, cpu: bool = False) -> float:
     return float(ms) if ms else (time.perf_counter() - t0) * 1000.0
 
 
+def _inconsistent(cut: CutSpec, outs: Mapping[str, np.ndarray]) -> BundleError:
+    t = next(t for t in cut.tensors if t.head_output not in outs)
+    return BundleError(
+        f"cut {cut.index} head has outputs {sorted(outs)}; the manifest expects {t.head_output!r} "
+        f"for tensor {t.name!r}: the bundle is inconsistent, re-convert it"
+    )
+
+
 def _activations(cut: CutSpec, outs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    acts = {}
-    for t in cut.tensors:
-        if t.head_output not in outs:
-            raise BundleError(
-                f"cut {cut.index} head has outputs {sorted(outs)}; the manifest expects {t.head_output!r} "
-                f"for tensor {t.name!r}: the bundle is inconsistent, re-convert it"
-            )
-        acts[t.name] = np.asarray(outs[t.head_output])
-    return acts
+    if any(t.head_output not in outs for t in cut.tensors):
+        raise _inconsistent(cut, outs)
+    return {t.name: np.asarray(outs[t.head_output]) for t in cut.tensors}

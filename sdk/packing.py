@@ -101,26 +101,40 @@ def requantize(q: np.ndarray, scale: float, zero_point: int, bits: int) -> Quant
     scale, zero_point = float(scale), int(zero_point)
     if not -128 <= zero_point <= 127:
         raise ValueError(f"zero_point={zero_point} is not an int8 zero point (expected -128..127)")
+    codes, scale, zero_point = _requantized(q, scale, zero_point, bits)
+    return Quantized(codes=codes, scale=scale, zero_point=zero_point, bits=bits)
+
+
+def _requantized(q: np.ndarray, scale: float, zero_point: int, bits: int) -> tuple[np.ndarray, float, int]:
+    """:func:`requantize` of checked arguments: (uint8 codes of ``q``'s shape, scale, zero point)."""
     if bits == 8:
-        codes = np.bitwise_xor(q.view(np.uint8), np.uint8(0x80))
-        return Quantized(codes=codes, scale=scale, zero_point=zero_point + 128, bits=8)
+        return np.bitwise_xor(q.view(np.uint8), np.uint8(0x80)), scale, zero_point + 128
     levels = (1 << bits) - 1
-    lo, hi = (int(q.min()), int(q.max())) if q.size else (0, 0)
+    lo, hi = (int(np.minimum.reduce(q, axis=None)), int(np.maximum.reduce(q, axis=None))) if q.size else (0, 0)
     span = hi - lo
-    if span <= levels:
-        codes = (q.astype(np.int16) - lo).astype(np.uint8)
-        return Quantized(codes=codes, scale=scale, zero_point=zero_point - lo, bits=bits)
+    if span <= levels:  # q - lo lies in [0, span]: int8 arithmetic cannot overflow
+        return np.subtract(q, np.int8(lo)).view(np.uint8), scale, zero_point - lo
     new_zp = (2 * (zero_point - lo) * levels + span) // (2 * span)
     # floor((2N + span) / (2 span)) with N = (q - zero_point) * levels + new_zp * span. Every
     # intermediate stays within int16 for levels <= 63 and |zero_point| <= 128 (|offset| < 16640,
-    # |2 q levels| <= 16128, the sum in [0, 32640]), and numpy's int16 ops are SIMD.
+    # |2 q levels| <= 16128, the sum in [0, 32640]), and numpy's int16 ops are SIMD. The code grows
+    # with q and is >= 0 at q = lo (new_zp rounds the same quantity), so it needs clipping only when
+    # the code of hi exceeds levels (by one, when that quantity ends in exactly one half): rarely.
     offset = 2 * (new_zp * span - zero_point * levels) + span
     acc = q.astype(np.int16)
     acc *= 2 * levels
     acc += offset
     acc //= 2 * span
-    np.clip(acc, 0, levels, out=acc)
-    return Quantized(codes=acc.astype(np.uint8), scale=scale * span / levels, zero_point=new_zp, bits=bits)
+    if (2 * levels * hi + offset) // (2 * span) > levels:
+        np.clip(acc, 0, levels, out=acc)
+    return acc.astype(np.uint8), scale * span / levels, new_zp
+
+
+def wire_codes(q: np.ndarray, scale: float, zero_point: int, bits: int) -> tuple[bytes, float, int]:
+    """(packed payload, scale, zero point) of int8 ``q`` at ``bits`` bits: ``requantize`` then
+    ``pack_bits``, for arguments the caller has checked (int8 array, int8 zero point, supported bits)."""
+    codes, scale, zero_point = _requantized(q, scale, zero_point, bits)
+    return _pack_codes(codes, bits), scale, zero_point
 
 
 def dequantize(codes: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

@@ -15,10 +15,9 @@ zstd frame arrives and ``zstandard`` is not installed). Forged sizes are capped 
 allocated: ndim <= 8, elements <= 64 Mi per tensor, zstd output bounded by the size the shape implies.
 
 Speed (the device pays this per frame): :func:`encode_activation` packs the header and descriptors
-with precompiled ``struct`` formats and builds its tensors without intermediate records; its codes
-come from :func:`sdk.packing.requantize`, so they are packed without re-checking their range. It
-writes exactly the bytes :func:`encode_frame` writes for the same tensors (a test checks both on
-random activations, and the golden bytes pin the layout).
+with precompiled ``struct`` formats, no intermediate records, and packs via :func:`sdk.packing.wire_codes`
+(requantize + pack without re-checks): the bytes of :func:`encode_frame` for the same tensors (a test
+checks both on random activations; the golden bytes pin the layout).
 """
 
 from __future__ import annotations
@@ -46,12 +45,11 @@ from sdk.errors import (
 from sdk.packing import (
     SUPPORTED_BITS,
     Quantized,
-    _pack_codes,
     dequantize,
     pack_bits,
     packed_size,
-    requantize,
     unpack_bits,
+    wire_codes,
 )
 
 __all__ = [
@@ -498,11 +496,13 @@ def encode_activation(
         shape = q.shape
         if len(shape) > MAX_NDIM or (q.size if q.size else _extent(shape)) > MAX_ELEMENTS:  # size = extent if > 0
             raise ValueError(f"tensor {name!r}: shape {shape} exceeds {MAX_NDIM} dims or {MAX_ELEMENTS} elements")
+        scale, zero_point = float(scale), int(zero_point)
         if bits == 8:
-            dtype, scale, zero_point, payload = DType.INT8, float(scale), int(zero_point), q.tobytes()
+            dtype, payload = DType.INT8, q.tobytes()
+        elif -128 <= zero_point <= 127:  # requantize() then pack_bits(), less the checks done here
+            dtype, (payload, scale, zero_point) = DType.PACKED, wire_codes(q, scale, zero_point, bits)
         else:
-            r = requantize(q, scale, zero_point, bits)  # codes fit in `bits` by construction
-            dtype, scale, zero_point, payload = DType.PACKED, r.scale, r.zero_point, _pack_codes(r.codes, bits)
+            raise ValueError(f"zero_point={zero_point} is not an int8 zero point (expected -128..127)")
         parts += _tensor_parts(_name_bytes(name), dtype, bits, shape, scale, zero_point, payload, codec, zstd_level)
     header = _header_bytes(
         device_id=device_id, seq=seq, cut_id=cut_id, bundle_id=bundle_id,
