@@ -361,6 +361,7 @@ class PolicyRun:
 class _Chooser:
     name = ""
     probes = 0
+    shadow: Route | None = None  # set by choose(): a shadow probe, the frame is answered by this local route
 
     def before(self, t: float) -> None: ...
 
@@ -388,10 +389,20 @@ def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None =
         start = max(arrival, dev_free)
         chooser.before(start)
         r, probe = chooser.choose(i % s.data.n, arrival, start, link_free)
-        out = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
-        chooser.after(r, probe, arrival, out)
-        dev_free, link_free = out.dev_end, out.link_free
-        lat[i], nb[i], ok[i], sent[i], late[i], cuts[i] = out.latency * 1000, out.nbytes, out.correct, out.sent, out.deadline, r.cut
+        local = chooser.shadow
+        if local is None:
+            out = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
+            chooser.after(r, probe, arrival, out)
+            answer = out
+        else:  # a shadow probe: the probed head runs and its payload is sent; the local route answers after it
+            out = outcome(s, link, sc, i % s.data.n, r, True, arrival, start, link_free)
+            chooser.after(r, probe, arrival, replace(out, deadline=False))  # nothing waits for it: no timeout
+            mine = outcome(s, link, sc, i % s.data.n, local, False, arrival, out.dev_end, out.link_free)
+            chooser.after(local, False, arrival, mine)
+            answer = replace(mine, nbytes=out.nbytes)
+        dev_free, link_free = answer.dev_end, answer.link_free
+        lat[i], nb[i], ok[i], sent[i], late[i], cuts[i] = (answer.latency * 1000, answer.nbytes, answer.correct,
+                                                           answer.sent, answer.deadline, r.cut)
         if not probe:
             switches += last is not None and r != last
             last = r
@@ -498,6 +509,7 @@ class Dynamic(_Runner):
         d = self.policy.decide(snap)
         if not d.probe:
             self.trail.append((start, d.choice.cut))
+        self.shadow = Route(d.answer_with.cut, d.answer_with.bits) if d.answer_with is not None else None
         return Route(d.choice.cut, d.choice.bits), d.probe
 
 

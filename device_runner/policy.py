@@ -8,7 +8,10 @@ dropped before planning.
 
 * **Hysteresis**: the policy moves to the plan's best option only after it has been better than the
   current one by more than ``margin`` (relative) for ``patience`` consecutive *decisions* (frames); a
-  current option that becomes infeasible is left at once. A steady link therefore never flaps.
+  current option that becomes infeasible is left at once, and so is a beaten one right after a
+  deadline or overdue miss (``Estimates.censored`` grew: a frame already paid for the link, and the
+  next ``patience`` frames would pay too - the first frames sent at the prior into an outage did). A
+  steady link therefore never flaps.
 * **Re-planning only on news** (the per-frame cost): :meth:`CutPolicy.decide` solves the plan only
   when it is handed another :class:`~device_runner.estimator.Estimates` object than last time; the
   estimator returns the same cached object until an estimate changes materially (its module doc), so
@@ -55,6 +58,15 @@ dropped before planning.
   The back-off of plausible probes is also bounded in time: at most ``max_probe_interval_s`` (20 s)
     at the profile's ``fps_cap`` (``None``: no bound). At 2 fps the 4x cap was 50 s between probes and
     kept the device cut ~100 s after the link recovered in the replay (metro trace, docs/DYNAMIC.md).
+* **Shadow probes** (``shadow_probes=True``): while the current choice is the device cut - or an
+  option predicted no faster than it by ``margin`` (the pool cut, whose exit answers nearly every frame
+  locally) - a probe frame is answered by the device cut and the probe's payload (the probed cut's
+  head, run first) is sent only to measure the link and the tail (``Decision.answer_with``). The frame costs the
+  probed head's time on top, not a round trip through the link: in the replay on the bursty
+  mahimahi traces (zero2w-offload) the probes had taken 185-470 ms each (a big early-cut payload into
+  a slow link) and were most of dynamic's gap to edge-only. A shadow probe that gets no answer is not
+  a censored sample (nothing waited for it); the next probe tries again. While a split cut is the
+  choice, probes stay real (their answer is the frame's).
 * **Outage risk** (``risk=True``): an escalated frame that misses the deadline costs the whole
   deadline. Every escalating option is charged ``miss_rate x (q x deadline - q x T_esc)`` (``q`` = 1
   without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
@@ -113,6 +125,9 @@ class Decision:
     probe: bool
     plan: Plan
     switched: bool = False
+    #: a *shadow* probe (module doc): the frame is answered with this choice (the device cut), and the
+    #: probe's payload is sent only to measure the link and the tail
+    answer_with: Choice | None = None
 
     @property
     def option(self) -> Option:
@@ -190,6 +205,7 @@ class CutPolicy:
         explore_backoff: int = 16,
         max_probe_interval_s: float | None = 20.0,
         risk: bool = True,
+        shadow_probes: bool = True,
     ) -> None:
         if patience < 1 or probe_every < 0 or margin < 0:
             raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
@@ -204,6 +220,8 @@ class CutPolicy:
         self.patience = patience
         self.probe_every = probe_every
         self.risk = risk
+        self.shadow_probes = shadow_probes
+        self._censored = 0  # Estimates.censored at the last decision
         # the back-off cap in decisions: max_backoff x probe_every, but at most max_probe_interval_s at fps_cap
         self._max_interval = max_backoff
         if max_probe_interval_s is not None and probe_every:
@@ -380,10 +398,11 @@ class CutPolicy:
             self.current, self._streak = best, 0
         elif verdict == _BETTER:
             self._streak += 1
-            if self._streak >= self.patience:
+            if self._streak >= self.patience or est.censored > self._censored:  # a miss: no patience
                 self.current, self._streak, switched = best, 0, True
         else:
             self._streak = 0
+        self._censored = est.censored
         if switched:
             self.switches += 1
             self._interval = 1  # conditions changed: probe at the normal rate again
@@ -398,8 +417,22 @@ class CutPolicy:
                 probe = self._probe_target(plan, est)
                 if probe is not None:
                     self.probes += 1
-                    return Decision(probe, True, plan, switched)
+                    return Decision(probe, True, plan, switched, self._shadow_answer(plan))
         return Decision(self.current, False, plan, switched)
+
+    def _shadow_answer(self, plan: Plan) -> Choice | None:
+        """The device cut, when a probe now should be a shadow probe (module doc), else None."""
+        if not self.shadow_probes or self.current is None:
+            return None
+        device = next((o for o in plan.options if o.kind is CutKind.DEVICE and o.feasible), None)
+        if device is None:
+            return None
+        if self.current.cut == device.index:
+            return self.current
+        current = next((o for o in plan.options if (o.index, o.bits) == (self.current.cut, self.current.bits)), None)
+        if current is not None and current.total_ms >= device.total_ms * (1.0 - self.margin):
+            return Choice(device.index, device.bits)  # the current choice is no faster than all-on-device
+        return None
 
     def _local_unless_clearly_better(self, plan: Plan) -> Choice:
         """The plan's best, except that the device cut is kept when no escalating option beats it by ``margin``.
@@ -436,6 +469,10 @@ class CutPolicy:
             return _LEAVE
         if best != self.current and plan.best.total_ms < current_opt.total_ms * (1.0 - self.margin):
             return _BETTER
+        if best != self.current and self.manifest.cut(best.cut).kind is CutKind.DEVICE:
+            device = self._option(plan, best)
+            if device is not None and current_opt.total_ms > device.total_ms:
+                return _BETTER  # an escalating option predicted slower than all-on-device: no bet to keep
         return _STAY
 
     @staticmethod

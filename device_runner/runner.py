@@ -41,7 +41,7 @@ import numpy as np
 
 from device_runner.answers import Answer, AnsweredBy, RunSummary
 from device_runner.estimator import Estimator
-from device_runner.heads import CutExecutor, Prediction
+from device_runner.heads import CutExecutor, CutOutput, Prediction
 from device_runner.policy import CutPolicy
 from sdk import topics
 from sdk.config import CodecChoice, DeviceConfig
@@ -100,6 +100,7 @@ class _Timing:
     cut: int
     arrival: float | None = None
     report: ReportMessage | None = None
+    shadow: bool = False  # a shadow probe's: its result answers nothing (the device already did)
 
 
 def codec_for(choice: CodecChoice) -> Codec:
@@ -178,6 +179,7 @@ class DeviceRunner:
         self.frames = 0
         self.answered: dict[str, int] = {w.value: 0 for w in AnsweredBy}
         self.late_answers = 0
+        self.shadow_results = 0  # results of shadow probes (measurements only, never answers)
         self.duplicate_results = 0
         self.errors = 0
         self.bytes_sent = 0
@@ -233,22 +235,17 @@ class DeviceRunner:
             raise AssertionError("privacy is on but the policy chose the raw cut")
         self.frames += 1
         self._win["frames"] += 1
-        out = None
-        offset_ms = 0.0
-        if cut.kind is not CutKind.RAW:
-            out = self.executor.run(cut, frame)
-            with self._lock:
-                self.estimator.observe_head(cut.index, out.device_ms)
-            if out.emulated:
-                extra = max(0.0, out.device_ms - out.measured_ms)
-                if self.options.stretch_emulated:
-                    self.sleep(extra / 1000.0)
-                else:
-                    offset_ms = extra
+        out, offset_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
         pred = out.prediction if out is not None else None
         base = dict(seq=seq, cut=cut.index, bits=choice.bits, probe=decision.probe)
         if cut.kind is CutKind.DEVICE:
             self._answer_local(pred, AnsweredBy.DEVICE, "device_cut", capture_ts, offset_ms, nbytes=0, **base)
+        elif decision.answer_with is not None:  # a shadow probe: measure the link, answer on the device
+            nbytes = self._escalate(cut, choice.bits, True, seq, frame, out, pred, capture_ts, offset_ms, shadow=True)
+            local = self.manifest.cut(decision.answer_with.cut)
+            out2, more_ms = self._run_cut(local, frame)
+            self._answer_local(out2.prediction, AnsweredBy.DEVICE, "shadow_probe", capture_ts, offset_ms + more_ms,
+                               nbytes=nbytes, seq=seq, cut=local.index, bits=decision.answer_with.bits, probe=True)
         elif (
             pred is not None
             and not decision.probe
@@ -261,6 +258,19 @@ class DeviceRunner:
         self.maybe_telemetry()
         return seq
 
+    def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput, float]:
+        """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept."""
+        out = self.executor.run(cut, frame)
+        with self._lock:
+            self.estimator.observe_head(cut.index, out.device_ms)
+        if not out.emulated:
+            return out, 0.0
+        extra = max(0.0, out.device_ms - out.measured_ms)
+        if self.options.stretch_emulated:
+            self.sleep(extra / 1000.0)
+            return out, 0.0
+        return out, extra
+
     def _escalate(
         self,
         cut: CutSpec,
@@ -272,13 +282,19 @@ class DeviceRunner:
         pred: Prediction | None,
         capture_ts: float,
         offset_ms: float,
-    ) -> None:
+        *,
+        shadow: bool = False,
+    ) -> int:
+        """Send the frame's payload; returns its bytes (0: not sent). The frame waits in flight for the
+        cloud, unless ``shadow``: then nothing waits, the answer only feeds the estimates (policy doc)."""
         with self._lock:
             full = len(self._inflight) >= self.options.max_inflight
+        if full and shadow:
+            return 0
         if full:
             self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
                                   capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
-            return
+            return 0
         if cut.kind is CutKind.RAW:
             payload = encode_raw(
                 device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
@@ -302,12 +318,13 @@ class DeviceRunner:
         pending.send_ts = send_ts
         payload = stamp_send_ts(payload, send_ts)
         with self._lock:
-            overdue = send_ts + self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload)) / 1000.0
-            if overdue < pending.deadline:
-                pending.deadline, pending.overdue = overdue, True
-            self._inflight[seq] = pending
-            self._track_deadline(pending)
-            self._timings[seq] = _Timing(send_ts, cut.index)
+            if not shadow:
+                wait_ms = self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload))
+                if send_ts + wait_ms / 1000.0 < pending.deadline:
+                    pending.deadline, pending.overdue = send_ts + wait_ms / 1000.0, True
+                self._inflight[seq] = pending
+                self._track_deadline(pending)
+            self._timings[seq] = _Timing(send_ts, cut.index, shadow=shadow)
             while len(self._timings) > self.options.timing_window:
                 self._timings.popitem(last=False)
         try:
@@ -324,10 +341,11 @@ class DeviceRunner:
             if mine is not None:
                 self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0,
                                       seq=seq, cut=cut.index, bits=bits, probe=probe)
-            return
+            return 0
         with self._lock:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
+        return len(payload)
 
     # ------------------------------------------------------------------ answers
     def _emit(self, answer: Answer) -> bool:
@@ -500,6 +518,9 @@ class DeviceRunner:
             if t is not None and t.arrival is None:
                 t.arrival = arrival
                 self._join(m.seq, t)
+                if t.shadow:
+                    self.shadow_results += 1
+                    return
             if p is not None and arrival >= p.deadline:
                 # Past its deadline but not yet expired: the deadline answers it (in expire), not the cloud.
                 self.late_answers += 1

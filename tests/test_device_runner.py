@@ -491,3 +491,30 @@ def test_device_runner_never_imports_tensorflow_or_the_converter() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------ shadow probes
+
+
+def test_a_shadow_probe_is_answered_on_the_device_and_its_result_only_measures_the_link() -> None:
+    runner, answers, hub, clock = make_runner(initial=Choice(3, 0), probe_every=1)
+    cloud = Responder(hub, clock, mode="hold")
+    decisions = []
+    decide = runner.policy.decide
+    runner.policy.decide = lambda est: decisions.append(decide(est)) or decisions[-1]  # type: ignore[method-assign]
+    for _ in range(2):  # (the fake manifest's plan then prefers cut 1 and leaves the device cut)
+        runner.process(FRAME)
+    probes = [d for d in decisions if d.probe]
+    assert probes, "the policy never probed from the device cut"
+    assert all(d.answer_with == Choice(3, 0) for d in probes)  # every probe from the device cut is a shadow
+    shadow_answers = [a for a in answers if a.reason == "shadow_probe"]
+    assert len(shadow_answers) == len(probes)
+    assert all(a.answered_by is AnsweredBy.DEVICE and a.cut == 3 and a.bytes > 0 and a.probe for a in shadow_answers)
+    assert runner.inflight == 0 and len(cloud.frames) == len(probes)  # sent, and nothing waits for it
+    samples = runner.estimator.network_samples
+    cloud.release()
+    assert runner.estimator.network_samples > samples  # the results measured the link ...
+    assert runner.shadow_results == len(probes) and runner.late_answers == 0  # ... and answered nothing
+    clock.advance(10.0)
+    assert runner.expire() == 0
+    assert_exactly_once(answers, 2)
