@@ -348,3 +348,21 @@ def test_the_device_cut_is_kept_unless_an_escalation_is_clearly_faster() -> None
     assert near.plan.best.index == 2 and near.choice.cut == 3
     far = policy(probe_every=0).decide(snapshot(64 / 0.001, 1e6))  # cut 2: 5 ms
     assert far.choice.cut == 2
+
+
+def test_a_deadline_miss_skips_the_patience_of_a_beaten_choice() -> None:
+    from dataclasses import replace
+
+    p = policy(probe_every=0)
+    fast = snapshot(1e9, 1e9)
+    first = p.decide(fast).choice
+    assert p.manifest.cut(first.cut).kind.value != "device"  # a split wins on a fast link
+    slow = snapshot(2e3, 1e9)  # the device cut now beats it by far
+    assert p.decide(slow).choice == first  # patience (3 decisions): one plan saying so is not enough
+    missed = replace(slow, censored=1)  # ... but a frame just missed its deadline on the link: switch now
+    d = p.decide(missed)
+    assert d.switched and p.manifest.cut(d.choice.cut).kind.value == "device"
+    q = policy(probe_every=0)  # without the miss the same two decisions keep the choice
+    q.decide(fast)
+    q.decide(slow)
+    assert q.decide(replace(slow)).choice == first
