@@ -105,7 +105,7 @@ class _Timed:
     def __init__(self, bundle: Path, manifest: Manifest, board: BoardSpec) -> None:
         self.model_cpu_ms = [0.0, 0.0, 0.0]  # all models, heads, CPU timing on (1.0) / off (0.0)
         self.inner = LiteRTHeads(bundle, manifest, board,
-                                 loader=lambda path, threads: _CpuTimedModel(LiteRTModel(path, threads=threads),
+                                 loader=lambda path, threads: _CpuTimedModel(LiteRTModel(path, threads=threads, cpu_time=False),
                                                                              self.model_cpu_ms))  # fmt: skip
         self.emulated = self.inner.emulated
         self.invoke_ms = self.head_ms = self.wall_ms = 0.0
@@ -140,7 +140,8 @@ def _config(bits: int = 8) -> DeviceConfig:
         "board": {"name": "bench", "cpu": "host", "threads": 1, "memory_budget_mb": 512, "speed_factor": 1.0,
                   "speed_factor_source": "this machine"},
         "device": {"device_id": "bench-01", "fps_cap": 1000, "deadline_ms": 60_000, "target_accuracy": 0.5,
-                   "bits": [bits or 8], "codec": "none", "telemetry_interval_s": 1.0},
+                   "bits": [bits or 8], "codec": "none", "telemetry_interval_s": 1.0,
+                   "overdue_factor": 0},  # escalated frames wait in flight (no early local answer)
         "broker": {"url": "mqtt://127.0.0.1:1883"},
     })  # fmt: skip
 

@@ -24,6 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -181,8 +182,8 @@ def _table_prediction(table: _LogitTable, q: np.ndarray, k: int) -> Prediction:
 Loader = Callable[[Path, int], HeadRunner]
 
 
-def _litert_loader(path: Path, threads: int) -> HeadRunner:
-    model = LiteRTModel(path, threads=threads)
+def _litert_loader(path: Path, threads: int, *, cpu_time: bool = True) -> HeadRunner:
+    model = LiteRTModel(path, threads=threads, cpu_time=cpu_time)
     model.warm_up()  # the first invoke is several times slower; keep it out of the estimates
     return model
 
@@ -252,6 +253,8 @@ class LiteRTHeads:
         # Emulation scales times measured on ONE host thread (the speed_factor's definition).
         threads = 1 if self.emulated else board.threads
         budget = budget_bytes if budget_bytes is not None else board.memory_budget_mb * 1024 * 1024
+        if loader is _litert_loader and not self.emulated:  # only emulated timing reads the CPU time
+            loader = partial(_litert_loader, cpu_time=False)
         self.cache = ModelCache(Path(bundle), threads=threads, budget_bytes=budget, loader=loader)
         self._plans: dict[int, _Plan] = {}
 
