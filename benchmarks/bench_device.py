@@ -71,42 +71,52 @@ def _bundle(path: str | None) -> Path:
     return default_bundle_dir()
 
 
-class _CpuTimedModel:
-    """A LiteRT model whose ``run`` also adds its thread CPU time to a shared counter (index 0: all
-    models, index 1: heads only) while ``spent[2]`` is set. ``time.thread_time`` costs ~1 us a call, so
-    it is only read on the frames that measure CPU time (the wall-time frames skip it)."""
+class _CpuTimer:
+    """Thread CPU time of the models' ``run`` calls (``spent[0]``: all models, ``spent[1]``: heads only),
+    read only on the frames that measure CPU time (``time.thread_time`` costs ~1 us a call): :meth:`on`
+    gives every loaded model an instance-level ``run`` that times the class's, :meth:`off` removes it,
+    so the wall-time frames call ``LiteRTModel.run`` itself and no wrapper lands in the glue figure."""
 
-    def __init__(self, inner: LiteRTModel, spent: list[float]) -> None:
-        self.inner, self.spent = inner, spent
-        self.is_head = inner.path.name.startswith("head")
-        self.inputs, self.outputs = inner.inputs, inner.outputs
+    def __init__(self) -> None:
+        self.models: list[LiteRTModel] = []
+        self.spent = [0.0, 0.0]
 
-    @property
-    def last_invoke_ms(self) -> float:
-        return self.inner.last_invoke_ms
+    def load(self, path: Path, threads: int) -> LiteRTModel:
+        model = LiteRTModel(path, threads=threads, cpu_time=False)  # as LiteRTHeads loads it (no emulation)
+        self.models.append(model)
+        return model
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self.spent[2]:
-            return self.inner.run(feeds)
-        t0 = time.thread_time()
-        try:
-            return self.inner.run(feeds)
-        finally:
-            ms = (time.thread_time() - t0) * 1000.0
-            self.spent[0] += ms
-            if self.is_head:
-                self.spent[1] += ms
+    def on(self) -> None:
+        for model in self.models:
+            model.run = self._timed(model)  # type: ignore[method-assign]
+
+    def off(self) -> None:
+        for model in self.models:
+            model.__dict__.pop("run", None)
+
+    def _timed(self, model: LiteRTModel) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+        run, spent, is_head = LiteRTModel.run.__get__(model), self.spent, model.path.name.startswith("head")
+
+        def timed(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+            t0 = time.thread_time()
+            try:
+                return run(feeds)
+            finally:
+                ms = (time.thread_time() - t0) * 1000.0
+                spent[0] += ms
+                if is_head:
+                    spent[1] += ms
+
+        return timed
 
 
 class _Timed:
-    """Wraps LiteRTHeads: per call, the interpreters' reported time (head + exit), the wall time, and the
-    thread CPU time of the models' ``run`` calls."""
+    """Wraps LiteRTHeads: per call, the interpreters' reported time (head + exit), the wall time, and (via
+    :class:`_CpuTimer`) the thread CPU time of the models' ``run`` calls."""
 
     def __init__(self, bundle: Path, manifest: Manifest, board: BoardSpec) -> None:
-        self.model_cpu_ms = [0.0, 0.0, 0.0]  # all models, heads, CPU timing on (1.0) / off (0.0)
-        self.inner = LiteRTHeads(bundle, manifest, board,
-                                 loader=lambda path, threads: _CpuTimedModel(LiteRTModel(path, threads=threads, cpu_time=False),
-                                                                             self.model_cpu_ms))  # fmt: skip
+        self.cpu = _CpuTimer()
+        self.inner = LiteRTHeads(bundle, manifest, board, loader=self.cpu.load)
         self.emulated = self.inner.emulated
         self.invoke_ms = self.head_ms = self.wall_ms = 0.0
 
@@ -164,7 +174,7 @@ def measure(
         runner.process(next(source))
     cols: dict[str, list[float]] = {k: [] for k in ("total", "invoke", "head", "policy", "glue", "cpu", "model_cpu", "head_cpu")}
     sent_before = runner.bytes_sent
-    cpu = heads.model_cpu_ms
+    cpu = heads.cpu.spent
     for i in range(2 * frames):  # alternately a wall-time frame and a CPU-time frame
         frame = next(source)
         heads.invoke_ms = heads.head_ms = heads.wall_ms = policy_ms[0] = cpu[0] = cpu[1] = 0.0
@@ -177,11 +187,11 @@ def measure(
             cols["policy"].append(policy_ms[0])
             cols["glue"].append(heads.wall_ms - heads.invoke_ms)
         else:
-            cpu[2] = 1.0
+            heads.cpu.on()
             c0 = time.thread_time()
             runner.process(frame)
             cols["cpu"].append((time.thread_time() - c0) * 1000.0)
-            cpu[2] = 0.0
+            heads.cpu.off()
             cols["model_cpu"].append(cpu[0])
             cols["head_cpu"].append(cpu[1])
         hub.pump()

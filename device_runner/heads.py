@@ -120,7 +120,8 @@ _FLIP = bytes(i ^ 0x80 for i in range(256))  # int8 bit pattern <-> its value + 
 class _LogitTable:
     """The 256 values ``z = float32(scale * (v - zero_point)) / temperature`` (float64) of one logits
     quantization, indexed by the uint8 view of the int8 code ``v``, and, per top code ``m`` met so far,
-    the row ``exp(z - z[m])``: the softmax numerators of every frame whose largest logit is ``m``."""
+    the row ``exp(z - z[m])`` as a Python list: the softmax numerators of every frame whose largest
+    logit is ``m`` (numpy's own ``exp``, so elementwise the numbers :func:`_prediction` computes)."""
 
     __slots__ = ("monotone", "rows", "z")
 
@@ -131,15 +132,53 @@ class _LogitTable:
         ordered = self.z[np.argsort(values, kind="stable")]  # in int8 order
         # The largest logit is the largest code only when z does not decrease with the code (scale >= 0).
         self.monotone = bool(np.all(ordered[1:] >= ordered[:-1]))
-        self.rows: dict[int, np.ndarray] = {}
+        self.rows: dict[int, list[float]] = {}
 
-    def row(self, top: int) -> np.ndarray:
-        """``exp(z - z[top])`` for every code: elementwise the numbers :func:`_prediction` computes."""
+    def row(self, top: int) -> list[float]:
         row = self.z - self.z[top]
         with np.errstate(over="ignore"):  # codes above `top` (never gathered with this row) may overflow
             np.exp(row, out=row)
-        self.rows[top] = row
-        return row
+        values = self.rows[top] = row.tolist()
+        return values
+
+
+def _numpy_sum(a: list[float]) -> float:
+    """``np.add.reduce`` of a float64 vector of up to 128 values, in Python: numpy's pairwise summation
+    (eight interleaved partial sums, combined as a tree, then the remainder in order; fewer than eight
+    values in order). :func:`_python_sum_is_numpys` checks it against the installed numpy once."""
+    n = len(a)
+    if n < 8:
+        res = 0.0
+        for v in a:
+            res += v
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[:8]
+    end = n - n % 8
+    for i in range(8, end, 8):
+        r0, r1, r2, r3 = r0 + a[i], r1 + a[i + 1], r2 + a[i + 2], r3 + a[i + 3]
+        r4, r5, r6, r7 = r4 + a[i + 4], r5 + a[i + 5], r6 + a[i + 6], r7 + a[i + 7]
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    for v in a[end:]:
+        res += v
+    return res
+
+
+_PY_SUM: list[bool] = []  # [whether _numpy_sum gives np.add.reduce's bits here], filled on first use
+
+
+def _python_sum_is_numpys() -> bool:
+    """Whether :func:`_numpy_sum` reproduces ``np.add.reduce`` bit for bit on this numpy (checked once on
+    random softmax numerators of every length up to ``_PY_TOPK_MAX``); if not, the numpy sum is used."""
+    if not _PY_SUM:
+        rng = np.random.default_rng(0)
+        ok = True
+        for n in range(1, _PY_TOPK_MAX + 1):
+            for _ in range(8):
+                e = np.exp(-rng.exponential(rng.choice([0.1, 3.0, 30.0]), n))
+                if _numpy_sum(e.tolist()) != float(np.add.reduce(e)):
+                    ok = False
+        _PY_SUM.append(ok)
+    return _PY_SUM[0]
 
 
 def _logit_table(scale: float, zero_point: int, temperature: float) -> _LogitTable:
@@ -157,24 +196,24 @@ def int8_prediction(q: np.ndarray, scale: float, zero_point: int, temperature: f
 
     The same numbers with fewer numpy calls: per (scale, zero point, temperature) a 256-entry table of
     the logits every int8 code stands for, and per largest code the table of ``exp(logit - largest)``;
-    a frame then costs one gather, the (numpy, pairwise) sum and the top-k in Python.
+    a frame then costs a gather, numpy's pairwise sum and the top-k, all in Python.
     """
     return _table_prediction(_logit_table(scale, zero_point, temperature), q, k)
 
 
 def _table_prediction(table: _LogitTable, q: np.ndarray, k: int) -> Prediction:
-    u = q.view(np.uint8).reshape(-1)
-    if not table.monotone or not 0 < u.size <= _PY_TOPK_MAX:
-        return _prediction(table.z.take(u), k)
-    top = max(u.tobytes().translate(_FLIP)) ^ 0x80  # bit pattern of the largest int8 code
+    codes = q.tobytes()  # the uint8 bit patterns of the int8 logits, in C order
+    if not table.monotone or not 0 < len(codes) <= _PY_TOPK_MAX:
+        return _prediction(table.z.take(q.view(np.uint8).reshape(-1)), k)
+    top = max(codes.translate(_FLIP)) ^ 0x80  # bit pattern of the largest int8 code
     row = table.rows.get(top)
     if row is None:
         row = table.row(top)
-    e = row.take(u)
-    total = float(np.add.reduce(e))  # the same pairwise summation as _prediction's
+    e = [row[c] for c in codes]
+    total = _numpy_sum(e) if (_PY_SUM[0] if _PY_SUM else _python_sum_is_numpys()) else float(np.add.reduce(e))
     if total != total:  # NaN (a degenerate quantization): the general path handles it
-        return _prediction(table.z.take(u), k)
-    p = [v / total for v in e.tolist()]  # Python's float division is numpy's (IEEE, correctly rounded)
+        return _prediction(table.z.take(q.view(np.uint8).reshape(-1)), k)
+    p = [v / total for v in e]  # Python's float division is numpy's (IEEE, correctly rounded)
     order = sorted(range(len(p)), key=p.__getitem__, reverse=True)[:k]
     return Prediction(order[0], p[order[0]], tuple([(i, p[i]) for i in order]))
 
