@@ -37,6 +37,7 @@ SUPPORTED_BITS: tuple[int, ...] = (8, 6, 4, 2)
 # Lookup tables are indexed by the uint8 view of an int8 code: entry u stands for int8 value
 # u (u < 128) or u - 256 (u >= 128). np.take on a uint8 view is the fastest numpy gather.
 _INT8_VALUES = np.arange(256, dtype=np.int64).astype(np.uint8).view(np.int8).astype(np.int64)
+_I16, _U2, _U4 = np.dtype(np.int16), np.dtype("<u2"), np.dtype("<u4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +106,12 @@ def requantize(q: np.ndarray, scale: float, zero_point: int, bits: int) -> Quant
     return Quantized(codes=codes, scale=scale, zero_point=zero_point, bits=bits)
 
 
-def _requantized(q: np.ndarray, scale: float, zero_point: int, bits: int) -> tuple[np.ndarray, float, int]:
-    """:func:`requantize` of checked arguments: (uint8 codes of ``q``'s shape, scale, zero point)."""
+def _requantized(
+    q: np.ndarray, scale: float, zero_point: int, bits: int, *, wide: bool = False
+) -> tuple[np.ndarray, float, int]:
+    """:func:`requantize` of checked arguments: (uint8 codes of ``q``'s shape, scale, zero point).
+
+    ``wide``: the codes may come back as the int16 array they were computed in (same values, C order)."""
     if bits == 8:
         return np.bitwise_xor(q.view(np.uint8), np.uint8(0x80)), scale, zero_point + 128
     levels = (1 << bits) - 1
@@ -127,13 +132,21 @@ def _requantized(q: np.ndarray, scale: float, zero_point: int, bits: int) -> tup
     acc //= 2 * span
     if (2 * levels * hi + offset) // (2 * span) > levels:
         np.clip(acc, 0, levels, out=acc)
-    return acc.astype(np.uint8), scale * span / levels, new_zp
+    return acc if wide else acc.astype(np.uint8), scale * span / levels, new_zp
 
 
 def wire_codes(q: np.ndarray, scale: float, zero_point: int, bits: int) -> tuple[bytes, float, int]:
     """(packed payload, scale, zero point) of int8 ``q`` at ``bits`` bits: ``requantize`` then
     ``pack_bits``, for arguments the caller has checked (int8 array, int8 zero point, supported bits)."""
-    codes, scale, zero_point = _requantized(q, scale, zero_point, bits)
+    codes, scale, zero_point = _requantized(q, scale, zero_point, bits, wide=True)
+    if codes.dtype == _I16:
+        if bits == 4 and codes.ndim and not codes.shape[-1] % 2 and codes.flags.c_contiguous:
+            # int16 code pairs as one u32 c0 | c1 << 16: the low byte of (v | v >> 12) is c0 | c1 << 4
+            v = codes.view(_U4)
+            w = v >> 12
+            w |= v
+            return w.astype(np.uint8).tobytes(), scale, zero_point
+        codes = codes.astype(np.uint8)
     return _pack_codes(codes, bits), scale, zero_point
 
 
@@ -171,8 +184,10 @@ def requant_int8(q: np.ndarray, scale_in: float, zp_in: int, scale_out: float, z
 
 
 def _merge_pairs(codes: np.ndarray, bits: int) -> np.ndarray:
-    v = codes.view("<u2")
-    return (v | (v >> (8 - bits))).astype(np.uint8)
+    v = codes.view(_U2)
+    w = v >> (8 - bits)
+    w |= v
+    return w.astype(np.uint8)
 
 
 def _split_pairs(packed: np.ndarray, bits: int) -> np.ndarray:
