@@ -4,7 +4,8 @@ Run: ``python -m benchmarks.bench_device [BUNDLE] [--frames N] [--qemu | --no-qe
 Prints Markdown headed by that command (``benchmarks.run`` calls :func:`run` with its defaults).
 
 For each path - the early exit answers locally; escalation (pack at 8 or 4 bits + stamp + publish on
-an in-memory broker, the frame then waits in flight: nothing answers it during the run); the device
+an in-memory broker, the frame then waits in flight: nothing answers it during the run, and
+``overdue_factor`` 0 keeps the runner from answering it early); the device
 cut - it runs ``DeviceRunner.process`` on seeded synthetic frames with the cut and bit width pinned
 (one candidate cut, one bit width, no probes; each row checks afterwards that the path it names is
 the one that ran) and splits the wall time of each call:
@@ -19,7 +20,8 @@ the one that ran) and splits the wall time of each call:
   The timing wrappers themselves (a few ``perf_counter`` calls) add ~1 us.
 * **CPU**: on alternate frames the same split in thread CPU time (``process()`` minus the models'
   ``run()`` calls), which preemption on a loaded machine does not inflate. ``time.thread_time`` costs
-  ~1 us a call, so it is read only on those frames; the wall-time columns come from the others.
+  ~1 us a call, so it is read only on those frames (the models get a timing ``run`` for those frames
+  only); the wall-time columns come from the others.
 
 ``--qemu`` (default: on when ``qemu-aarch64-static`` is installed; ``SPLITEDGE_BENCH_QEMU=0`` turns it
 off) runs the same measurement as aarch64 code under QEMU user mode through ``scripts/qemu_device.sh
