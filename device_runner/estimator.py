@@ -109,8 +109,6 @@ class Estimates:
     #: recent share of sent frames whose answer missed the deadline (EWMA, decaying while nothing is sent;
     #: module doc "Outage risk"); the policy charges escalating options for it
     miss_rate: float = 0.0
-    #: deadline misses (censored samples) so far: the policy leaves a beaten choice at once after a new one
-    censored: int = 0
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -234,7 +232,6 @@ class Estimator:
                 measured_peak_bytes_per_s=self._peak,
                 head_min_ms=dict(self._head_min),
                 miss_rate=self.miss_rate,
-                censored=self.censored_samples,
             )
         return self._snap
 

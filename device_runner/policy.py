@@ -8,10 +8,10 @@ dropped before planning.
 
 * **Hysteresis**: the policy moves to the plan's best option only after it has been better than the
   current one by more than ``margin`` (relative) for ``patience`` consecutive *decisions* (frames); a
-  current option that becomes infeasible is left at once, and so is a beaten one right after a
-  deadline or overdue miss (``Estimates.censored`` grew: a frame already paid for the link, and the
-  next ``patience`` frames would pay too - the first frames sent at the prior into an outage did). A
-  steady link therefore never flaps.
+  current option that becomes infeasible is left at once. A steady link therefore never flaps. (Leaving
+  a beaten option at once after a deadline or overdue miss was tried: it saved the first frames sent at
+  the prior into an outage in the replay, but through a loaded broker one jitter-late answer then moved
+  the cut to the device and back - the real-broker cut test flapped - so patience applies to misses too.)
 * **Re-planning only on news** (the per-frame cost): :meth:`CutPolicy.decide` solves the plan only
   when it is handed another :class:`~device_runner.estimator.Estimates` object than last time; the
   estimator returns the same cached object until an estimate changes materially (its module doc), so
@@ -67,8 +67,8 @@ dropped before planning.
   a slow link) and were most of dynamic's gap to edge-only. A shadow probe that gets no answer is not
   a censored sample (nothing waited for it); the next probe tries again. While a split cut is the
   choice, probes stay real (their answer is the frame's).
-* **Outage risk** (``risk=True``): an escalated frame that misses the deadline costs the whole
-  deadline. Every escalating option is charged ``miss_rate x (q x deadline - q x T_esc)`` (``q`` = 1
+* **Outage risk** (``risk=True``): an escalated frame that misses costs the runner's wait for it (the
+  overdue wait, at most the deadline). Every escalating option is charged ``miss_rate x (q x wait - q x T_esc)`` (``q`` = 1
   without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
   (its module doc). The charge is added to ``link_ms``: no bandwidth pays for it, so a cut it prices
   out is not probed either until the rate decays - probes into outages were most of the loss on the
@@ -221,7 +221,6 @@ class CutPolicy:
         self.probe_every = probe_every
         self.risk = risk
         self.shadow_probes = shadow_probes
-        self._censored = 0  # Estimates.censored at the last decision
         # the back-off cap in decisions: max_backoff x probe_every, but at most max_probe_interval_s at fps_cap
         self._max_interval = max_backoff
         if max_probe_interval_s is not None and probe_every:
@@ -291,11 +290,14 @@ class CutPolicy:
         a 500 ms deadline hit added ~0.8 ms to a 600-frame mean, docs/DYNAMIC.md), and the miss is a
         censored sample that caps the bandwidth estimate at once (``Estimator.observe_timeout``).
         """
+        return self._wait_ms(est.link_ms + nbytes / est.bandwidth_bytes_per_s * 1000.0 + est.tail_ms.get(cut, 0.0))
+
+    def _wait_ms(self, expected_ms: float) -> float:
+        """The overdue wait for an answer expected after ``expected_ms`` (:meth:`answer_within_ms`)."""
         dev = self.device
         if dev.overdue_factor <= 0:
             return dev.deadline_ms
-        expected = est.link_ms + nbytes / est.bandwidth_bytes_per_s * 1000.0 + est.tail_ms.get(cut, 0.0)
-        return min(dev.deadline_ms, dev.overdue_factor * expected + dev.overdue_slack_ms)
+        return min(dev.deadline_ms, dev.overdue_factor * expected_ms + dev.overdue_slack_ms)
 
     # ---- planning
     def plan(self, est: Estimates) -> Plan:
@@ -326,18 +328,21 @@ class CutPolicy:
     def _with_risk(self, plan: Plan, miss_rate: float) -> Plan:
         """Charge every escalating option for the deadline misses (module doc, "Outage risk").
 
-        An escalated frame misses with probability ``miss_rate`` and then costs the whole deadline
-        instead of its planned time: ``+ miss_rate x q x (deadline - T_esc)``, where ``q x T_esc`` is
-        already in the option's transfer + link + tail (``q`` = 1 without the exit). The charge goes
-        into ``link_ms``: no bandwidth removes it, so a cut it prices out is not probed either.
+        An escalated frame misses with probability ``miss_rate`` and then costs the runner's wait for it
+        (the overdue wait, :meth:`answer_within_ms`, at most the deadline) instead of its planned time:
+        ``+ miss_rate x q x (wait - T_esc)``, where ``q x T_esc`` is already in the option's transfer +
+        link + tail (``q`` = 1 without the exit). The charge goes into ``link_ms``: no bandwidth removes
+        it, so a cut it prices out is not probed either. (Charging the whole deadline, as before the
+        overdue wait, priced one jitter-late answer through a loaded broker at 0.2 x 400 ms and moved the
+        cut to the device - the real-broker cut test flapped.)
         """
-        deadline = self.device.deadline_ms
         options = []
         for o in plan.options:
             if o.kind is not CutKind.DEVICE:
                 q = self._exit_effect(o.index, o.bits)[0] if o.kind is CutKind.SPLIT and self.expected_cost else 1.0
                 esc = o.transfer_ms + o.link_ms + o.tail_ms  # = q x T_esc
-                extra = miss_rate * max(0.0, q * deadline - esc)
+                wait = self._wait_ms(esc / q if q > 0 else esc)
+                extra = miss_rate * max(0.0, q * wait - esc)
                 o = replace(o, link_ms=o.link_ms + extra)
             options.append(o)
         return _replanned(plan, options)
@@ -398,11 +403,10 @@ class CutPolicy:
             self.current, self._streak = best, 0
         elif verdict == _BETTER:
             self._streak += 1
-            if self._streak >= self.patience or est.censored > self._censored:  # a miss: no patience
+            if self._streak >= self.patience:
                 self.current, self._streak, switched = best, 0, True
         else:
             self._streak = 0
-        self._censored = est.censored
         if switched:
             self.switches += 1
             self._interval = 1  # conditions changed: probe at the normal rate again

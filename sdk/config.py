@@ -140,7 +140,7 @@ class DeviceSettings:
     #: answer locally once the cloud's answer is overdue: later than overdue_factor x its expected time
     #: (link + transfer + tail, from the live estimates) + overdue_slack_ms, if that comes before the
     #: deadline; 0 turns it off (docs/DEVICE.md, "Exactly one answer per frame")
-    overdue_factor: float = 3.0
+    overdue_factor: float = 2.0
     overdue_slack_ms: float = 30.0
 
     @property
@@ -420,7 +420,7 @@ def _parse_device(s: _Section) -> DeviceSettings:
         telemetry_interval_s=s.number("telemetry_interval_s", 5.0, low=0.0, low_open=True),
         target_accuracy=accuracy,
         target_escalation_rate=escalation,
-        overdue_factor=s.number("overdue_factor", 3.0, low=0.0, high=1000.0),
+        overdue_factor=s.number("overdue_factor", 2.0, low=0.0, high=1000.0),
         overdue_slack_ms=s.number("overdue_slack_ms", 30.0, low=0.0),
     )
 
