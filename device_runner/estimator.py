@@ -40,6 +40,14 @@ deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes
 estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
 later even though no answer comes back). Everything is O(1) memory per cut.
 
+**Priors learn from the measured cuts**: a cut's head time is its prior (the manifest's, scaled to the
+board) until it runs; the priors of the cuts not run yet are multiplied by the geometric mean of
+measured / prior over the cuts that have run. The manifest's times were measured at the converter's
+threads and host; an emulating runner measures one host thread scaled to the board, and a real board
+is only known to its speed factor's +-40 %. Before this, the device cut measured 1.30 ms on the Pi 5
+profile while the pool cut's prior said 0.80: the policy moved to the pool cut on that prior and sent
+three frames into an outage (replay, mahimahi traces).
+
 **Stale estimates**: a bandwidth sample arriving more than ``stale_after`` (20) samples after the
 previous one (on the device cut only probes send) moves the estimate with ``jump_alpha``: an old
 estimate is a weak prior.
@@ -109,6 +117,9 @@ class Estimates:
     #: recent share of sent frames whose answer missed the deadline (EWMA, decaying while nothing is sent;
     #: module doc "Outage risk"); the policy charges escalating options for it
     miss_rate: float = 0.0
+    #: the bandwidth estimate as the last measurement left it: a deadline cap (a bound) does not move it;
+    #: the overdue wait is planned on it, so a frame after a miss is not given a wait inflated by the cap
+    sampled_bandwidth_bytes_per_s: float | None = None
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -157,6 +168,7 @@ class Estimator:
         self._miss_tick = 0
         self._late_ms = math.inf  # elapsed time of the latest deadline miss: a later answer is that frame's
         self._capped = False  # the estimate is a deadline miss's cap (a bound): the next faster sample replaces it
+        self._sampled_bw: float | None = None  # the estimate as the last network sample left it (caps aside)
         self.jump_factor = jump_factor
         self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
@@ -168,6 +180,8 @@ class Estimator:
         self._bandwidth: float | None = None
         self._link_ms = float(prior_link_ms)
         self._head: dict[int, float] = dict(head_prior)
+        self._head_prior = {c: float(v) for c, v in head_prior.items() if v > 0}
+        self._prior_scale = 1.0  # measured / prior head time, over the measured cuts (module doc)
         self._tail: dict[int, float] = dict(tail_prior)
         self._head_measured: set[int] = set()
         self._head_min: dict[int, float] = {}
@@ -232,6 +246,7 @@ class Estimator:
                 measured_peak_bytes_per_s=self._peak,
                 head_min_ms=dict(self._head_min),
                 miss_rate=self.miss_rate,
+                sampled_bandwidth_bytes_per_s=self._sampled_bw,
             )
         return self._snap
 
@@ -270,10 +285,26 @@ class Estimator:
         self._head_measured.add(cut)
         if ms < self._head_min.get(cut, math.inf):
             self._head_min[cut] = ms  # no snapshot change on its own: the policy reads it only when probing
-        if self._snap is not None and (first or self._moved(self._snap.head_ms.get(cut), self._head[cut], self.abs_tol_ms)):
+        if self._snap is None or first or self._moved(self._snap.head_ms.get(cut), self._head[cut], self.abs_tol_ms):
             self._changed()
+            self._rescale_priors()
         self._touch(cut)
         self._check_miss()  # the miss rate decays with every sample
+
+    def _rescale_priors(self) -> None:
+        """Scale the priors of the cuts not measured yet by how far the measured ones are off (module doc)."""
+        logs = [math.log(self._head[c] / p) for c, p in self._head_prior.items()
+                if c in self._head_measured and self._head[c] > 0]  # fmt: skip
+        if not logs:
+            return
+        scale = math.exp(sum(logs) / len(logs))
+        if abs(scale - self._prior_scale) <= self.rel_tol * self._prior_scale:
+            return
+        self._prior_scale = scale
+        for c, p in self._head_prior.items():
+            if c not in self._head_measured:
+                self._head[c] = p * scale
+        self._changed()
 
     def observe_tail(self, cut: int, ms: float) -> None:
         """The cloud's time for a frame of ``cut`` (decode + queue + tail), from a report."""
@@ -316,6 +347,7 @@ class Estimator:
         else:
             alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
+        self._sampled_bw = self._bandwidth
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
         """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""

@@ -67,6 +67,10 @@ dropped before planning.
   a slow link) and were most of dynamic's gap to edge-only. A shadow probe that gets no answer is not
   a censored sample (nothing waited for it); the next probe tries again. While a split cut is the
   choice, probes stay real (their answer is the frame's).
+* **Cold start** (with ``shadow_probes`` and no ``initial`` choice): the first frame, before any
+  network sample, starts on the device cut and shadow-probes the option the prior bandwidth prefers;
+  the policy moves there (after ``patience``) once the sample confirms it. Sent at the prior, the
+  first frames of the replay on the mahimahi traces had met an outage at the start and waited for it.
 * **Outage risk** (``risk=True``): an escalated frame that misses costs the runner's wait for it (the
   overdue wait, at most the deadline). Every escalating option is charged ``miss_rate x (q x wait - q x T_esc)`` (``q`` = 1
   without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
@@ -283,14 +287,17 @@ class CutPolicy:
     def answer_within_ms(self, est: Estimates, cut: int, nbytes: int) -> float:
         """How long after sending a frame of ``nbytes`` at ``cut`` the runner waits for the cloud before
         answering locally: ``overdue_factor`` x the expected time (``link_ms + nbytes / bandwidth +
-        tail_ms`` at ``est``) + ``overdue_slack_ms``, or the deadline when that is off (factor 0) or later.
+        tail_ms`` at ``est``, with the bandwidth as the last measurement left it: after a miss the capped
+        estimate made each next frame's wait longer, 38 -> 103 -> 248 ms in the replay) +
+        ``overdue_slack_ms``, or the deadline when that is off (factor 0) or later.
 
         The deadline is a bound the user sets; this wait follows the link. A frame caught in an
         outage is answered after tens of ms instead of the whole deadline (on ``zero2w-offload``
         a 500 ms deadline hit added ~0.8 ms to a 600-frame mean, docs/DYNAMIC.md), and the miss is a
         censored sample that caps the bandwidth estimate at once (``Estimator.observe_timeout``).
         """
-        return self._wait_ms(est.link_ms + nbytes / est.bandwidth_bytes_per_s * 1000.0 + est.tail_ms.get(cut, 0.0))
+        bw = est.sampled_bandwidth_bytes_per_s or est.bandwidth_bytes_per_s  # a cap must not stretch the wait
+        return self._wait_ms(est.link_ms + nbytes / bw * 1000.0 + est.tail_ms.get(cut, 0.0))
 
     def _wait_ms(self, expected_ms: float) -> float:
         """The overdue wait for an answer expected after ``expected_ms`` (:meth:`answer_within_ms`)."""
@@ -394,6 +401,10 @@ class CutPolicy:
             self._verdict = (None, _LEAVE)
         plan, best = self._plan, self._best
         self._decisions += 1
+        if self.current is None and self.shadow_probes and not est.measured:
+            cold = self._cold_start(plan)
+            if cold is not None:
+                return cold
         switched = False
         if self._verdict[0] != self.current or self.current is None:
             self._verdict = (self.current, self._judge(plan, best))
@@ -423,6 +434,16 @@ class CutPolicy:
                     self.probes += 1
                     return Decision(probe, True, plan, switched, self._shadow_answer(plan))
         return Decision(self.current, False, plan, switched)
+
+    def _cold_start(self, plan: Plan) -> Decision | None:
+        """The first frame, before any network sample (module doc, "Cold start"): start on the device cut
+        and shadow-probe the option the prior prefers; None when there is no device cut or it is that option."""
+        device = next((o for o in plan.options if o.kind is CutKind.DEVICE and o.feasible), None)
+        if device is None or plan.best.kind is CutKind.DEVICE:
+            return None
+        self.current = Choice(device.index, device.bits)
+        self.probes += 1
+        return Decision(Choice(plan.best.index, plan.best.bits), True, plan, False, self.current)
 
     def _shadow_answer(self, plan: Plan) -> Choice | None:
         """The device cut, when a probe now should be a shadow probe (module doc), else None."""
