@@ -389,20 +389,15 @@ def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None =
         start = max(arrival, dev_free)
         chooser.before(start)
         r, probe = chooser.choose(i % s.data.n, arrival, start, link_free)
-        local = chooser.shadow
-        if local is None:
-            out = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
-            chooser.after(r, probe, arrival, out)
-            answer = out
-        else:  # a shadow probe: the probed head runs and its payload is sent; the local route answers after it
-            out = outcome(s, link, sc, i % s.data.n, r, True, arrival, start, link_free)
-            chooser.after(r, probe, arrival, replace(out, deadline=False))  # nothing waits for it: no timeout
-            mine = outcome(s, link, sc, i % s.data.n, local, False, arrival, out.dev_end, out.link_free)
-            chooser.after(local, False, arrival, mine)
-            answer = replace(mine, nbytes=out.nbytes)
+        serve = chooser.shadow
+        if serve is None:
+            answer = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
+            chooser.after(r, probe, arrival, answer)
+        else:
+            answer = _shadow_probe(s, link, sc, i % s.data.n, r, serve, arrival, start, link_free, chooser)
         dev_free, link_free = answer.dev_end, answer.link_free
         lat[i], nb[i], ok[i], sent[i], late[i], cuts[i] = (answer.latency * 1000, answer.nbytes, answer.correct,
-                                                           answer.sent, answer.deadline, r.cut)
+                                                           answer.sent, answer.deadline, serve.cut if serve else r.cut)
         if not probe:
             switches += last is not None and r != last
             last = r
@@ -443,6 +438,24 @@ class _Runner(_Chooser):
         if out.deadline:
             heapq.heappush(self._events, (out.due, next(self._ids), "timeout", r.cut, out.nbytes,
                                           (out.due - out.dev_end) * 1000.0, 0.0))
+
+
+def _shadow_probe(s: Setup, link: TraceLink, sc: Scenario, k: int, probe: Route, serve: Route, arrival: float,
+                  start: float, link_free: float, chooser: _Chooser) -> _Out:
+    """A shadow probe, as the runner does it: the probed head runs, the frame is served by ``serve`` (its
+    payload, if any, goes first), then the probe's payload; its answer only feeds the chooser's estimates."""
+    kind = s.manifest.cut(probe.cut).kind
+    probe_end = start + s.dev_ms[probe] / 1000.0
+    mine = outcome(s, link, sc, k, serve, False, arrival, probe_end, link_free, chooser.wait_ms)
+    chooser.after(serve, False, arrival, mine)
+    if kind is CutKind.DEVICE:  # nothing to send: the probe measured the head only
+        chooser.after(probe, True, arrival, replace(mine, dev_end=probe_end, sent=False, nbytes=0))
+        return mine
+    nb = int(s.data.nbytes[probe][k])
+    tx_end = link.transfer_end(max(mine.dev_end, mine.link_free), nb)
+    done = tx_end + (sc.link_ms + s.cloud_ms[probe]) / 1000.0
+    chooser.after(probe, True, arrival, _Out(mine.dev_end, done, tx_end, nb, True, False, done - arrival, False))
+    return replace(mine, link_free=tx_end, nbytes=mine.nbytes + nb)
 
 
 class Static(_Chooser):

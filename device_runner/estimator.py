@@ -120,6 +120,8 @@ class Estimates:
     #: the bandwidth estimate as the last measurement left it: a deadline cap (a bound) does not move it;
     #: the overdue wait is planned on it, so a frame after a miss is not given a wait inflated by the cap
     sampled_bandwidth_bytes_per_s: float | None = None
+    #: sent frames in a row that missed (deadline or overdue) since the last answer in time
+    miss_streak: int = 0
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -169,6 +171,7 @@ class Estimator:
         self._late_ms = math.inf  # elapsed time of the latest deadline miss: a later answer is that frame's
         self._capped = False  # the estimate is a deadline miss's cap (a bound): the next faster sample replaces it
         self._sampled_bw: float | None = None  # the estimate as the last network sample left it (caps aside)
+        self._miss_streak = 0  # misses in a row since the last answer in time
         self.jump_factor = jump_factor
         self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
@@ -247,6 +250,7 @@ class Estimator:
                 head_min_ms=dict(self._head_min),
                 miss_rate=self.miss_rate,
                 sampled_bandwidth_bytes_per_s=self._sampled_bw,
+                miss_streak=self._miss_streak,
             )
         return self._snap
 
@@ -326,6 +330,9 @@ class Estimator:
         if net_ms < self._late_ms:  # not the late answer of a frame already counted as a miss
             self._observe_miss(False)
             self._late_ms = math.inf
+            if self._miss_streak:
+                self._miss_streak = 0
+                self._changed()
         self._check_miss()
         bw = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
         predicted_transfer = nbytes / bw * 1000.0
@@ -355,6 +362,7 @@ class Estimator:
         if nbytes <= 0 or transfer <= 0:
             return
         self.censored_samples += 1
+        self._miss_streak += 1
         self._changed()  # a deadline miss is always news
         self._touch(cut)
         current = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth

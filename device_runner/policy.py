@@ -8,10 +8,11 @@ dropped before planning.
 
 * **Hysteresis**: the policy moves to the plan's best option only after it has been better than the
   current one by more than ``margin`` (relative) for ``patience`` consecutive *decisions* (frames); a
-  current option that becomes infeasible is left at once. A steady link therefore never flaps. (Leaving
-  a beaten option at once after a deadline or overdue miss was tried: it saved the first frames sent at
-  the prior into an outage in the replay, but through a loaded broker one jitter-late answer then moved
-  the cut to the device and back - the real-broker cut test flapped - so patience applies to misses too.)
+  current option that becomes infeasible is left at once, and so is a beaten one after two sent frames
+  in a row missed (``Estimates.miss_streak``): in an outage every frame sent meanwhile waits for its
+  overdue wait, and ``patience`` frames more cost 40-180 ms each in the replay. Leaving after *one* miss
+  was tried first: through a loaded broker one jitter-late answer then moved the cut to the device and
+  back (the real-broker cut test flapped). A steady link therefore never flaps.
 * **Re-planning only on news** (the per-frame cost): :meth:`CutPolicy.decide` solves the plan only
   when it is handed another :class:`~device_runner.estimator.Estimates` object than last time; the
   estimator returns the same cached object until an estimate changes materially (its module doc), so
@@ -58,15 +59,15 @@ dropped before planning.
   The back-off of plausible probes is also bounded in time: at most ``max_probe_interval_s`` (20 s)
     at the profile's ``fps_cap`` (``None``: no bound). At 2 fps the 4x cap was 50 s between probes and
     kept the device cut ~100 s after the link recovered in the replay (metro trace, docs/DYNAMIC.md).
-* **Shadow probes** (``shadow_probes=True``): while the current choice is the device cut - or an
-  option predicted no faster than it by ``margin`` (the pool cut, whose exit answers nearly every frame
-  locally) - a probe frame is answered by the device cut and the probe's payload (the probed cut's
-  head, run first) is sent only to measure the link and the tail (``Decision.answer_with``). The frame costs the
-  probed head's time on top, not a round trip through the link: in the replay on the bursty
-  mahimahi traces (zero2w-offload) the probes had taken 185-470 ms each (a big early-cut payload into
-  a slow link) and were most of dynamic's gap to edge-only. A shadow probe that gets no answer is not
-  a censored sample (nothing waited for it); the next probe tries again. While a split cut is the
-  choice, probes stay real (their answer is the frame's).
+* **Shadow probes** (``shadow_probes=True``): a probe frame is served by the current choice as usual
+  (``Decision.answer_with``); the probed cut's head runs first and its payload is sent after the
+  frame's own, only to measure the link and the tail (the runner matches its result by seq and cut).
+  The frame costs the probed head's time on top, not a round trip through the link at another cut: in
+  the replay on the bursty mahimahi traces (zero2w-offload) real probes had taken 185-470 ms each (a big
+  early-cut payload into a slow link) and were most of dynamic's gap to edge-only; on the HSDPA traces
+  they were most of its gap to the oracle. A shadow probe that gets no answer is not a censored sample
+  (nothing waited for it); the next probe tries again. ``shadow_probes=False``: real probes, whose
+  answer is the frame's.
 * **Cold start** (with ``shadow_probes`` and no ``initial`` choice): the first frame, before any
   network sample, starts on the device cut and shadow-probes the option the prior bandwidth prefers;
   the policy moves there (after ``patience``) once the sample confirms it. Sent at the prior, the
@@ -113,6 +114,7 @@ log = logging.getLogger(__name__)
 
 _LEAVE, _BETTER, _STAY = 0, 1, 2  # what a plan says about the current choice (CutPolicy._judge)
 _IMPROVING = 2.0  # a probe after which the bandwidth estimate rose this much did not lose (back-off)
+_MISSES_TO_LEAVE = 2  # sent frames missing in a row: a beaten choice is left without waiting for patience
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,7 +416,7 @@ class CutPolicy:
             self.current, self._streak = best, 0
         elif verdict == _BETTER:
             self._streak += 1
-            if self._streak >= self.patience:
+            if self._streak >= self.patience or est.miss_streak >= _MISSES_TO_LEAVE:
                 self.current, self._streak, switched = best, 0, True
         else:
             self._streak = 0
@@ -446,18 +448,8 @@ class CutPolicy:
         return Decision(Choice(plan.best.index, plan.best.bits), True, plan, False, self.current)
 
     def _shadow_answer(self, plan: Plan) -> Choice | None:
-        """The device cut, when a probe now should be a shadow probe (module doc), else None."""
-        if not self.shadow_probes or self.current is None:
-            return None
-        device = next((o for o in plan.options if o.kind is CutKind.DEVICE and o.feasible), None)
-        if device is None:
-            return None
-        if self.current.cut == device.index:
-            return self.current
-        current = next((o for o in plan.options if (o.index, o.bits) == (self.current.cut, self.current.bits)), None)
-        if current is not None and current.total_ms >= device.total_ms * (1.0 - self.margin):
-            return Choice(device.index, device.bits)  # the current choice is no faster than all-on-device
-        return None
+        """What serves a probe frame (module doc, "Shadow probes"): the current choice, or None (a real probe)."""
+        return self.current if self.shadow_probes else None
 
     def _local_unless_clearly_better(self, plan: Plan) -> Choice:
         """The plan's best, except that the device cut is kept when no escalating option beats it by ``margin``.

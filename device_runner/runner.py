@@ -171,6 +171,7 @@ class DeviceRunner:
         self._refused: list[int] = []  # seqs whose entry got an error (cloud ErrorMessage, abandon)
         self._quant: dict[int, dict[str, tuple[float, int]]] = {}  # per cut: {tensor: (scale, zero point)}
         self._timings: OrderedDict[int, _Timing] = OrderedDict()
+        self._shadows: OrderedDict[int, _Timing] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
         self._seq = 0
@@ -179,7 +180,8 @@ class DeviceRunner:
         self.frames = 0
         self.answered: dict[str, int] = {w.value: 0 for w in AnsweredBy}
         self.late_answers = 0
-        self.shadow_results = 0  # results of shadow probes (measurements only, never answers)
+        self.shadow_probes = 0  # shadow probe payloads sent (policy doc)
+        self.shadow_results = 0  # their results (measurements only, never answers)
         self.duplicate_results = 0
         self.errors = 0
         self.bytes_sent = 0
@@ -235,28 +237,71 @@ class DeviceRunner:
             raise AssertionError("privacy is on but the policy chose the raw cut")
         self.frames += 1
         self._win["frames"] += 1
-        out, offset_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
-        pred = out.prediction if out is not None else None
-        base = dict(seq=seq, cut=cut.index, bits=choice.bits, probe=decision.probe)
-        if cut.kind is CutKind.DEVICE:
-            self._answer_local(pred, AnsweredBy.DEVICE, "device_cut", capture_ts, offset_ms, nbytes=0, **base)
-        elif decision.answer_with is not None:  # a shadow probe: measure the link, answer on the device
-            nbytes = self._escalate(cut, choice.bits, True, seq, frame, out, pred, capture_ts, offset_ms, shadow=True)
-            local = self.manifest.cut(decision.answer_with.cut)
-            out2, more_ms = self._run_cut(local, frame)
-            self._answer_local(out2.prediction, AnsweredBy.DEVICE, "shadow_probe", capture_ts, offset_ms + more_ms,
-                               nbytes=nbytes, seq=seq, cut=local.index, bits=decision.answer_with.bits, probe=True)
-        elif (
-            pred is not None
-            and not decision.probe
-            and pred.confidence >= self.policy.tau(cut.index, choice.bits)
-        ):
-            self._answer_local(pred, AnsweredBy.DEVICE, "exit", capture_ts, offset_ms, nbytes=0, **base)
-        else:
-            self._escalate(cut, choice.bits, decision.probe, seq, frame, out, pred, capture_ts, offset_ms)
+        if decision.answer_with is None:
+            self._serve(cut, choice.bits, decision.probe, seq, frame, capture_ts, 0.0)
+        else:  # a shadow probe (policy doc): measure the probed cut, serve the frame with answer_with
+            out, offset_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
+            device = cut.kind is CutKind.DEVICE  # a probe of the device cut measures its head only
+            payload = None if device else self._payload(cut, choice.bits, seq, frame, out, capture_ts)
+            serve = decision.answer_with
+            self._serve(self.manifest.cut(serve.cut), serve.bits, False, seq, frame, capture_ts, offset_ms)
+            if payload is not None:
+                self._send_shadow(payload, cut.index, seq)  # after the frame's own payload: never waits behind it
         self.expire()
         self.maybe_telemetry()
         return seq
+
+    def _serve(self, cut: CutSpec, bits: int, probe: bool, seq: int, frame: np.ndarray, capture_ts: float,
+               offset_ms: float) -> None:
+        """Run ``cut`` on the frame and answer it: the device cut or a confident exit now, else escalate."""
+        out, more_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
+        offset_ms += more_ms
+        pred = out.prediction if out is not None else None
+        base = dict(seq=seq, cut=cut.index, bits=bits, probe=probe)
+        if cut.kind is CutKind.DEVICE:
+            self._answer_local(pred, AnsweredBy.DEVICE, "device_cut", capture_ts, offset_ms, nbytes=0, **base)
+        elif pred is not None and not probe and pred.confidence >= self.policy.tau(cut.index, bits):
+            self._answer_local(pred, AnsweredBy.DEVICE, "exit", capture_ts, offset_ms, nbytes=0, **base)
+        else:
+            self._escalate(cut, bits, probe, seq, frame, out, pred, capture_ts, offset_ms)
+
+    def _send_shadow(self, payload: bytes, cut: int, seq: int) -> None:
+        """Publish a shadow probe's payload; its result and report only feed the estimates (matched by seq and cut)."""
+        send_ts = self.clock()
+        payload = stamp_send_ts(payload, send_ts)
+        with self._lock:
+            self._shadows[seq] = _Timing(send_ts, cut, shadow=True)
+            while len(self._shadows) > self.options.timing_window:
+                self._shadows.popitem(last=False)
+        try:
+            self.transport.publish(self._act_topic, payload, qos=self.config.broker.qos_act)
+        except TransportError as exc:  # nothing waits for it: no answer to give, only a measurement lost
+            log.info("shadow probe of frame %d at cut %d not sent: %s", seq, cut, exc)
+            with self._lock:
+                self._shadows.pop(seq, None)
+            return
+        with self._lock:
+            self.shadow_probes += 1
+            self.bytes_sent += len(payload)
+            self._win["bytes"] += len(payload)
+
+    def _payload(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
+                 capture_ts: float) -> bytes:
+        """The frame's wire payload at ``cut``: the raw frame at the raw cut, else the head's activations."""
+        if cut.kind is CutKind.RAW:
+            return encode_raw(
+                device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
+                image=np.asarray(frame, dtype=np.uint8)[None], capture_ts=capture_ts,
+                name=cut.tensors[0].name, cut_id=cut.index, codec=self.codec,
+            )  # fmt: skip
+        assert out is not None
+        quant = self._quant.get(cut.index)
+        if quant is None:
+            quant = self._quant[cut.index] = {t.name: (t.scale, t.zero_point) for t in cut.tensors}
+        return encode_activation(
+            device_id=self.device_id, seq=seq, cut_id=cut.index, bundle_id=self.manifest.wire_bundle_id,
+            activations=out.activations, quant=quant, bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
+        )  # fmt: skip
 
     def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput, float]:
         """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept."""
@@ -278,38 +323,19 @@ class DeviceRunner:
         probe: bool,
         seq: int,
         frame: np.ndarray,
-        out: object,
+        out: CutOutput | None,
         pred: Prediction | None,
         capture_ts: float,
         offset_ms: float,
-        *,
-        shadow: bool = False,
-    ) -> int:
-        """Send the frame's payload; returns its bytes (0: not sent). The frame waits in flight for the
-        cloud, unless ``shadow``: then nothing waits, the answer only feeds the estimates (policy doc)."""
+    ) -> None:
+        """Send the frame's payload; the frame waits in flight for the cloud's answer (or its deadline)."""
         with self._lock:
             full = len(self._inflight) >= self.options.max_inflight
-        if full and shadow:
-            return 0
         if full:
             self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
                                   capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
-            return 0
-        if cut.kind is CutKind.RAW:
-            payload = encode_raw(
-                device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
-                image=np.asarray(frame, dtype=np.uint8)[None], capture_ts=capture_ts,
-                name=cut.tensors[0].name, cut_id=cut.index, codec=self.codec,
-            )  # fmt: skip
-        else:
-            acts = out.activations  # type: ignore[attr-defined]
-            quant = self._quant.get(cut.index)
-            if quant is None:
-                quant = self._quant[cut.index] = {t.name: (t.scale, t.zero_point) for t in cut.tensors}
-            payload = encode_activation(
-                device_id=self.device_id, seq=seq, cut_id=cut.index, bundle_id=self.manifest.wire_bundle_id,
-                activations=acts, quant=quant, bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
-            )  # fmt: skip
+            return
+        payload = self._payload(cut, bits, seq, frame, out, capture_ts)
         pending = _Pending(
             seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
             len(payload), probe, offset_ms, pred, frame if cut.kind is CutKind.RAW and pred is None else None,
@@ -318,13 +344,12 @@ class DeviceRunner:
         pending.send_ts = send_ts
         payload = stamp_send_ts(payload, send_ts)
         with self._lock:
-            if not shadow:
-                wait_ms = self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload))
-                if send_ts + wait_ms / 1000.0 < pending.deadline:
-                    pending.deadline, pending.overdue = send_ts + wait_ms / 1000.0, True
-                self._inflight[seq] = pending
-                self._track_deadline(pending)
-            self._timings[seq] = _Timing(send_ts, cut.index, shadow=shadow)
+            wait_ms = self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload))
+            if send_ts + wait_ms / 1000.0 < pending.deadline:
+                pending.deadline, pending.overdue = send_ts + wait_ms / 1000.0, True
+            self._inflight[seq] = pending
+            self._track_deadline(pending)
+            self._timings[seq] = _Timing(send_ts, cut.index)
             while len(self._timings) > self.options.timing_window:
                 self._timings.popitem(last=False)
         try:
@@ -341,11 +366,10 @@ class DeviceRunner:
             if mine is not None:
                 self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0,
                                       seq=seq, cut=cut.index, bits=bits, probe=probe)
-            return 0
+            return
         with self._lock:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
-        return len(payload)
 
     # ------------------------------------------------------------------ answers
     def _emit(self, answer: Answer) -> bool:
@@ -496,7 +520,8 @@ class DeviceRunner:
             self._on_result(m, arrival)
         elif isinstance(m, ReportMessage):
             with self._lock:
-                t = self._timings.get(m.seq)
+                shadow = self._shadows.get(m.seq)
+                t = shadow if shadow is not None and shadow.cut == m.cut_id else self._timings.get(m.seq)
                 if t is not None:
                     t.report = m
                     self._join(m.seq, t)
@@ -513,14 +538,18 @@ class DeviceRunner:
 
     def _on_result(self, m: ResultMessage, arrival: float) -> None:
         with self._wake:
+            shadow = self._shadows.get(m.seq)
+            if shadow is not None and shadow.cut == m.cut_id:  # a shadow probe's result: a measurement only
+                if shadow.arrival is None:
+                    shadow.arrival = arrival
+                    self.shadow_results += 1
+                    self._join(m.seq, shadow)
+                return
             p = self._inflight.get(m.seq)
             t = self._timings.get(m.seq)
             if t is not None and t.arrival is None:
                 t.arrival = arrival
                 self._join(m.seq, t)
-                if t.shadow:
-                    self.shadow_results += 1
-                    return
             if p is not None and arrival >= p.deadline:
                 # Past its deadline but not yet expired: the deadline answers it (in expire), not the cloud.
                 self.late_answers += 1
@@ -551,7 +580,7 @@ class DeviceRunner:
         net_ms = (t.arrival - t.send_ts) * 1000.0 - cloud_ms
         self.estimator.observe_tail(t.cut, cloud_ms)
         self.estimator.observe_network(t.cut, r.bytes_received, net_ms)
-        self._timings.pop(seq, None)
+        (self._shadows if t.shadow else self._timings).pop(seq, None)
 
     # ------------------------------------------------------------------ telemetry
     def telemetry(self, now: float | None = None) -> TelemetryMessage:

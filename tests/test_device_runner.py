@@ -496,21 +496,26 @@ def test_device_runner_never_imports_tensorflow_or_the_converter() -> None:
 # ------------------------------------------------------------------------------------------ shadow probes
 
 
+def _recording(runner: DeviceRunner) -> list:
+    decisions: list = []
+    decide = runner.policy.decide
+    runner.policy.decide = lambda est: decisions.append(decide(est)) or decisions[-1]  # type: ignore[method-assign]
+    return decisions
+
+
 def test_a_shadow_probe_is_answered_on_the_device_and_its_result_only_measures_the_link() -> None:
     runner, answers, hub, clock = make_runner(initial=Choice(3, 0), probe_every=1)
     cloud = Responder(hub, clock, mode="hold")
-    decisions = []
-    decide = runner.policy.decide
-    runner.policy.decide = lambda est: decisions.append(decide(est)) or decisions[-1]  # type: ignore[method-assign]
+    decisions = _recording(runner)
     for _ in range(2):  # (the fake manifest's plan then prefers cut 1 and leaves the device cut)
         runner.process(FRAME)
     probes = [d for d in decisions if d.probe]
     assert probes, "the policy never probed from the device cut"
-    assert all(d.answer_with == Choice(3, 0) for d in probes)  # every probe from the device cut is a shadow
-    shadow_answers = [a for a in answers if a.reason == "shadow_probe"]
-    assert len(shadow_answers) == len(probes)
-    assert all(a.answered_by is AnsweredBy.DEVICE and a.cut == 3 and a.bytes > 0 and a.probe for a in shadow_answers)
-    assert runner.inflight == 0 and len(cloud.frames) == len(probes)  # sent, and nothing waits for it
+    assert all(d.answer_with == Choice(3, 0) for d in probes)  # served by the current choice
+    assert [(a.answered_by, a.reason, a.cut, a.bytes, a.probe) for a in answers] == [
+        (AnsweredBy.DEVICE, "device_cut", 3, 0, False)] * 2  # fmt: skip
+    assert runner.inflight == 0 and len(cloud.frames) == runner.shadow_probes == len(probes)  # sent; nothing waits
+    assert {f.header.cut_id for f in cloud.frames} == {d.choice.cut for d in probes}
     samples = runner.estimator.network_samples
     cloud.release()
     assert runner.estimator.network_samples > samples  # the results measured the link ...
@@ -518,3 +523,21 @@ def test_a_shadow_probe_is_answered_on_the_device_and_its_result_only_measures_t
     clock.advance(10.0)
     assert runner.expire() == 0
     assert_exactly_once(answers, 2)
+
+
+def test_a_shadow_probe_from_a_split_cut_sends_the_frame_first_and_matches_results_by_cut() -> None:
+    # tau 2: the exit never answers, every frame at cut 1 escalates; a probe turn every frame
+    runner, answers, hub, clock = make_runner(initial=Choice(1, 4), probe_every=1, tau=2.0)
+    cloud = Responder(hub, clock, mode="hold")
+    runner.policy._probe_target = lambda plan, est: Choice(2, 4)  # type: ignore[method-assign]  # (the runner's side)
+    decisions = _recording(runner)
+    runner.process(FRAME)
+    d, seq = decisions[-1], 0
+    assert d.probe and d.answer_with == Choice(1, 4) and d.choice.cut != 1, decisions
+    assert [f.header.cut_id for f in cloud.frames if f.header.seq == seq] == [1, d.choice.cut]  # the frame's first
+    assert runner.inflight == seq + 1 and answers == []
+    cloud.release()  # two results for the probe's seq: the one at cut 1 answers it, the shadow's only measures
+    assert [(a.answered_by, a.cut) for a in answers] == [(AnsweredBy.CLOUD, 1)] * (seq + 1)
+    assert runner.shadow_results == 1 and runner.late_answers == 0 and runner.duplicate_results == 0
+    assert runner.inflight == 0
+    assert_exactly_once(answers, seq + 1)
