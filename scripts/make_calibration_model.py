@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "firmware_configs" / "calibration" / "mobilenet_v2_224_int8.tflite"
@@ -32,23 +32,19 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import numpy as np
-    import tensorflow as tf
+
+    from converter.export import export_int8
 
     keras.utils.set_random_seed(args.seed)
     model = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=1.0, weights=None, classes=1000)
+    key = model.inputs[0].name  # the signature's input key
     rng = np.random.default_rng(args.seed)
 
-    def representative():  # noqa: ANN202
+    def representative() -> Iterator[dict[str, np.ndarray]]:
         for _ in range(8):
-            yield [rng.uniform(-1.0, 1.0, (1, 224, 224, 3)).astype(np.float32)]
+            yield {key: rng.uniform(-1.0, 1.0, (1, 224, 224, 3)).astype(np.float32)}
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    data = conv.convert()
+    data = export_int8(model, representative, input_type="int8")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(data)
     print(f"wrote {args.out} ({len(data) / 1e6:.1f} MB)")
