@@ -15,6 +15,12 @@ and never written. The local answer is the early exit's prediction when there is
 device cut's full model (run then, on the main thread - interpreters are not shared across
 threads), else class ``-1``.
 
+**Shadow probes** (``Decision.answer_with``, policy doc): the probed cut's head runs, the frame is
+served by the current choice as any other frame, then the probed cut's payload is sent with the same
+seq. Its result and report are matched by (seq, cut) in a separate bounded map and only feed the
+estimator (``shadow_results``); they never answer. An ErrorMessage carries no cut, so a refused shadow
+payload marks the frame's own escalation (if one is in flight) as refused: it is answered locally.
+
 Threads: transport handlers (paho's network thread) only decode messages, pop cloud answers and
 mark errors; every model invocation and every local answer happens on the caller's thread in
 :meth:`process` / :meth:`expire`. Memory is bounded whatever the uplink does: the in-flight map
