@@ -94,7 +94,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Estimates", "Estimator"]
+from sdk.config import DeviceConfig
+from sdk.host_speed import prior_factor
+from sdk.manifest import Manifest
+from sdk.planner import costs_from_manifest
+
+__all__ = ["Estimates", "Estimator", "make_estimator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,3 +381,14 @@ class Estimator:
         if cap < current:
             self._bandwidth = cap
             self._capped = True
+
+
+def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth: float = 1_000_000.0) -> Estimator:
+    """Priors from the manifest: head times scaled to the board (unless converted for it), tail times as is."""
+    factor = prior_factor(config.board, manifest.board)
+    costs = costs_from_manifest(manifest)
+    return Estimator(
+        head_prior={c.index: c.head_ms * factor for c in costs},
+        tail_prior={c.index: c.tail_ms for c in costs},
+        prior_bandwidth=prior_bandwidth,
+    )

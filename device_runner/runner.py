@@ -46,13 +46,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from device_runner.answers import Answer, AnsweredBy, RunSummary
-from device_runner.estimator import Estimator
+from device_runner.encode import PayloadEncoder, codec_for
+from device_runner.estimator import Estimator, make_estimator
 from device_runner.heads import CutExecutor, CutOutput, Prediction
 from device_runner.policy import CutPolicy
 from sdk import topics
-from sdk.config import CodecChoice, DeviceConfig
+from sdk.config import DeviceConfig
 from sdk.errors import BrokerUnavailableError, PayloadTooLargeError, TransportError, WireError
-from sdk.host_speed import prior_factor
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.messages import (
     ErrorMessage,
@@ -62,10 +62,9 @@ from sdk.messages import (
     TelemetryMessage,
     decode_message,
 )
-from sdk.planner import costs_from_manifest
 from sdk.topics import TopicKind
 from sdk.transport import Message, Transport
-from sdk.wire import Codec, encode_activation, encode_raw, stamp_send_ts
+from sdk.wire import stamp_send_ts
 
 __all__ = ["Answer", "AnsweredBy", "DeviceRunner", "RunSummary", "RunnerOptions", "codec_for", "make_estimator"]
 
@@ -109,30 +108,6 @@ class _Timing:
     shadow: bool = False  # a shadow probe's: its result answers nothing (the device already did)
 
 
-def codec_for(choice: CodecChoice) -> Codec:
-    """The wire codec for a profile's ``codec``; ``auto`` falls back to none without zstandard."""
-    if choice is CodecChoice.NONE:
-        return Codec.NONE
-    try:
-        import zstandard  # noqa: F401
-    except ImportError:
-        if choice is CodecChoice.ZSTD:
-            raise
-        return Codec.NONE
-    return Codec.ZSTD  # the encoder keeps zstd only for payloads it makes smaller (= auto)
-
-
-def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth: float = 1_000_000.0) -> Estimator:
-    """Priors from the manifest: head times scaled to the board (unless converted for it), tail times as is."""
-    factor = prior_factor(config.board, manifest.board)
-    costs = costs_from_manifest(manifest)
-    return Estimator(
-        head_prior={c.index: c.head_ms * factor for c in costs},
-        tail_prior={c.index: c.tail_ms for c in costs},
-        prior_bandwidth=prior_bandwidth,
-    )
-
-
 def _percentile(values: Iterable[float], q: float) -> float | None:
     data = list(values)
     return float(np.percentile(data, q)) if data else None
@@ -168,6 +143,7 @@ class DeviceRunner:
         self.clock = clock
         self.sleep = sleep
         self.codec = codec_for(config.device.codec)
+        self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
         self.emulated = bool(getattr(executor, "emulated", False))
         self._act_topic = topics.topic(self.device_id, TopicKind.ACT)
         self._lock = threading.RLock()
@@ -175,7 +151,6 @@ class DeviceRunner:
         self._inflight: dict[int, _Pending] = {}
         self._deadlines: list[tuple[float, int]] = []  # min-heap of (deadline, seq); may hold answered seqs
         self._refused: list[int] = []  # seqs whose entry got an error (cloud ErrorMessage, abandon)
-        self._quant: dict[int, dict[str, tuple[float, int]]] = {}  # per cut: {tensor: (scale, zero point)}
         self._timings: OrderedDict[int, _Timing] = OrderedDict()
         self._shadows: OrderedDict[int, _Timing] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
@@ -248,7 +223,7 @@ class DeviceRunner:
         else:  # a shadow probe (policy doc): measure the probed cut, serve the frame with answer_with
             out, offset_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
             device = cut.kind is CutKind.DEVICE  # a probe of the device cut measures its head only
-            payload = None if device else self._payload(cut, choice.bits, seq, frame, out, capture_ts)
+            payload = None if device else self._encoder.encode(cut, choice.bits, seq, frame, out, capture_ts)
             serve = decision.answer_with
             self._serve(self.manifest.cut(serve.cut), serve.bits, False, seq, frame, capture_ts, offset_ms)
             if payload is not None:
@@ -291,24 +266,6 @@ class DeviceRunner:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
 
-    def _payload(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
-                 capture_ts: float) -> bytes:
-        """The frame's wire payload at ``cut``: the raw frame at the raw cut, else the head's activations."""
-        if cut.kind is CutKind.RAW:
-            return encode_raw(
-                device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
-                image=np.asarray(frame, dtype=np.uint8)[None], capture_ts=capture_ts,
-                name=cut.tensors[0].name, cut_id=cut.index, codec=self.codec,
-            )  # fmt: skip
-        assert out is not None
-        quant = self._quant.get(cut.index)
-        if quant is None:
-            quant = self._quant[cut.index] = {t.name: (t.scale, t.zero_point) for t in cut.tensors}
-        return encode_activation(
-            device_id=self.device_id, seq=seq, cut_id=cut.index, bundle_id=self.manifest.wire_bundle_id,
-            activations=out.activations, quant=quant, bits=bits or 8, capture_ts=capture_ts, codec=self.codec,
-        )  # fmt: skip
-
     def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput, float]:
         """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept."""
         out = self.executor.run(cut, frame)
@@ -341,7 +298,7 @@ class DeviceRunner:
             self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
                                   capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
             return
-        payload = self._payload(cut, bits, seq, frame, out, capture_ts)
+        payload = self._encoder.encode(cut, bits, seq, frame, out, capture_ts)
         pending = _Pending(
             seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
             len(payload), probe, offset_ms, pred, frame if cut.kind is CutKind.RAW and pred is None else None,
