@@ -356,3 +356,48 @@ def test_the_device_cut_is_kept_unless_an_escalation_is_clearly_faster() -> None
     far = policy(probe_every=0).decide(snapshot(64 / 0.001, 1e6))  # cut 2: 5 ms
     assert far.choice.cut == 2
 
+
+
+def test_two_misses_in_a_row_skip_the_patience_of_a_beaten_choice_one_does_not() -> None:
+    from dataclasses import replace
+
+    fast, slow = snapshot(1e9, 1e9), snapshot(2e3, 1e9)  # a split wins on the fast link, the device on the slow
+
+    def after(streak: int) -> Choice:
+        p = policy(probe_every=0)
+        first = p.decide(fast).choice
+        assert p.manifest.cut(first.cut).kind.value != "device"
+        assert p.decide(slow).choice == first  # patience (3 decisions): one plan saying so is not enough
+        return p.decide(replace(slow, miss_streak=streak)).choice
+
+    assert after(1).cut != 3  # one miss (jitter through a loaded broker, say): patience still applies
+    assert after(2).cut == 3  # two sent frames in a row missed: leave now
+
+
+def test_cold_start_serves_on_the_device_and_shadow_probes_the_priors_choice() -> None:
+    head, tail = priors()
+    cold = Estimates(1e9, 0.0, head, tail, {}, False, 1e9)  # nothing measured yet; the prior says: a split
+    p = policy(probe_every=0)
+    d = p.decide(cold)
+    assert d.probe and d.answer_with is not None and p.manifest.cut(d.answer_with.cut).kind.value == "device"
+    assert (d.choice.cut, d.choice.bits) == (d.plan.best.index, d.plan.best.bits) and d.choice.cut != 3
+    assert p.current == d.answer_with and not p.decide(cold).probe  # once; then the usual rules
+    assert policy(probe_every=0, shadow_probes=False).decide(cold).choice.cut != 3  # off: the prior's choice
+
+
+def test_unmeasured_priors_scale_with_the_measured_cuts() -> None:
+    e = Estimator(head_prior={1: 1.0, 2: 2.0, 3: 4.0}, tail_prior={}, prior_bandwidth=1e6)
+    e.observe_head(3, 8.0)  # the device cut runs 2x slower than its prior
+    assert (e.head_ms(1), e.head_ms(2), e.head_ms(3)) == (2.0, 4.0, 8.0)
+    e.observe_head(1, 1.0)  # cut 1 as its prior: the geometric mean of 2x and 1x scales cut 2
+    assert e.head_ms(2) == pytest.approx(2.0 * 2**0.5) and e.snapshot().head_ms[2] == pytest.approx(2.0 * 2**0.5)
+
+
+def test_the_overdue_wait_is_planned_on_the_sampled_bandwidth_not_a_cap() -> None:
+    e = estimator()
+    e.observe_network(2, 10_000, 10_000 / 500e3 * 1000)  # 500 kB/s measured
+    e.observe_timeout(2, 1_000, 200.0)  # a miss caps the estimate at ~5 kB/s
+    est = e.snapshot()
+    assert est.bandwidth_bytes_per_s < 10e3 and est.sampled_bandwidth_bytes_per_s == pytest.approx(500e3)
+    wait = policy().answer_within_ms(est, 2, 1_000)
+    assert wait == pytest.approx(2 * (1_000 / 500e3 * 1000 + est.tail_ms[2]) + 30)  # not 2 x 200 ms
