@@ -56,6 +56,9 @@ dropped before planning.
     so its cuts are not exploration) is delayed by at most ``max_backoff`` x ``probe_every`` frames.
     (A per-cut back-off was tried first: with several plausible cuts taking turns it hardly lowered
     the probe rate.)
+  After a switch the next probe turn comes after ``probe_every // 5`` decisions (5 frames, 2.5 s at
+  2 fps): in the replay on the car trace the policy left cut 51 for the device cut in a dip and came
+  back only at the next regular probe, 19 frames later, which was half its gap to the best static cut.
   The back-off of plausible probes is also bounded in time: at most ``max_probe_interval_s`` (20 s)
     at the profile's ``fps_cap`` (``None``: no bound). At 2 fps the 4x cap was 50 s between probes and
     kept the device cut ~100 s after the link recovered in the replay (metro trace, docs/DYNAMIC.md).
@@ -75,9 +78,11 @@ dropped before planning.
 * **Outage risk** (``risk=True``): an escalated frame that misses costs the runner's wait for it (the
   overdue wait, at most the deadline). Every escalating option is charged ``miss_rate x (q x wait - q x T_esc)`` (``q`` = 1
   without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
-  (its module doc). The charge is added to ``link_ms``: no bandwidth pays for it, so a cut it prices
-  out is not probed either until the rate decays - probes into outages were most of the loss on the
-  bursty mahimahi traces.
+  (its module doc). The charge is added to ``link_ms``: no bandwidth pays for it. With real probes
+  (``shadow_probes=False``) a cut it prices out is not probed either until the rate decays - probes into
+  outages were most of the loss on the bursty mahimahi traces; shadow probes cost head time only, so
+  they are chosen on the plan without the charge, and their answers in time bring the rate down (in the
+  replay on metro the device cut had otherwise stayed 16 s after a dip).
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
 * **Privacy**: the raw cut is excluded from the plan and from the probes; :meth:`CutPolicy.decide`
   never returns it when ``privacy`` is set (a test checks it).
@@ -341,7 +346,7 @@ class CutPolicy:
         (the overdue wait, :meth:`answer_within_ms`, at most the deadline) instead of its planned time:
         ``+ miss_rate x q x (wait - T_esc)``, where ``q x T_esc`` is already in the option's transfer +
         link + tail (``q`` = 1 without the exit). The charge goes into ``link_ms``: no bandwidth removes
-        it, so a cut it prices out is not probed either. (Charging the whole deadline, as before the
+        it (shadow probes are chosen without it: module doc). (Charging the whole deadline, as before the
         overdue wait, priced one jitter-late answer through a loaded broker at 0.2 x 400 ms and moved the
         cut to the device - the real-broker cut test flapped.)
         """
@@ -423,6 +428,8 @@ class CutPolicy:
         if switched:
             self.switches += 1
             self._interval = 1  # conditions changed: probe at the normal rate again
+            # ... and look back soon: a switch after misses is often a dip of a few seconds (module doc)
+            self._since_turn = max(self._since_turn, self.probe_every - max(1, self.probe_every // 5))
             log.info("cut -> %s (%.2f ms predicted)", self.current, plan.best.total_ms)
         assert self.current is not None
         if self.probe_every:
@@ -431,7 +438,10 @@ class CutPolicy:
                 self._judge_probe(plan, est)
             if self._since_turn >= self.probe_every * self._interval:
                 self._since_turn = 0
-                probe = self._probe_target(plan, est)
+                # Shadow probes cost head time, not a frame's wait: they are chosen without the risk charge,
+                # so a cut priced out by recent misses is still probed and can show the link is back.
+                plain = self._plain if self.shadow_probes and self._plain is not None else plan
+                probe = self._probe_target(plain, est)
                 if probe is not None:
                     self.probes += 1
                     return Decision(probe, True, plan, switched, self._shadow_answer(plan))
@@ -444,6 +454,7 @@ class CutPolicy:
         if device is None or plan.best.kind is CutKind.DEVICE:
             return None
         self.current = Choice(device.index, device.bits)
+        self._streak = self.patience - 1  # a placeholder: the first plan that confirms the probe moves at once
         self.probes += 1
         return Decision(Choice(plan.best.index, plan.best.bits), True, plan, False, self.current)
 
@@ -528,6 +539,8 @@ class CutPolicy:
         for o in plan.options:
             if not o.feasible or o.index == self.current.cut:
                 continue
+            if o.kind is CutKind.DEVICE and o.index in est.head_min_ms:
+                continue  # measured once: its cost does not depend on the link, and a probe of it costs the whole model
             if o.kind is CutKind.RAW and not self.allow_raw:  # belt and braces: evaluate already excludes it
                 continue
             if o.index not in best_per_cut or o.total_ms < best_per_cut[o.index].total_ms:

@@ -318,10 +318,14 @@ def test_deadline_misses_keep_the_device_cut_and_stop_the_probes() -> None:
     assert at_deadline().decide(snap(0.0)).choice.cut == 2
     # 10 % of escalations miss: + 0.1 x (100 - 1.32) ms makes cut 2 cost ~14.2 ms, still below 20.
     assert at_deadline().decide(snap(0.1)).choice.cut == 2
-    risky = at_deadline(probe_every=1)
+    risky = at_deadline(probe_every=1, shadow_probes=False)
     d = risky.decide(snap(0.3))  # + 0.3 x 98.7 = 29.6 ms: the device cut wins
     assert d.choice.cut == 3 and d.plan.option(2, 4).total_ms == pytest.approx(4.32 + 0.3 * (100 - 1.32))
-    assert not any(risky.decide(snap(0.3)).probe for _ in range(5))  # no bandwidth can pay for the misses
+    assert not any(risky.decide(snap(0.3)).probe for _ in range(5))  # real probes: no bandwidth pays for the misses
+    shadow = at_deadline(probe_every=1)  # shadow probes cost head time only: they go on, served by the device cut
+    shadow.decide(snap(0.3))
+    probes = [d for d in (shadow.decide(snap(0.3)) for _ in range(5)) if d.probe]
+    assert probes and all(d.answer_with == Choice(3, 0) and d.choice.cut != 3 for d in probes)
     assert at_deadline(risk=False).decide(snap(0.3)).choice.cut == 2
     # With the overdue wait (2 x 1.32 + 30 = 32.64 ms) a miss costs that wait, not the deadline:
     d = policy().decide(snap(0.3))  # + 0.3 x (32.64 - 1.32) = 9.4 ms, not the 29.6 of the deadline
@@ -401,3 +405,19 @@ def test_the_overdue_wait_is_planned_on_the_sampled_bandwidth_not_a_cap() -> Non
     assert est.bandwidth_bytes_per_s < 10e3 and est.sampled_bandwidth_bytes_per_s == pytest.approx(500e3)
     wait = policy().answer_within_ms(est, 2, 1_000)
     assert wait == pytest.approx(2 * (1_000 / 500e3 * 1000 + est.tail_ms[2]) + 30)  # not 2 x 200 ms
+
+
+def test_after_a_switch_the_next_probe_comes_soon() -> None:
+    from dataclasses import replace
+
+    head, tail = priors()
+    p = policy(probe_every=25)
+    fast = Estimates(1e9, 0.0, head, tail, {1: 1.0, 2: 2.0, 3: 3.0}, True, 1e9, measured_peak_bytes_per_s=1e9,
+                     head_min_ms=dict(head))  # every head measured, the device cut's too
+    for _ in range(30):
+        assert p.manifest.cut(p.decide(fast).choice.cut).kind.value != "device" or p.decide(fast).probe
+    slow = replace(fast, bandwidth_bytes_per_s=2e3, miss_streak=2)  # two misses: switch to the device cut now
+    d = p.decide(slow)
+    assert d.switched and d.choice.cut == 3
+    turns = [i for i in range(1, 26) if p.decide(replace(slow, version=i)).probe]
+    assert turns and turns[0] <= 25 // 5  # not probe_every (25) decisions later
