@@ -73,7 +73,8 @@ dropped before planning.
   answer is the frame's.
 * **Cold start** (with ``shadow_probes`` and no ``initial`` choice): the first frame, before any
   network sample, starts on the device cut and shadow-probes the option the prior bandwidth prefers;
-  the policy moves there (after ``patience``) once the sample confirms it. Sent at the prior, the
+  the policy moves there at the first plan that still prefers it (the device cut is a placeholder, so
+  no ``patience``). Sent at the prior, the
   first frames of the replay on the mahimahi traces had met an outage at the start and waited for it.
 * **Outage risk** (``risk=True``): an escalated frame that misses costs the runner's wait for it (the
   overdue wait, at most the deadline). Every escalating option is charged ``miss_rate x (q x wait - q x T_esc)`` (``q`` = 1
@@ -136,7 +137,7 @@ class Decision:
     probe: bool
     plan: Plan
     switched: bool = False
-    #: a *shadow* probe (module doc): the frame is answered with this choice (the device cut), and the
+    #: a *shadow* probe (module doc): the frame is served by this choice (the current one), and the
     #: probe's payload is sent only to measure the link and the tail
     answer_with: Choice | None = None
 
@@ -444,7 +445,7 @@ class CutPolicy:
                 probe = self._probe_target(plain, est)
                 if probe is not None:
                     self.probes += 1
-                    return Decision(probe, True, plan, switched, self._shadow_answer(plan))
+                    return Decision(probe, True, plan, switched, self._shadow_answer())
         return Decision(self.current, False, plan, switched)
 
     def _cold_start(self, plan: Plan) -> Decision | None:
@@ -458,7 +459,7 @@ class CutPolicy:
         self.probes += 1
         return Decision(Choice(plan.best.index, plan.best.bits), True, plan, False, self.current)
 
-    def _shadow_answer(self, plan: Plan) -> Choice | None:
+    def _shadow_answer(self) -> Choice | None:
         """What serves a probe frame (module doc, "Shadow probes"): the current choice, or None (a real probe)."""
         return self.current if self.shadow_probes else None
 
