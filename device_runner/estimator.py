@@ -35,7 +35,10 @@ The two unknowns are separated by payload size, online:
   ~3 Mbit/s link (the live demo on ``zero2w-offload`` stayed on the device for most of a 30 s run).
 
 Small payloads (late cuts) therefore teach the latency and big ones (early cuts, probes) the
-bandwidth; the policy's probes keep the big ones coming. A frame whose answer never came before its
+bandwidth - except the late answer of a frame that already missed: it waited out an outage, and as a
+latency sample it had pushed ``link_ms`` to hundreds of ms, which no bandwidth could beat, so no cut
+was probed again (the live demo on ``zero2w-offload`` stayed on the device for the 25 s after one
+outage); the policy's probes keep the big ones coming. A frame whose answer never came before its
 deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes``, so the bandwidth
 estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
 later even though no answer comes back). Everything is O(1) memory per cut.
@@ -332,7 +335,8 @@ class Estimator:
         net_ms = max(net_ms, 0.0)
         self.network_samples += 1
         self._touch(cut)
-        if net_ms < self._late_ms:  # not the late answer of a frame already counted as a miss
+        late = net_ms >= self._late_ms  # the late answer of a frame already counted as a miss
+        if not late:
             self._observe_miss(False)
             self._late_ms = math.inf
             if self._miss_streak:
@@ -343,6 +347,8 @@ class Estimator:
         predicted_transfer = nbytes / bw * 1000.0
         transfer = net_ms - self._link_ms
         if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
+            if late:  # it waited out an outage: not the link's latency (module doc)
+                return
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
             self._link_ms = max(0.0, _ewma(self._link_ms, net_ms - predicted_transfer, self.alpha))
             if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):

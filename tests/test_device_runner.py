@@ -541,3 +541,13 @@ def test_a_shadow_probe_from_a_split_cut_sends_the_frame_first_and_matches_resul
     assert runner.shadow_results == 1 and runner.late_answers == 0 and runner.duplicate_results == 0
     assert runner.inflight == 0
     assert_exactly_once(answers, seq + 1)
+
+
+def test_the_late_answer_of_a_missed_frame_is_not_a_link_latency_sample() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6, prior_link_ms=5.0)
+    e.observe_network(1, 100, 5.0)  # small payloads teach the latency: 5 ms
+    e.observe_timeout(1, 100, 300.0)  # an outage: no answer within 300 ms
+    e.observe_network(1, 100, 900.0)  # ... its answer after the outage: not a 900 ms link
+    assert e.link_ms == pytest.approx(5.0, abs=0.5)
+    e.observe_network(1, 100, 6.0)  # the next frame in time is a latency sample again
+    assert 5.0 < e.link_ms < 6.0
