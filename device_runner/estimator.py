@@ -349,6 +349,11 @@ class Estimator:
         if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
             if late:  # it waited out an outage: not the link's latency (module doc)
                 return
+            if self._capped and net_ms < predicted_transfer:  # faster than the cap allows: the outage is over
+                self._capped = False
+                bw = self._sampled_bw or self._prior_bandwidth
+                self._set_bandwidth(bw)
+                predicted_transfer = nbytes / bw * 1000.0
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
             self._link_ms = max(0.0, _ewma(self._link_ms, net_ms - predicted_transfer, self.alpha))
             if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):

@@ -549,5 +549,7 @@ def test_the_late_answer_of_a_missed_frame_is_not_a_link_latency_sample() -> Non
     e.observe_timeout(1, 100, 300.0)  # an outage: no answer within 300 ms
     e.observe_network(1, 100, 900.0)  # ... its answer after the outage: not a 900 ms link
     assert e.link_ms == pytest.approx(5.0, abs=0.5)
-    e.observe_network(1, 100, 6.0)  # the next frame in time is a latency sample again
-    assert 5.0 < e.link_ms < 6.0
+    assert e.bandwidth is not None and e.bandwidth < 1e3  # the cap (100 B in ~300 ms)
+    e.observe_network(1, 100, 6.0)  # the next frame in time: faster than the cap allows, so the outage is over
+    assert e.bandwidth == pytest.approx(1e6)  # back to what was known before it (here the prior)
+    assert 5.0 < e.link_ms < 6.0  # and a latency sample again (not 6 ms - 300 ms of capped transfer)
