@@ -221,7 +221,7 @@ class DeviceRunner:
         if decision.answer_with is None:
             self._serve(cut, choice.bits, decision.probe, seq, frame, capture_ts, 0.0)
         else:  # a shadow probe (policy doc): measure the probed cut, serve the frame with answer_with
-            out, offset_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
+            out, offset_ms = self._run_cut(cut, frame)
             device = cut.kind is CutKind.DEVICE  # a probe of the device cut measures its head only
             payload = None if device else self._encoder.encode(cut, choice.bits, seq, frame, out, capture_ts)
             serve = decision.answer_with
@@ -235,7 +235,7 @@ class DeviceRunner:
     def _serve(self, cut: CutSpec, bits: int, probe: bool, seq: int, frame: np.ndarray, capture_ts: float,
                offset_ms: float) -> None:
         """Run ``cut`` on the frame and answer it: the device cut or a confident exit now, else escalate."""
-        out, more_ms = self._run_cut(cut, frame) if cut.kind is not CutKind.RAW else (None, 0.0)
+        out, more_ms = self._run_cut(cut, frame)
         offset_ms += more_ms
         pred = out.prediction if out is not None else None
         base = dict(seq=seq, cut=cut.index, bits=bits, probe=probe)
@@ -266,8 +266,11 @@ class DeviceRunner:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
 
-    def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput, float]:
-        """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept."""
+    def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput | None, float]:
+        """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept
+        (nothing runs on the device at the raw cut: None, 0)."""
+        if cut.kind is CutKind.RAW:
+            return None, 0.0
         out = self.executor.run(cut, frame)
         with self._lock:
             self.estimator.observe_head(cut.index, out.device_ms)
