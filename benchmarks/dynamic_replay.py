@@ -442,20 +442,21 @@ class _Runner(_Chooser):
 
 def _shadow_probe(s: Setup, link: TraceLink, sc: Scenario, k: int, probe: Route, serve: Route, arrival: float,
                   start: float, link_free: float, chooser: _Chooser) -> _Out:
-    """A shadow probe, as the runner does it: the probed head runs, the frame is served by ``serve`` (its
-    payload, if any, goes first), then the probe's payload; its answer only feeds the chooser's estimates."""
+    """A shadow probe, as the runner does it: the frame is served by ``serve`` (its payload, if any, goes
+    first), then the probed head runs and its payload is sent; its answer only feeds the chooser's
+    estimates. The probed head keeps the device busy (the next frame may wait for it), not the frame."""
     kind = s.manifest.cut(probe.cut).kind
-    probe_end = start + s.dev_ms[probe] / 1000.0
-    mine = outcome(s, link, sc, k, serve, False, arrival, probe_end, link_free, chooser.wait_ms)
+    mine = outcome(s, link, sc, k, serve, False, arrival, start, link_free, chooser.wait_ms)
     chooser.after(serve, False, arrival, mine)
+    probe_end = mine.dev_end + s.dev_ms[probe] / 1000.0
     if kind is CutKind.DEVICE:  # nothing to send: the probe measured the head only
         chooser.after(probe, True, arrival, replace(mine, dev_end=probe_end, sent=False, nbytes=0))
-        return mine
+        return replace(mine, dev_end=probe_end)
     nb = int(s.data.nbytes[probe][k])
-    tx_end = link.transfer_end(max(mine.dev_end, mine.link_free), nb)
+    tx_end = link.transfer_end(max(probe_end, mine.link_free), nb)
     done = tx_end + (sc.link_ms + s.cloud_ms[probe]) / 1000.0
-    chooser.after(probe, True, arrival, _Out(mine.dev_end, done, tx_end, nb, True, False, done - arrival, False))
-    return replace(mine, link_free=tx_end, nbytes=mine.nbytes + nb)
+    chooser.after(probe, True, arrival, _Out(probe_end, done, tx_end, nb, True, False, done - arrival, False))
+    return replace(mine, dev_end=probe_end, link_free=tx_end, nbytes=mine.nbytes + nb)
 
 
 class Static(_Chooser):

@@ -63,9 +63,13 @@ dropped before planning.
     at the profile's ``fps_cap`` (``None``: no bound). At 2 fps the 4x cap was 50 s between probes and
     kept the device cut ~100 s after the link recovered in the replay (metro trace, docs/DYNAMIC.md).
 * **Shadow probes** (``shadow_probes=True``): a probe frame is served by the current choice as usual
-  (``Decision.answer_with``); the probed cut's head runs first and its payload is sent after the
+  (``Decision.answer_with``); then the probed cut's head runs and its payload is sent after the
   frame's own, only to measure the link and the tail (the runner matches its result by seq and cut).
-  The frame costs the probed head's time on top, not a round trip through the link at another cut: in
+  The probed head runs after the frame is answered (or its payload sent), so the frame costs nothing
+  more; the device is busy for the probed head's time, which delays the next frame only when frames come
+  faster than the device is free (the head first, as before, had added 3-6 ms to each probe frame
+  on ``zero2w-offload``: most of dynamic's remaining gap to the best static cut on the HSDPA traces).
+  It does not wait for a round trip through the link at another cut: in
   the replay on the bursty mahimahi traces (zero2w-offload) real probes had taken 185-470 ms each (a big
   early-cut payload into a slow link) and were most of dynamic's gap to edge-only; on the HSDPA traces
   they were most of its gap to the oracle. A shadow probe that gets no answer is not a censored sample
@@ -81,7 +85,7 @@ dropped before planning.
   without the exit), with ``Estimates.miss_rate`` the estimator's rate of *unexplained* deadline misses
   (its module doc). The charge is added to ``link_ms``: no bandwidth pays for it. With real probes
   (``shadow_probes=False``) a cut it prices out is not probed either until the rate decays - probes into
-  outages were most of the loss on the bursty mahimahi traces; shadow probes cost head time only, so
+  outages were most of the loss on the bursty mahimahi traces; shadow probes cost device time only, so
   they are chosen on the plan without the charge, and their answers in time bring the rate down (in the
   replay on metro the device cut had otherwise stayed 16 s after a dip).
 * ``allowed_cuts`` restricts the candidates (``splitedge device --cut N`` pins one).
@@ -439,7 +443,7 @@ class CutPolicy:
                 self._judge_probe(plan, est)
             if self._since_turn >= self.probe_every * self._interval:
                 self._since_turn = 0
-                # Shadow probes cost head time, not a frame's wait: they are chosen without the risk charge,
+                # Shadow probes cost device time, not a frame's wait: they are chosen without the risk charge,
                 # so a cut priced out by recent misses is still probed and can show the link is back.
                 plain = self._plain if self.shadow_probes and self._plain is not None else plan
                 probe = self._probe_target(plain, est)

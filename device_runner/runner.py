@@ -15,9 +15,10 @@ and never written. The local answer is the early exit's prediction when there is
 device cut's full model (run then, on the main thread - interpreters are not shared across
 threads), else class ``-1``.
 
-**Shadow probes** (``Decision.answer_with``, policy doc): the probed cut's head runs, the frame is
-served by the current choice as any other frame, then the probed cut's payload is sent with the same
-seq. Its result and report are matched by (seq, cut) in a separate bounded map and only feed the
+**Shadow probes** (``Decision.answer_with``, policy doc): the frame is served by the current choice
+as any other frame (answered, or its payload sent), then the probed cut's head runs and its payload is
+sent with the same seq: the probe's head delays the next frame if the device is still busy with it,
+never this frame's answer. Its result and report are matched by (seq, cut) in a separate bounded map and only feed the
 estimator (``shadow_results``); they never answer. An ErrorMessage carries no cut, so a refused shadow
 payload marks the frame's own escalation (if one is in flight) as refused: it is answered locally.
 
@@ -220,13 +221,12 @@ class DeviceRunner:
         self._win["frames"] += 1
         if decision.answer_with is None:
             self._serve(cut, choice.bits, decision.probe, seq, frame, capture_ts, 0.0)
-        else:  # a shadow probe (policy doc): measure the probed cut, serve the frame with answer_with
-            out, offset_ms = self._run_cut(cut, frame)
-            device = cut.kind is CutKind.DEVICE  # a probe of the device cut measures its head only
-            payload = None if device else self._encoder.encode(cut, choice.bits, seq, frame, out, capture_ts)
+        else:  # a shadow probe (policy doc): serve the frame with answer_with, then measure the probed cut
             serve = decision.answer_with
-            self._serve(self.manifest.cut(serve.cut), serve.bits, False, seq, frame, capture_ts, offset_ms)
-            if payload is not None:
+            self._serve(self.manifest.cut(serve.cut), serve.bits, False, seq, frame, capture_ts, 0.0)
+            out, _ = self._run_cut(cut, frame)  # after the frame's answer or send: it keeps the device busy, not the frame
+            if cut.kind is not CutKind.DEVICE:  # a probe of the device cut measures its head only
+                payload = self._encoder.encode(cut, choice.bits, seq, frame, out, capture_ts)
                 self._send_shadow(payload, cut.index, seq)  # after the frame's own payload: never waits behind it
         self.expire()
         self.maybe_telemetry()

@@ -525,6 +525,22 @@ def test_a_shadow_probe_is_answered_on_the_device_and_its_result_only_measures_t
     assert_exactly_once(answers, 2)
 
 
+def test_a_shadow_probe_runs_the_probed_head_after_the_frame_is_answered() -> None:
+    # the probed head costs the device's time, not the frame's: the answer is written before it runs
+    runner, answers, hub, clock = make_runner(initial=Choice(3, 0), probe_every=1)
+    Responder(hub, clock, mode="hold")
+    calls = runner.executor.calls  # type: ignore[attr-defined]
+    runner.on_answer = lambda a: (answers.append(a), calls.append(-1 - a.seq))  # type: ignore[method-assign]
+    runner.policy._probe_target = lambda plan, est: Choice(1, 4)  # type: ignore[method-assign]  # a split head
+    decisions = _recording(runner)
+    runner.process(FRAME)
+    d = decisions[-1]
+    assert d.probe and d.answer_with == Choice(3, 0) and d.choice == Choice(1, 4), decisions
+    assert calls == [3, -1, 1]  # the device cut, the frame's answer (seq 0), then the probed head
+    assert runner.shadow_probes == 1
+    assert_exactly_once(answers, 1)
+
+
 def test_a_shadow_probe_from_a_split_cut_sends_the_frame_first_and_matches_results_by_cut() -> None:
     # tau 2: the exit never answers, every frame at cut 1 escalates; a probe turn every frame
     runner, answers, hub, clock = make_runner(initial=Choice(1, 4), probe_every=1, tau=2.0)
