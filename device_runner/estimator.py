@@ -63,6 +63,13 @@ that passed; a miss the bandwidth estimate explains is a slow link, already pric
 the cut at the device after a plain drop and recovery). An answer in time counts as 0; the late answer
 of a frame already counted as a miss does not count. The policy charges escalating options for it.
 
+**Jitter** (``Estimates.jitter_ms``): per cut, an EWMA (``jitter_alpha``, 1/4 as in RFC 6298) of
+``|net_ms - (link_ms + nbytes / bandwidth)|`` over its answers in time, taken against the estimates
+before the sample moves them (the bandwidth as the last measurement left it, not a deadline cap). The
+policy's overdue wait allows 4 of them (``CutPolicy.answer_within_ms``). Per cut, because a probe's
+big payload at an early cut deviates by more than the cut in use does. The late answer of a missed
+frame is not a sample. It is published when it moves by more than 25 % or 0.5 ms.
+
 **Snapshots are cached and versioned** (the runner asks for one every frame): :meth:`Estimator.snapshot`
 returns the *same* :class:`Estimates` object until an estimate changes materially, and each new one
 carries a larger ``version``. Material is:
@@ -130,6 +137,8 @@ class Estimates:
     sampled_bandwidth_bytes_per_s: float | None = None
     #: sent frames in a row that missed (deadline or overdue) since the last answer in time
     miss_streak: int = 0
+    #: cut -> mean deviation (ms) of its answers in time from the expected network time (module doc, "Jitter")
+    jitter_ms: Mapping[int, float] = field(default_factory=dict)
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -157,6 +166,7 @@ class Estimator:
         miss_alpha: float = 0.2,
         miss_half_life: int = 120,
         explained_share: float = 0.25,
+        jitter_alpha: float = 0.25,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -171,6 +181,7 @@ class Estimator:
                              f"{miss_alpha} and {miss_half_life}")
         self.stale_after = stale_after
         self.explained_share = explained_share
+        self.jitter_alpha = jitter_alpha
         self.miss_alpha = miss_alpha
         self.miss_half_life = miss_half_life
         self._bw_tick = 0  # counter value of the last bandwidth sample
@@ -180,6 +191,7 @@ class Estimator:
         self._capped = False  # the estimate is a deadline miss's cap (a bound): the next faster sample replaces it
         self._sampled_bw: float | None = None  # the estimate as the last network sample left it (caps aside)
         self._miss_streak = 0  # misses in a row since the last answer in time
+        self._jitter: dict[int, float] = {}  # cut -> EWMA of |net_ms - expected| over answers in time
         self.jump_factor = jump_factor
         self.jump_alpha = jump_alpha
         self.rel_tol = rel_tol
@@ -259,6 +271,7 @@ class Estimator:
                 miss_rate=self.miss_rate,
                 sampled_bandwidth_bytes_per_s=self._sampled_bw,
                 miss_streak=self._miss_streak,
+                jitter_ms=dict(self._jitter),
             )
         return self._snap
 
@@ -345,6 +358,8 @@ class Estimator:
         self._check_miss()
         bw = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
         predicted_transfer = nbytes / bw * 1000.0
+        if not late:
+            self._observe_jitter(cut, abs(net_ms - self._link_ms - nbytes / (self._sampled_bw or bw) * 1000.0))
         transfer = net_ms - self._link_ms
         if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
             if late:  # it waited out an outage: not the link's latency (module doc)
@@ -371,6 +386,17 @@ class Estimator:
             alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
         self._sampled_bw = self._bandwidth
+
+    def _observe_jitter(self, cut: int, deviation_ms: float) -> None:
+        """One answer's deviation from the expected network time (module doc, "Jitter")."""
+        old = self._jitter.get(cut)
+        new = _ewma(old, deviation_ms, self.jitter_alpha)
+        self._jitter[cut] = new
+        snap = self._snap
+        if snap is not None:
+            published = snap.jitter_ms.get(cut)
+            if published is None or abs(new - published) > max(0.25 * published, 0.5):
+                self._changed()
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
         """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""

@@ -124,6 +124,8 @@ log = logging.getLogger(__name__)
 
 _LEAVE, _BETTER, _STAY = 0, 1, 2  # what a plan says about the current choice (CutPolicy._judge)
 _IMPROVING = 2.0  # a probe after which the bandwidth estimate rose this much did not lose (back-off)
+_JITTER_K = 4.0  # the overdue slack is this many mean deviations (RFC 6298's K) ...
+_MIN_SLACK_MS = 5.0  # ... but at least this (a host thread that wakes a few ms late is not an outage)
 _MISSES_TO_LEAVE = 2  # sent frames missing in a row: a beaten choice is left without waiting for patience
 
 
@@ -300,8 +302,13 @@ class CutPolicy:
         """How long after sending a frame of ``nbytes`` at ``cut`` the runner waits for the cloud before
         answering locally: ``overdue_factor`` x the expected time (``link_ms + nbytes / bandwidth +
         tail_ms`` at ``est``, with the bandwidth as the last measurement left it: after a miss the capped
-        estimate made each next frame's wait longer, 38 -> 103 -> 248 ms in the replay) +
-        ``overdue_slack_ms``, or the deadline when that is off (factor 0) or later.
+        estimate made each next frame's wait longer, 38 -> 103 -> 248 ms in the replay) + a slack, or
+        the deadline when that is off (factor 0) or later. The slack is ``overdue_slack_ms`` until the
+        cut's answers have been seen, then 4 x their mean deviation from the expected time
+        (``Estimates.jitter_ms``, RFC 6298's retransmission timeout), at least 5 ms and at most
+        ``overdue_slack_ms``: a steady link is waited for less. On the bursty mahimahi traces a missed
+        frame had waited ~2 x 9 + 30 ms for an answer that was not coming, against 15 ms on the device
+        (docs/DYNAMIC.md, "2026-12-01").
 
         The deadline is a bound the user sets; this wait follows the link. A frame caught in an
         outage is answered after tens of ms instead of the whole deadline (on ``zero2w-offload``
@@ -309,14 +316,21 @@ class CutPolicy:
         censored sample that caps the bandwidth estimate at once (``Estimator.observe_timeout``).
         """
         bw = est.sampled_bandwidth_bytes_per_s or est.bandwidth_bytes_per_s  # a cap must not stretch the wait
-        return self._wait_ms(est.link_ms + nbytes / bw * 1000.0 + est.tail_ms.get(cut, 0.0))
+        return self._wait_ms(est.link_ms + nbytes / bw * 1000.0 + est.tail_ms.get(cut, 0.0), self._slack(est, cut))
 
-    def _wait_ms(self, expected_ms: float) -> float:
+    def _slack(self, est: Estimates, cut: int) -> float:
+        """The fixed part of the overdue wait at ``cut``: ``overdue_slack_ms`` until the cut's answers have
+        shown their jitter, then 4 x its mean deviation, between 5 ms and ``overdue_slack_ms`` (:meth:`answer_within_ms`)."""
+        slack = self.device.overdue_slack_ms
+        jitter = est.jitter_ms.get(cut)
+        return slack if jitter is None else min(slack, max(_MIN_SLACK_MS, _JITTER_K * jitter))
+
+    def _wait_ms(self, expected_ms: float, slack_ms: float) -> float:
         """The overdue wait for an answer expected after ``expected_ms`` (:meth:`answer_within_ms`)."""
         dev = self.device
         if dev.overdue_factor <= 0:
             return dev.deadline_ms
-        return min(dev.deadline_ms, dev.overdue_factor * expected_ms + dev.overdue_slack_ms)
+        return min(dev.deadline_ms, dev.overdue_factor * expected_ms + slack_ms)
 
     # ---- planning
     def plan(self, est: Estimates) -> Plan:
@@ -342,9 +356,9 @@ class CutPolicy:
             plan = evaluate(costs, **kwargs)  # type: ignore[arg-type]
         plan = self._with_exits(plan) if self.expected_cost else plan
         self._plain = plan  # without the risk charge: what the probes are chosen on
-        return self._with_risk(plan, est.miss_rate) if self.risk and est.miss_rate > 0 else plan
+        return self._with_risk(plan, est) if self.risk and est.miss_rate > 0 else plan
 
-    def _with_risk(self, plan: Plan, miss_rate: float) -> Plan:
+    def _with_risk(self, plan: Plan, est: Estimates) -> Plan:
         """Charge every escalating option for the deadline misses (module doc, "Outage risk").
 
         An escalated frame misses with probability ``miss_rate`` and then costs the runner's wait for it
@@ -360,8 +374,8 @@ class CutPolicy:
             if o.kind is not CutKind.DEVICE:
                 q = self._exit_effect(o.index, o.bits)[0] if o.kind is CutKind.SPLIT and self.expected_cost else 1.0
                 esc = o.transfer_ms + o.link_ms + o.tail_ms  # = q x T_esc
-                wait = self._wait_ms(esc / q if q > 0 else esc)
-                extra = miss_rate * max(0.0, q * wait - esc)
+                wait = self._wait_ms(esc / q if q > 0 else esc, self._slack(est, o.index))
+                extra = est.miss_rate * max(0.0, q * wait - esc)
                 o = replace(o, link_ms=o.link_ms + extra)
             options.append(o)
         return _replanned(plan, options)

@@ -407,6 +407,32 @@ def test_the_overdue_wait_is_planned_on_the_sampled_bandwidth_not_a_cap() -> Non
     assert wait == pytest.approx(2 * (1_000 / 500e3 * 1000 + est.tail_ms[2]) + 30)  # not 2 x 200 ms
 
 
+def test_the_overdue_slack_follows_the_jitter_of_each_cuts_answers() -> None:
+    e, p = estimator(), policy()
+    net = 10_000 / 500e3 * 1000  # 20 ms for 10 kB at 500 kB/s
+
+    def wait(cut: int) -> float:
+        est = e.snapshot()
+        expected = est.link_ms + 10_000 / est.sampled_bandwidth_bytes_per_s * 1000 + est.tail_ms[cut]  # type: ignore[operator]
+        return p.answer_within_ms(est, cut, 10_000) - 2 * expected  # the slack
+
+    for _ in range(30):  # a steady link: the deviation decays towards 0, the slack to its floor
+        e.observe_network(2, 10_000, net)
+    assert e.snapshot().jitter_ms[2] < 0.5
+    assert wait(2) == pytest.approx(5.0)  # at least 5 ms
+    assert 1 not in e.snapshot().jitter_ms and wait(1) == pytest.approx(30.0)  # per cut: overdue_slack_ms until seen
+    for i in range(30):  # answers 5 ms early or late: 4 x ~5 ms of deviation
+        e.observe_network(1, 10_000, net + (5.0 if i % 2 else -5.0))
+    assert 12.0 < wait(1) < 30.0
+    for i in range(30):  # a bursty link: the slack is capped at overdue_slack_ms
+        e.observe_network(1, 10_000, net * (3.0 if i % 2 else 0.5))
+    assert wait(1) == pytest.approx(30.0)
+    before = e.snapshot().jitter_ms[2]
+    e.observe_timeout(2, 10_000, 100.0)
+    e.observe_network(2, 10_000, 400.0)  # the late answer of the missed frame: not a jitter sample
+    assert e.snapshot().jitter_ms[2] == before
+
+
 def test_after_a_switch_the_next_probe_comes_soon() -> None:
     from dataclasses import replace
 
