@@ -412,6 +412,9 @@ class _Runner(_Chooser):
     def __init__(self, s: Setup, sc: Scenario, policy: CutPolicy, estimator: Estimator | None = None) -> None:
         self.s, self.sc, self.policy = s, sc, policy
         self.est = estimator or make_estimator(s.manifest, s.config)
+        for cut in policy.cut_indices:  # the runner times every candidate head on start (RunnerOptions.measure_heads)
+            if s.manifest.cut(cut).kind is not CutKind.RAW:
+                self.est.observe_head(cut, next(v for r, v in s.dev_ms.items() if r.cut == cut and not r.jpeg))
         self._events: list[tuple[float, int, str, int, int, float, float]] = []
         self._ids = itertools.count()
 

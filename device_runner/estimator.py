@@ -43,7 +43,8 @@ deadline is a *censored* sample: the link took at least ``elapsed`` for ``nbytes
 estimate is capped at ``nbytes / (elapsed - link_ms - tail_ms)`` (this is how a stalled uplink pushes the cut
 later even though no answer comes back). Everything is O(1) memory per cut.
 
-**Priors learn from the measured cuts**: a cut's head time is its prior (the manifest's, scaled to the
+**Priors learn from the measured cuts** (the runner times every candidate head on start, so this
+matters with ``RunnerOptions.measure_heads=False`` or a head that failed to run): a cut's head time is its prior (the manifest's, scaled to the
 board) until it runs; the priors of the cuts not run yet are multiplied by the geometric mean of
 measured / prior over the cuts that have run. The manifest's times were measured at the converter's
 threads and host; an emulating runner measures one host thread scaled to the board, and a real board

@@ -285,6 +285,11 @@ class CutPolicy:
         self.probes = 0
         self.plans = 0  # how many times the plan was solved (once per new snapshot)
 
+    @property
+    def cut_indices(self) -> tuple[int, ...]:
+        """The cuts this policy can choose (``allowed_cuts`` within the payload limit)."""
+        return tuple(c.index for c in self._base)
+
     # ---- tau
     def tau(self, cut: int, bits: int) -> float:
         if self._tau_override is not None:

@@ -248,9 +248,20 @@ def test_cloud_error_answers_locally_at_once() -> None:
     assert runner.errors == 1 and runner.inflight == 0
 
 
+def test_start_times_every_candidate_head_once_so_plans_use_measured_times() -> None:
+    runner, answers, hub, clock = make_runner(initial=Choice(1, 4))
+    heads = [c.index for c in runner.manifest.cuts if c.kind is not CutKind.RAW]
+    assert sorted(runner.executor.calls) == heads  # type: ignore[attr-defined]  # the raw cut has no head
+    est = runner.estimator.snapshot()
+    assert set(est.head_min_ms) == set(heads) and not answers  # measured, not priors; nothing answered
+    off = make_runner(initial=Choice(1, 4), options=RunnerOptions(measure_heads=False))[0]
+    assert off.executor.calls == [] and off.estimator.snapshot().head_min_ms == {}  # type: ignore[attr-defined]
+
+
 def test_raw_cut_fallback_runs_the_device_model() -> None:
     runner, answers, hub, clock = make_runner(initial=Choice(0, 0), tau=0.5)
     cloud = Responder(hub, clock, mode="silent")
+    runner.executor.calls.clear()  # type: ignore[attr-defined]  # (start timed every head once)
     runner.process(FRAME)
     assert cloud.frames[0].header.is_raw and cloud.frames[0].tensors[0].data.shape == (1, 32, 32, 3)
     clock.advance(0.2)
@@ -530,6 +541,7 @@ def test_a_shadow_probe_runs_the_probed_head_after_the_frame_is_answered() -> No
     runner, answers, hub, clock = make_runner(initial=Choice(3, 0), probe_every=1)
     Responder(hub, clock, mode="hold")
     calls = runner.executor.calls  # type: ignore[attr-defined]
+    calls.clear()  # (start timed every head once)
     runner.on_answer = lambda a: (answers.append(a), calls.append(-1 - a.seq))  # type: ignore[method-assign]
     runner.policy._probe_target = lambda plan, est: Choice(1, 4)  # type: ignore[method-assign]  # a split head
     decisions = _recording(runner)
