@@ -76,6 +76,19 @@ class BandwidthTrace:
             i += 1
         return loops * self.period + float(self.starts[i]) + (rem - float(cum[i])) / float(self.rates[i])
 
+    def shifted(self, start_s: float) -> BandwidthTrace:
+        """The same loop, starting ``start_s`` seconds in (modulo the period): ``rate_at(t)`` of the result is
+        ``rate_at(t + start_s)`` of this one. Named ``"<name>+<start>s"`` (the name as is for a start of 0)."""
+        off = float(start_s) % self.period
+        if off == 0.0:
+            return self
+        i = int(np.searchsorted(self.starts, off, side="right") - 1)  # the bin that contains off
+        starts = np.concatenate([[0.0], self.starts[i + 1:] - off, self.starts[: i + 1] + (self.period - off)])
+        rates = np.concatenate([[self.rates[i]], self.rates[i + 1:], self.rates[: i + 1]])
+        if self.starts[i] == off:  # off is a bin start: that bin is already first, whole
+            starts, rates = starts[:-1], rates[:-1]
+        return BandwidthTrace(f"{self.name}+{start_s:g}s", starts, rates, self.period)
+
     def window_rates(self, window_s: float, duration_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(window start times, mean bytes/s in each window) over `duration_s` (default: one period)."""
         end = self.period if duration_s is None else duration_s

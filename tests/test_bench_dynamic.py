@@ -185,6 +185,29 @@ def test_json_output_has_every_policy(fake_bundle: Path, tmp_path: Path, capsys:
     assert out["oracle"]["mean_ms"] <= out["best-static"]["mean_ms"]
 
 
+def test_start_replays_the_trace_from_later_on(fake_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "up.log"
+    trace.write_text("0 8.0\n2 0.016\n4 8.0\n6 8.0\n")  # a 2 s outage at t=2: every static cut is slower there
+    common = ["--bundle", str(tmp_path), "--board", str(fake_bundle), "--trace", str(trace), "--duration", "2", "--json"]
+    means = []
+    for start in ("0", "2"):
+        assert bd.main([*common, "--start", start]) == 0
+        means.append(json.loads(capsys.readouterr().out)["static:cut1@4b"]["mean_ms"])
+    assert means[1] > means[0]  # the window from t=2 is the outage
+    with pytest.raises(SystemExit):
+        bd.parse_args(["--start", "-1"])
+    assert "--start must be >= 0" in capsys.readouterr().err
+
+
+def test_the_docs_robustness_table_has_every_start_and_a_mean_per_trace() -> None:
+    s = setup()
+    lines = bd._starts(s, s.config, [step(1e6, 2e3, 100.0)])  # a 300 s loop
+    rows = [ln for ln in lines if ln.startswith("| step")]
+    assert [r.split(" | ")[1] for r in rows] == ["0", "100", "200"]
+    mean = next(ln for ln in lines if ln.startswith("| **step, mean**"))
+    assert mean.count("|") == 10 and "--start S" in "\n".join(lines)
+
+
 def test_without_a_trace_the_synthetic_stand_in_is_used_with_a_note(
     fake_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -37,6 +37,23 @@ def test_transfer_end_inverts_delivered():
         assert t.delivered(end) - t.delivered(t0) == pytest.approx(n, rel=1e-9)
 
 
+def test_a_shifted_trace_starts_later_in_the_same_loop():
+    t = steps(1000.0, 0.0, 3000.0)  # loops every 3 s
+    s = t.shifted(1.5)  # half-way through the outage
+    assert s.name == "t+1.5s" and s.period == 3.0
+    # by hand: the outage's second half, the 3000 B/s second, the 1000 B/s second, the outage's first half
+    assert list(s.starts) == [0.0, 0.5, 1.5, 2.5] and list(s.rates) == [0.0, 3000.0, 1000.0, 0.0]
+    assert s.transfer_end(0.0, 1500) == pytest.approx(1.0)  # 0.5 s of outage, then 3000 B/s
+    assert list(t.shifted(1.0).starts) == [0.0, 1.0, 2.0] and list(t.shifted(1.0).rates) == [0.0, 3000.0, 1000.0]
+    assert t.shifted(0.0) is t and t.shifted(3.0) is t  # a whole loop
+    r = synthetic_trace(seed=3, duration_s=30)
+    for off in (0.25, 7.0, 29.9):
+        sh = r.shifted(off)
+        assert sh.bytes_per_period == pytest.approx(r.bytes_per_period)
+        for x in (0.0, 0.05, 3.3, 12.4, 40.6):  # (not on a bin boundary: float rounding picks either side)
+            assert sh.rate_at(x) == r.rate_at(x + off)
+
+
 def test_mahimahi_format(tmp_path):
     path = tmp_path / "x.up"
     # packets at 0 ms (x2), 5 ms, 15 ms, 30 ms: 10 ms bins hold 3, 1, 0 packets of 1500 B; period 30 ms
