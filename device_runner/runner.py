@@ -35,20 +35,18 @@ mark errors; every model invocation and every local answer happens on the caller
 (``recent_answers``) and the latency window are all capped.
 
 Per-frame cost (docs/DEVICE.md "Overhead"): :meth:`expire` runs after every frame, so it is O(1)
-when nothing is due - in-flight deadlines sit in a min-heap (stale entries of frames already
-answered are skipped, and the heap is rebuilt when they outnumber the live ones) and frames the
-cloud refused are queued by seq - instead of scanning the whole in-flight map.
+when nothing is due (:class:`~device_runner.inflight.InFlight`: a deadline heap and a refused queue)
+instead of scanning the whole in-flight map.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,6 +54,7 @@ from device_runner.answers import Answer, AnsweredBy, RunSummary
 from device_runner.encode import PayloadEncoder, codec_for
 from device_runner.estimator import Estimator, make_estimator
 from device_runner.heads import CutExecutor, CutOutput, Prediction
+from device_runner.inflight import InFlight, Pending
 from device_runner.policy import CutPolicy
 from sdk import topics
 from sdk.config import DeviceConfig
@@ -87,24 +86,6 @@ class RunnerOptions:
     latency_window: int = 512
     prior_bandwidth: float = 1_000_000.0  # bytes/s until the first report
     measure_heads: bool = True  # time every candidate cut's head once on start (module doc)
-
-
-@dataclass(slots=True)
-class _Pending:
-    seq: int
-    capture_ts: float
-    deadline: float
-    cut: int
-    bits: int
-    nbytes: int
-    probe: bool
-    offset_ms: float
-    fallback: Prediction | None
-    frame: np.ndarray | None = field(default=None, repr=False)  # raw cut only: for the device-model fallback
-    send_ts: float = 0.0
-    error: str | None = None
-    late_result: bool = False  # the cloud's answer came after the deadline (a real network sample exists)
-    overdue: bool = False  # ``deadline`` is the policy's overdue wait, earlier than the configured deadline
 
 
 @dataclass(slots=True)
@@ -156,9 +137,7 @@ class DeviceRunner:
         self._act_topic = topics.topic(self.device_id, TopicKind.ACT)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._inflight: dict[int, _Pending] = {}
-        self._deadlines: list[tuple[float, int]] = []  # min-heap of (deadline, seq); may hold answered seqs
-        self._refused: list[int] = []  # seqs whose entry got an error (cloud ErrorMessage, abandon)
+        self._inflight = InFlight()  # escalated frames waiting for the cloud (device_runner/inflight.py)
         self._timings: OrderedDict[int, _Timing] = OrderedDict()
         self._shadows: OrderedDict[int, _Timing] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
@@ -327,7 +306,7 @@ class DeviceRunner:
                                   capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
             return
         payload = self._encoder.encode(cut, bits, seq, frame, out, capture_ts)
-        pending = _Pending(
+        pending = Pending(
             seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
             len(payload), probe, offset_ms, pred, frame if cut.kind is CutKind.RAW and pred is None else None,
         )
@@ -338,8 +317,7 @@ class DeviceRunner:
             wait_ms = self.policy.answer_within_ms(self.estimator.snapshot(), cut.index, len(payload))
             if send_ts + wait_ms / 1000.0 < pending.deadline:
                 pending.deadline, pending.overdue = send_ts + wait_ms / 1000.0, True
-            self._inflight[seq] = pending
-            self._track_deadline(pending)
+            self._inflight.add(pending)
             self._timings[seq] = _Timing(send_ts, cut.index)
             while len(self._timings) > self.options.timing_window:
                 self._timings.popitem(last=False)
@@ -352,7 +330,7 @@ class DeviceRunner:
                 else "uplink_full"
             )  # fmt: skip
             with self._lock:
-                mine = self._inflight.pop(seq, None)
+                mine = self._inflight.pop(seq)
                 self._timings.pop(seq, None)
             if mine is not None:
                 self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0,
@@ -420,46 +398,6 @@ class DeviceRunner:
                 offset_ms += max(0.0, out.device_ms - out.measured_ms)
         self._answer_local(pred, AnsweredBy.DEADLINE, reason, capture_ts, offset_ms, **base)  # type: ignore[arg-type]
 
-    def _track_deadline(self, p: _Pending) -> None:
-        """Push a new in-flight entry's deadline (lock held); drop stale heap entries when they dominate."""
-        heap = self._deadlines
-        heapq.heappush(heap, (p.deadline, p.seq))
-        if len(heap) > 64 + 2 * len(self._inflight):
-            heap[:] = [(q.deadline, q.seq) for q in self._inflight.values()]
-            heapq.heapify(heap)
-
-    def _earliest(self) -> float | None:
-        """The earliest deadline in flight (lock held), popping heap entries of frames already answered."""
-        heap, inflight = self._deadlines, self._inflight
-        while heap and heap[0][1] not in inflight:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
-
-    def _mark_error(self, p: _Pending, error: str) -> None:
-        """Record that an in-flight frame must be answered locally at the next expire (lock held)."""
-        if p.error is None:
-            self._refused.append(p.seq)
-        p.error = error
-
-    def _take_due(self, now: float) -> list[_Pending]:
-        """Remove and return the in-flight entries that are refused or past their deadline, by seq (lock held)."""
-        inflight, heap = self._inflight, self._deadlines
-        due: dict[int, _Pending] = {}
-        if self._refused:
-            for seq in self._refused:
-                p = inflight.get(seq)
-                if p is not None and p.error is not None:
-                    due[seq] = p
-            self._refused.clear()
-        while heap and heap[0][0] <= now:
-            _, seq = heapq.heappop(heap)
-            p = inflight.get(seq)
-            if p is not None:
-                due[seq] = p
-        for seq in due:
-            del inflight[seq]
-        return [due[s] for s in sorted(due)] if len(due) > 1 else list(due.values())
-
     def expire(self, now: float | None = None) -> int:
         """Answer locally every in-flight frame past its deadline or refused by the cloud; return how many.
 
@@ -467,9 +405,9 @@ class DeviceRunner:
         """
         now = self.clock() if now is None else now
         with self._lock:
-            if not self._refused and (not self._deadlines or now < self._deadlines[0][0]):
+            if self._inflight.nothing_due(now):
                 return 0
-            due = self._take_due(now)
+            due = self._inflight.take_due(now)
             for p in due:
                 if p.error is None and not p.late_result:
                     elapsed_ms = (now - p.send_ts) * 1000.0
@@ -483,8 +421,8 @@ class DeviceRunner:
     def abandon(self, reason: str) -> int:
         """Answer every in-flight frame locally now (shutdown); returns how many."""
         with self._lock:
-            for p in self._inflight.values():
-                self._mark_error(p, p.error or reason)
+            for p in self._inflight:
+                self._inflight.mark_error(p, p.error or reason)
         return self.expire()
 
     @property
@@ -493,7 +431,7 @@ class DeviceRunner:
 
     def next_deadline(self) -> float | None:
         with self._lock:
-            return self._earliest()
+            return self._inflight.earliest()
 
     # ------------------------------------------------------------------ messages from the cloud
     def _on_message(self, msg: Message) -> None:
@@ -521,7 +459,7 @@ class DeviceRunner:
                 self.errors += 1
                 p = self._inflight.get(m.seq) if m.seq is not None else None
                 if p is not None:
-                    self._mark_error(p, m.code)
+                    self._inflight.mark_error(p, m.code)
                     self._wake.notify_all()
                 if m.seq is not None:
                     self._timings.pop(m.seq, None)
@@ -548,7 +486,7 @@ class DeviceRunner:
                 self._wake.notify_all()
                 return
             if p is not None:
-                del self._inflight[m.seq]
+                self._inflight.pop(m.seq)
             else:
                 previous = self._answered.get(m.seq)
                 if previous is AnsweredBy.CLOUD:
@@ -617,7 +555,7 @@ class DeviceRunner:
                 return
             wake = min(t, self._next_telemetry, self.next_deadline() or t)
             with self._wake:
-                if self._refused or (stop is not None and stop()):
+                if self._inflight.has_refused or (stop is not None and stop()):
                     continue
                 self._wake.wait(timeout=max(0.0, wake - now))
 
