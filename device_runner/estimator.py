@@ -19,7 +19,13 @@ latency both ways and the (small) result's trip back; it is modelled as
 The two unknowns are separated by payload size, online:
 
 * a payload of at most ``small_bytes`` (512 B by default: a few ms even at 1 Mbit/s) teaches the
-  *link latency*: ``link_ms`` <- EWMA of ``net_ms - nbytes / bandwidth``;
+  *link latency*: ``link_ms`` <- the minimum of ``net_ms - nbytes / bandwidth`` over the last
+  ``link_window`` (8) such samples. Latency is a floor (as BBR's min RTT): queueing and a slower link
+  only add to it. An EWMA had taken the slow answers of ~450 B payloads in a dip for latency (2 ->
+  7 ms on the ferry trace, ``zero2w-offload``), and with no small payloads sent while on the device
+  cut that belief stayed: cut 51 looked 2-5 ms slower than it was and the policy stayed on the device
+  for 33 s after the link had recovered. A real rise of the latency is followed once the window
+  holds only samples of it;
 * a bigger one teaches the *bandwidth*: ``bandwidth`` <- EWMA of ``nbytes / (net_ms - link_ms)``,
   taken on the logarithm (a geometric mean), so a drop or a recovery by orders of magnitude is
   followed in a few samples instead of dozens. A sample more than ``jump_factor`` (4x) *above* the
@@ -102,6 +108,7 @@ are too small to teach the bandwidth would never be left.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -168,6 +175,7 @@ class Estimator:
         miss_half_life: int = 120,
         explained_share: float = 0.25,
         jitter_alpha: float = 0.25,
+        link_window: int = 8,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -177,6 +185,8 @@ class Estimator:
             raise ValueError(f"rel_tol and abs_tol_ms must be >= 0, got {rel_tol} and {abs_tol_ms}")
         if jump_factor < 1 or not 0 < jump_alpha <= 1:
             raise ValueError(f"need jump_factor >= 1 and jump_alpha in (0, 1], got {jump_factor} and {jump_alpha}")
+        if link_window < 1:
+            raise ValueError(f"need link_window >= 1, got {link_window}")
         if stale_after < 1 or not 0 < miss_alpha <= 1 or miss_half_life < 1:
             raise ValueError(f"need stale_after >= 1, miss_alpha in (0, 1], miss_half_life >= 1; got {stale_after}, "
                              f"{miss_alpha} and {miss_half_life}")
@@ -203,6 +213,7 @@ class Estimator:
         self._prior_bandwidth = float(prior_bandwidth)
         self._bandwidth: float | None = None
         self._link_ms = float(prior_link_ms)
+        self._link_samples: deque[float] = deque(maxlen=link_window)  # the last latency samples (module doc)
         self._head: dict[int, float] = dict(head_prior)
         self._head_prior = {c: float(v) for c, v in head_prior.items() if v > 0}
         self._prior_scale = 1.0  # measured / prior head time, over the measured cuts (module doc)
@@ -371,7 +382,8 @@ class Estimator:
                 self._set_bandwidth(bw)
                 predicted_transfer = nbytes / bw * 1000.0
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
-            self._link_ms = max(0.0, _ewma(self._link_ms, net_ms - predicted_transfer, self.alpha))
+            self._link_samples.append(max(0.0, net_ms - predicted_transfer))
+            self._link_ms = min(self._link_samples)  # a floor: queueing and a slower link only add (module doc)
             if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):
                 self._changed()
             return
