@@ -448,6 +448,18 @@ def test_the_overdue_slack_follows_the_jitter_of_each_cuts_answers() -> None:
     assert e.snapshot().jitter_ms[2] == before
 
 
+def test_on_the_device_cut_shadow_probes_come_five_times_as_often() -> None:
+    def turns(**kw: object) -> list[int]:
+        p = policy(probe_every=25, initial=Choice(3, 0), **kw)  # the device cut of the fake manifest
+        slow = snapshot(2e3, 1e6)  # no split can win at 2 kB/s, but the fast link seen before keeps them plausible
+        return [i for i in range(100) if p.decide(slow).probe]
+
+    shadow = turns()
+    assert len(shadow) >= 10 and shadow[1] - shadow[0] <= 10  # every 5 decisions (x the back-off, at most 1 here)
+    real = turns(shadow_probes=False)  # real probes cost the frame its wait: the usual period
+    assert 2 <= len(real) <= 4 and real[1] - real[0] >= 25
+
+
 def test_after_a_switch_the_next_probe_comes_soon() -> None:
     from dataclasses import replace
 
