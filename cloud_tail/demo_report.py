@@ -1,0 +1,224 @@
+"""What ``splitedge demo`` shows: the live progress table, the end summary and the two plots.
+
+Everything here reads the device processes' answer files (``device-<i>.jsonl``, one JSON object a line:
+a ``start`` line, the answers, a ``summary`` line) through :class:`View`; nothing here starts or stops a
+process (that is :mod:`cloud_tail.demo`). Plots need matplotlib (the cloud side's dependencies).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sdk.traces import BandwidthTrace
+
+__all__ = ["View", "answer_problems", "cloud_totals", "plots", "print_summary", "progress", "summarise"]
+
+
+class View:
+    """What the demo knows about one device, read incrementally from its answers file."""
+
+    def __init__(self, path: Path, labels: np.ndarray | None) -> None:
+        self.path, self.labels = path, labels
+        self.answers: list[dict] = []
+        self.seqs: dict[int, int] = {}
+        self.summary: dict | None = None
+        self.emulated = False
+        self._pos = 0
+        self._partial = ""
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as f:
+            f.seek(self._pos)
+            text = self._partial + f.read()
+            self._pos = f.tell()
+        *lines, self._partial = text.split("\n")
+        for ln in lines:
+            if not ln.strip():
+                continue
+            d = json.loads(ln)
+            if "summary" in d:
+                self.summary = d["summary"]
+            elif "start" in d:
+                self.emulated = bool(d.get("emulated"))
+            else:
+                self.answers.append(d)
+                self.seqs[d["seq"]] = self.seqs.get(d["seq"], 0) + 1
+
+    def count(self, who: str) -> int:
+        return sum(1 for a in self.answers if a["answered_by"] == who)
+
+    def correct(self) -> list[bool]:
+        if self.labels is None:
+            return []
+        return [a["cls"] == int(self.labels[a["seq"] % len(self.labels)]) for a in self.answers]
+
+
+def _mbit(rate: float | None) -> str:
+    return "   -  " if rate is None else f"{rate * 8 / 1e6:6.2f}"
+
+
+def _table(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float) -> list[str]:
+    now = time.time()
+    rows = [f"  t={max(0.0, now - t0):5.1f}s  device  answered  local  cloud  deadline  cut/bits  est Mbit/s  "
+            "true Mbit/s"]
+    for i, v in enumerate(views):
+        last = v.answers[-1] if v.answers else {}
+        cut = f"{last.get('cur', '-')}/{last.get('cur_bits', '-')}"
+        tt = max(0.0, now - t0) + offsets[i]
+        true = (trace.delivered(tt + 0.5) - trace.delivered(tt)) / 0.5  # mahimahi bins are 10 ms: smooth
+        rows.append(f"  {'':8} {i:>6}  {len(v.answers):8}  {v.count('device'):5}  {v.count('cloud'):5}  "
+                    f"{v.count('deadline'):8}  {cut:>8}  {_mbit(last.get('est')):>10}  {_mbit(true):>11}")
+    return rows
+
+
+def progress(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float, tty: bool,
+              state: dict) -> None:
+    for v in views:
+        v.poll()
+    rows = _table(views, trace, offsets, t0)
+    if tty:
+        if state.get("drawn"):
+            sys.stdout.write(f"\x1b[{state['drawn']}F")
+        sys.stdout.write("".join(r + "\x1b[K\n" for r in rows))
+        sys.stdout.flush()
+        state["drawn"] = len(rows)
+    elif time.time() >= state.get("next", 0.0):
+        state["next"] = time.time() + 5.0
+        print("\n".join(rows), flush=True)
+
+
+def answer_problems(seq_counts: dict[int, int], frames: int | None) -> list[str]:
+    """What is wrong with one device's answers: seqs answered twice, frames (0..frames-1) never
+    answered, answers for frames that were never taken; ``frames=None``: the device never finished."""
+    if frames is None:
+        return ["no summary: the device process did not finish"]
+    problems = []
+    dup = sorted(s for s, c in seq_counts.items() if c > 1)
+    if dup:
+        problems.append(f"{len(dup)} frames answered more than once: {dup[:10]}")
+    missing = sorted(set(range(frames)) - set(seq_counts))
+    if missing:
+        problems.append(f"{len(missing)} of {frames} frames never answered: {missing[:10]}")
+    extra = sorted(s for s in seq_counts if not 0 <= s < frames)
+    if extra:
+        problems.append(f"answers for {len(extra)} frames that were never taken: {extra[:10]}")
+    return problems
+
+
+def summarise(views: list[View], shape: tuple[int, ...], codes: list[int | None]) -> tuple[dict, list[str]]:
+    problems: list[str] = []
+    frames = 0
+    for i, v in enumerate(views):
+        n = int(v.summary["frames"]) if v.summary else None
+        frames += n or 0
+        problems += [f"device {i}: {p}" for p in answer_problems(v.seqs, n)]
+        if codes[i] != 0:
+            problems.append(f"device {i}: process exited with {codes[i]} (see {v.path.with_suffix('.log')})")
+    answers = [a for v in views for a in v.answers]
+    lat = np.array([a["latency_ms"] for a in answers]) if answers else np.array([np.nan])
+    correct = [c for v in views for c in v.correct()]
+    raw = frames * int(np.prod(shape))
+    sent = sum(int(v.summary["bytes_sent"]) for v in views if v.summary)
+    s = {
+        "frames": frames, "answers": len(answers),
+        "answered": {w: sum(v.count(w) for v in views) for w in ("device", "cloud", "deadline")},
+        "cut_switches": sum(int(v.summary["switches"]) for v in views if v.summary),
+        "bytes_sent": sent, "raw_frame_bytes": raw,
+        "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+        "accuracy": (sum(correct) / len(correct)) if correct else None,
+        "per_device": [{"frames": v.summary["frames"] if v.summary else None,
+                        "answered": {w: v.count(w) for w in ("device", "cloud", "deadline")},
+                        "switches": v.summary["switches"] if v.summary else None} for v in views],
+        "ok": not problems, "problems": problems,
+    }
+    return s, problems
+
+
+def cloud_totals(out: Path, workers: int) -> dict:
+    """The tail workers' totals from their --metrics-json files (written at their exit)."""
+    total: dict = {"received": 0, "answered": 0, "shed": 0, "errors": {}}
+    for w in range(workers):
+        path = out / f"cloud-{w}.json"
+        if not path.is_file():
+            continue
+        t = json.loads(path.read_text())["totals"]
+        for key in ("received", "answered", "shed"):
+            total[key] += int(t[key])
+        for code, k in t["errors"].items():
+            total["errors"][code] = total["errors"].get(code, 0) + int(k)
+    return total
+
+
+def print_summary(s: dict) -> None:
+    a = s["answered"]
+    ratio = s["bytes_sent"] / s["raw_frame_bytes"] if s["raw_frame_bytes"] else float("nan")
+    acc = "n/a (unlabelled frames)" if s["accuracy"] is None else f"{s['accuracy']:.1%} (vs the reference labels)"
+    print("\nsummary\n"
+          f"  frames            {s['frames']}  (answers {s['answers']})\n"
+          f"  answered          locally {a['device']}, by the cloud {a['cloud']}, by deadline {a['deadline']}\n"
+          f"  cut switches      {s['cut_switches']}\n"
+          f"  bytes sent        {s['bytes_sent']:,} vs {s['raw_frame_bytes']:,} raw frame bytes ({ratio:.1%})\n"
+          f"  latency           p50 {s['latency_p50_ms']:.1f} ms, p95 {s['latency_p95_ms']:.1f} ms\n"
+          f"  accuracy          {acc}", flush=True)
+
+
+def plots(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float, duration: float,
+           deadline_ms: float, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(views)
+    fig, axes = plt.subplots(2 * n, 1, figsize=(10, 3.2 * n + 1), sharex=True, squeeze=False)
+    grid = np.arange(0.0, duration, 0.25)
+    for i, v in enumerate(views):
+        ax_cut, ax_bw = axes[2 * i, 0], axes[2 * i + 1, 0]
+        t = np.array([a["t"] - t0 for a in v.answers])
+        if len(t):
+            ax_cut.step(t, [a["cur"] for a in v.answers], where="post", color="tab:blue", label="current cut")
+            probes = [(ti, a["cut"]) for ti, a in zip(t, v.answers, strict=True) if a["probe"]]
+            if probes:
+                ax_cut.scatter(*zip(*probes, strict=True), s=8, color="tab:orange", label="probe", zorder=3)
+        ax_cut.set_ylabel("cut")
+        ax_cut.set_title(f"device {i}: cut and uplink (trace offset {offsets[i]:.0f} s)")
+        ax_cut.legend(loc="upper right", fontsize=7)
+        true = [(trace.delivered(offsets[i] + g + 0.25) - trace.delivered(offsets[i] + g)) / 0.25 for g in grid]
+        ax_bw.plot(grid, np.maximum(np.array(true) * 8 / 1e6, 0.01), color="black", lw=1,
+                   label="true (trace, 0.25 s mean; outages at 0.01)")
+        est = [(ti, a["est"]) for ti, a in zip(t, v.answers, strict=True) if a.get("est")]
+        if est:
+            ax_bw.plot([e[0] for e in est], [e[1] * 8 / 1e6 for e in est], color="tab:red", lw=1.2,
+                       label="device estimate")
+        ax_bw.set_yscale("log")
+        ax_bw.set_ylabel("Mbit/s")
+        ax_bw.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    p1 = out / "cuts_bandwidth.png"
+    fig.savefig(p1, dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    colors = {"device": "tab:green", "cloud": "tab:blue", "deadline": "tab:red"}
+    for who, color in colors.items():
+        pts = [(a["t"] - t0, a["latency_ms"]) for v in views for a in v.answers if a["answered_by"] == who]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=5, color=color, label=f"{who} ({len(pts)})")
+    ax.axhline(deadline_ms, color="gray", ls="--", lw=1, label=f"deadline {deadline_ms:g} ms")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("latency per frame (ms)")
+    ax.set_title("capture -> answer latency, every frame of every device")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    p2 = out / "latency.png"
+    fig.savefig(p2, dpi=90)
+    plt.close(fig)
+    return [p1, p2]
