@@ -254,6 +254,7 @@ class CutPolicy:
             frames = max_probe_interval_s * device.fps_cap
             self._max_interval = max(1, min(max_backoff, int(frames // probe_every)))
         self.allow_raw = not device.privacy
+        self._device_cuts = frozenset(c.index for c in manifest.cuts if c.kind is CutKind.DEVICE)  # (per decision)
         self.bits: tuple[int, ...] = tuple(b for b in device.bits if b in manifest.bits)
         self._base: list[CutCost] = []
         for c in costs_from_manifest(manifest):
@@ -485,7 +486,7 @@ class CutPolicy:
         """Decisions between probe turns (before the back-off): ``probe_every``, or ``probe_every // 5`` on
         the device cut with shadow probes (module doc, "Probes from the device cut")."""
         current = self.current
-        if self.shadow_probes and current is not None and self.manifest.cut(current.cut).kind is CutKind.DEVICE:
+        if self.shadow_probes and current is not None and current.cut in self._device_cuts:
             return max(1, self.probe_every // _QUICK)
         return self.probe_every
 
