@@ -253,3 +253,23 @@ def test_threaded_worker_answers_and_metrics_are_served(setup) -> None:
         server.shutdown()
         server.server_close()
         w.stop()
+
+
+def test_a_frame_runs_at_once_when_frames_arrive_further_apart_than_the_wait(setup) -> None:
+    hub, clock, tails, make, replies = setup
+    w = make(max_batch=8, max_wait_ms=5)
+    publish(hub, "a", frame("a", 0))  # no gap known yet: it waits for company, as before
+    assert w.step() == 0
+    clock.now += 0.5
+    assert w.step() == 1  # (its wait is over)
+    for s in range(1, 4):  # one device at 2 fps: a partner is 500 ms away, not within 5 ms
+        clock.now += 0.5
+        publish(hub, "a", frame("a", s))
+        assert w.step() == 1  # no 5 ms wait
+    [rep] = [m for m in results(replies, "a", ReportMessage) if m.seq == 3]
+    assert rep.queue_ms == pytest.approx(0.0)
+    for s in range(4, 40):  # a busy fleet: frames back to back, the gap EWMA falls under the wait
+        publish(hub, "b", frame("b", s))
+    w.drain()
+    publish(hub, "b", frame("b", 99))
+    assert w.step() == 0  # it waits for company again
