@@ -10,11 +10,14 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 VENV=.venv
 
 system_packages() {
-  # Mosquitto for the real-broker tests; QEMU user mode + mmdebstrap for the aarch64 device smoke test.
+  # Mosquitto for the real-broker tests; QEMU user mode + mmdebstrap for the aarch64 device smoke test;
+  # Debian's dataset-fashion-mnist for the real-scale workloads.
   local missing=()
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto mosquitto-clients)
   command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
   command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+  # The full labelled Fashion-MNIST, which the real-scale workloads' frames are made from.
+  [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

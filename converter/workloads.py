@@ -1,0 +1,130 @@
+"""The named workloads: a trained model, the frames it sees, and how to build its bundle.
+
+``splitedge reference --list`` prints them (the default first); ``splitedge reference NAME``,
+``splitedge demo --workload NAME`` and ``splitedge bench dynamic --workload NAME`` use them.
+
+    mobilenetv2-fashion   MobileNetV2-1.0 at 224x224x3 (keras.applications architecture, 2.2 M parameters),
+                          trained here on camera-like frames of Fashion-MNIST items on photos. The default:
+                          real-scale, where the device is slow enough that splitting pays.
+    resnet50-fashion      ResNet-50 at 224x224x3 (23.5 M parameters), trained here on the same frames: the
+                          "device far too slow" end.
+    digits                the 96x96 digits network (1.1 M parameters, ~1.3 ms whole): the fast test workload.
+
+Every model takes raw camera bytes (uint8) and rescales them in the graph, so the device feeds frames
+as they are. Frames come from :mod:`converter.reference_data` (one generator, sized per workload);
+nothing is downloaded. The trained artifacts are committed under ``converter/assets/`` with the seeded
+script that made them (``scripts/train_workload.py``; the digits model: ``scripts/train_reference.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import BundleError, MissingDependencyError
+
+__all__ = ["ARCHES", "DEFAULT_WORKLOAD", "WORKLOADS", "Workload", "build_model", "get", "names"]
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One named workload: which model, on which frames."""
+
+    name: str
+    description: str
+    arch: str  #: a key of ARCHES, or "digits" for the reference model
+    frame_size: int
+    objects: str  #: reference_data object source: "digits" or "fashion"
+    asset: Path  #: the committed, trained .keras
+    train_command: str
+
+    @property
+    def metadata_path(self) -> Path:
+        """The JSON the training script wrote next to the artifact (accuracy, seed, command, time)."""
+        return self.asset.with_suffix(".json") if self.arch != "digits" else ASSETS / "reference_model.json"
+
+    def bundle_dir(self) -> Path:
+        """$SPLITEDGE_CACHE (or ~/.cache/splitedge) / reference-bundle for digits, bundle-NAME otherwise."""
+        root = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge"))
+        return root / ("reference-bundle" if self.name == "digits" else f"bundle-{self.name}")
+
+    def class_names(self) -> tuple[str, ...]:
+        from converter.reference_data import FASHION_CLASSES
+
+        return FASHION_CLASSES if self.objects == "fashion" else tuple(str(d) for d in range(10))
+
+    def frames(self, n: int, seed: int, split: str = "test") -> Any:
+        """``reference_data.Frames`` of this workload's size and objects."""
+        from converter.reference_data import generate
+
+        return generate(n, seed, split, size=self.frame_size, objects=self.objects)
+
+    def check_asset(self) -> Path:
+        if not self.asset.is_file():
+            raise BundleError(f"workload {self.name!r}: its trained model {self.asset} is missing; "
+                              f"re-create it with: {self.train_command}")
+        return self.asset
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("mobilenetv2-fashion", "MobileNetV2-1.0 224x224 on Fashion-MNIST items over photos (default)",
+                 "mobilenetv2", 224, "fashion", ASSETS / "mobilenetv2_fashion.keras",
+                 "python scripts/train_workload.py --arch mobilenetv2"),
+        Workload("resnet50-fashion", "ResNet-50 224x224 on the same frames (the device-far-too-slow end)",
+                 "resnet50", 224, "fashion", ASSETS / "resnet50_fashion.keras",
+                 "python scripts/train_workload.py --arch resnet50"),
+        Workload("digits", "96x96 digits network, 1.1 M parameters (the fast test workload)",
+                 "digits", 96, "digits", ASSETS / "reference.keras", "python scripts/train_reference.py"),
+    )
+}
+#: The workload of `splitedge demo` and `splitedge bench dynamic` when none is named.
+DEFAULT_WORKLOAD = "mobilenetv2-fashion"
+
+
+def names() -> list[str]:
+    """Workload names, the default first."""
+    return [DEFAULT_WORKLOAD, *(n for n in WORKLOADS if n != DEFAULT_WORKLOAD)]
+
+
+def get(name: str) -> Workload:
+    try:
+        return WORKLOADS[name]
+    except KeyError:
+        raise BundleError(f"unknown workload {name!r}; expected one of {', '.join(names())} "
+                          "(splitedge reference --list)") from None
+
+
+#: arch -> (keras.applications constructor name, model name)
+ARCHES: dict[str, tuple[str, str]] = {
+    "mobilenetv2": ("MobileNetV2", "mobilenetv2_fashion"),
+    "resnet50": ("ResNet50", "resnet50_fashion"),
+}
+
+
+def build_model(arch: str, size: int, num_classes: int = 10) -> Any:
+    """The untrained keras.applications architecture on a uint8 (size, size, 3) frame -> logits.
+
+    The frame is rescaled to 0..1 in the graph (exactly representable in int8, as in the digits model),
+    and the architecture is built on that tensor (``input_tensor=``), so the model is one flat functional
+    graph the converter can cut anywhere. Layer names do not depend on ``size``: weights trained at a low
+    resolution load into the model at 224 (``set_weights``).
+    """
+    try:
+        import keras
+    except ImportError as exc:
+        raise MissingDependencyError.for_extra("tensorflow", "convert") from exc
+    if arch not in ARCHES:
+        raise ValueError(f"arch must be one of {sorted(ARCHES)}, got {arch!r}")
+    constructor, name = ARCHES[arch]
+    frame = keras.Input((size, size, 3), dtype="uint8", name="frame")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(frame)
+    base = getattr(keras.applications, constructor)(
+        input_tensor=x, weights=None, classes=num_classes, classifier_activation=None, include_top=True
+    )
+    return keras.Model(frame, base.output, name=name)
