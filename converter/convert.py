@@ -3,7 +3,10 @@
     profile -> cuts -> per cut: export head/tail/exit, calibrate the exit, measure -> bundle
 
 ``convert(...)`` returns a frozen :class:`ConversionResult`; writing over an existing bundle needs
-``force=True``. The bundle is assembled in a sibling temp folder and moved into place at the end, so
+``force=True``. The model is taken as users have it (converter/load.py: .keras or HDF5 under any name;
+converter/graph.py: Sequential, functional, nested backbones, ops nodes, one output of several) and a
+float-input model gets its preprocessing folded in front (converter/preprocess.py), so every head takes the
+camera's raw uint8 bytes. The bundle is assembled in a sibling temp folder and moved into place at the end, so
 an interrupted conversion never leaves a half-written bundle under the target name.
 """
 
@@ -15,6 +18,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +29,20 @@ import numpy as np
 from converter import early_exit, export, measure
 from converter.cuts import Boundary, select_cuts
 from converter.data import CalibData, load_data, split
-from converter.graph import ModelGraph, build_head, build_tail, read_graph
+from converter.graph import (
+    ModelGraph,
+    as_functional,
+    build_head,
+    build_tail,
+    check_input,
+    read_graph,
+    select_output,
+)
+from converter.load import load_model
+from converter.preprocess import fold_into, parse_preprocess, unfed_range_warning, with_channels
 from converter.profile import profile
 from sdk import __version__
-from sdk.errors import ConversionError
+from sdk.errors import ConversionError, ConversionWarning
 from sdk.litert import LiteRTModel
 from sdk.manifest import (
     MANIFEST_NAME,
@@ -40,6 +54,8 @@ from sdk.manifest import (
     InputSpec,
     LabelsSource,
     Manifest,
+    Preprocess,
+    PreprocessMode,
     TensorSpec,
     load_manifest,
     sha256_file,
@@ -56,20 +72,10 @@ class ConversionResult:
     path: Path
     seconds_per_cut: dict[int, float]
     dropped: tuple[tuple[int, str], ...]
+    warnings: tuple[str, ...] = ()  # also issued as ConversionWarning when they arise
 
 
-def load_model(path: str | Path) -> Any:
-    import keras
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConversionError(f"model {p} does not exist; pass a Keras 3 .keras or .h5 file")
-    if p.suffix not in (".keras", ".h5"):
-        raise ConversionError(f"model {p}: expected a .keras or .h5 file, got {p.suffix or 'no suffix'!r}")
-    try:
-        return keras.models.load_model(p, compile=False)
-    except Exception as exc:  # keras raises many types for a bad file
-        raise ConversionError(f"model {p}: Keras cannot load it ({type(exc).__name__}: {exc})") from exc
+__all__ = ["ConversionResult", "board_settings", "convert", "load_model", "prepare_model"]
 
 
 def _quiet_tensorflow() -> None:
@@ -91,6 +97,37 @@ def board_settings(board: str | None) -> tuple[str, int, int | None]:
     return spec.name, int(spec.threads), int(spec.memory_budget_mb * 1024 * 1024)
 
 
+def prepare_model(model: Any, *, preprocess: str | Preprocess | None = None,
+                  output: str | None = None) -> tuple[Any, Preprocess | None, tuple[str, ...]]:
+    """(functional uint8-input model, the preprocessing folded in or None, warnings) for one chosen output.
+
+    A float-input model gets a uint8 input followed by its preprocessing (``none`` when not given, with a
+    ConversionWarning that says it will see 0..255 values); a uint8-input model is taken as it is.
+    """
+    model = select_output(check_input(as_functional(model)), output)
+    src = model.inputs[0]
+    dtype, channels = str(src.dtype), src.shape[-1]
+    if dtype == "uint8":
+        spec = parse_preprocess(preprocess, channels)
+        if spec is not None and spec.mode is not PreprocessMode.NONE:
+            raise ConversionError(
+                f"--preprocess {spec.mode.value}: model {model.name!r} already takes uint8 frames (it preprocesses "
+                "them itself); drop --preprocess, or pass the float model it wraps"
+            )
+        return model, None, ()
+    if not dtype.startswith(("float", "bfloat")):
+        raise ConversionError(f"model {model.name!r} takes {dtype} input; expected camera frames as uint8 or float")
+    said: tuple[str, ...] = ()
+    if preprocess is None:
+        said = (unfed_range_warning(str(model.name), dtype),)
+        warnings.warn(said[0], ConversionWarning, stacklevel=3)
+        preprocess = "none"
+    spec = parse_preprocess(preprocess, channels)
+    spec = with_channels(spec, int(channels))
+    spec = Preprocess(spec.mode, spec.scale, spec.offset, spec.flip_channels, dtype)
+    return fold_into(model, spec), spec, said
+
+
 def convert(
     model: Any,
     data: CalibData | str | Path,
@@ -102,7 +139,14 @@ def convert(
     seed: int = 0,
     max_eval: int = 400,
     progress: Progress | None = None,
+    preprocess: str | Preprocess | None = None,
+    output: str | None = None,
 ) -> ConversionResult:
+    """Convert `model` (a keras.Model or a path) into a bundle at `out`, calibrated and measured on `data`.
+
+    preprocess: for a float-input model, how its input is made from the 0..255 frame (converter/preprocess.py);
+    output: the output to convert when the model has several.
+    """
     _quiet_tensorflow()
     out = Path(out)
     if out.exists() and not force:
@@ -114,8 +158,10 @@ def convert(
     report = progress or (lambda _i, _n, _msg: None)
     model_sha = ""
     if isinstance(model, str | Path):
-        model_sha = sha256_file(Path(model))
-        model = load_model(model)
+        path = Path(model)
+        model = load_model(path)
+        model_sha = sha256_file(path)
+    model, prep, said = prepare_model(model, preprocess=preprocess, output=output)
     graph = read_graph(model)
     in_shape = tuple(int(d) for d in graph.input_tensor.shape[1:])
     if isinstance(data, str | Path):
@@ -157,7 +203,8 @@ def convert(
             model_name=str(graph.model.name),
             model_sha256=model_sha,
             num_classes=num_classes,
-            input=InputSpec(str(graph.input_tensor._keras_history[0].name), in_shape, str(graph.input_tensor.dtype)),
+            input=InputSpec(str(graph.input_tensor._keras_history[0].name), in_shape, str(graph.input_tensor.dtype),
+                            prep),
             labels_source=labels_source,
             board=board_name,
             threads=threads,
@@ -171,7 +218,8 @@ def convert(
             files=files,
             extra={"convert_seconds_per_cut": {str(k): v for k, v in seconds.items()},
                    "dropped_cuts": [{"index": i, "reason": r} for i, r in sel.dropped],
-                   "class_names": list(data.class_names), "data_source": data.source},
+                   "class_names": list(data.class_names), "data_source": data.source,
+                   **({"warnings": list(said)} if said else {})},
         )
         (work / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         load_manifest(work)  # what we wrote must load and verify
@@ -182,7 +230,7 @@ def convert(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ConversionResult(manifest, out, seconds, sel.dropped)
+    return ConversionResult(manifest, out, seconds, sel.dropped, said)
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,7 +115,7 @@ def select_cuts(
 
 #: Layers TFLite folds into the op before them: a cut just after such a layer costs the same bytes and
 #: saves the tail a standalone op, so an equal-size cut moves past them.
-FUSED_FOLLOWERS = frozenset({"BatchNormalization", "ReLU", "Activation"})
+FUSED_FOLLOWERS = frozenset({"BatchNormalization", "ReLU", "Activation", "ops.Relu", "ops.Relu6"})
 
 
 def _past_fused(graph: ModelGraph, bounds: list[Boundary], bd: Boundary) -> Boundary:

@@ -1,7 +1,9 @@
 """Step 1: profile every layer of the graph: FLOPs, output bytes (float32 and int8), weight bytes.
 
 FLOPs count a multiply-add as two. The formulas are the usual ones for the supported layer types;
-element-wise layers count one op per output element; reshaping layers count zero.
+element-wise layers count one op per output element; reshaping layers count zero. Keras Operation nodes
+(``x + 3.0``, ``keras.ops.*``, shown as ``ops.NAME``) have no weights and count as element-wise (a reduction
+such as ``ops.Mean`` counts its input elements; shape ops count zero).
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from converter.graph import ModelGraph
 from sdk.manifest import LayerProfile
 
 _ZERO_COST = {"InputLayer", "Dropout", "SpatialDropout2D", "Flatten", "Reshape", "Identity", "Permute",
-              "ZeroPadding2D", "Cropping2D", "Cast"}
+              "ZeroPadding2D", "Cropping2D", "Cast", "GaussianNoise", "GaussianDropout", "ActivityRegularization",
+              "ops.Reshape", "ops.Transpose", "ops.ExpandDims", "ops.Squeeze", "ops.Flip", "ops.Cast"}
+_REDUCTIONS = {"ops.Mean", "ops.Max", "ops.Sum"}
+_BINARY = {"Add", "Multiply", "Subtract", "Maximum", "Minimum", "Average"}
 
 
 def _elements(shape: Any) -> int:
     return int(math.prod(int(d) for d in shape[1:]))
 
 
-def layer_flops(layer: Any, input_shapes: list[Any], output_shapes: list[Any]) -> int:
-    """FLOPs of one call (batch 1)."""
-    kind = type(layer).__name__
+def layer_flops(layer: Any, input_shapes: list[Any], output_shapes: list[Any], kind: str | None = None) -> int:
+    """FLOPs of one call (batch 1); `kind` is the node's type (GraphNode.type, ``ops.NAME`` for an Operation)."""
+    kind = kind or type(layer).__name__
     out = sum(_elements(s) for s in output_shapes)
     if kind == "Conv2D":
         kh, kw = layer.kernel_size
@@ -47,11 +52,13 @@ def layer_flops(layer: Any, input_shapes: list[Any], output_shapes: list[Any]) -
         return 2 * out
     if kind in _ZERO_COST:
         return 0
-    if kind in ("Add", "Multiply", "Subtract", "Maximum", "Minimum"):
+    if kind in _BINARY:
         return out * max(1, len(input_shapes) - 1)
-    if kind in ("Softmax",):
+    if kind in _REDUCTIONS:
+        return _elements(input_shapes[0]) if input_shapes else out
+    if kind in ("Softmax", "ops.Softmax", "LayerNormalization"):
         return 5 * out
-    return out  # Rescaling, Normalization, ReLU, Activation, LeakyReLU, UpSampling2D, Concatenate
+    return out  # Rescaling, ReLU, Activation, UpSampling2D, Concatenate, LayerScale, element-wise ops.*
 
 
 def profile(graph: ModelGraph) -> tuple[LayerProfile, ...]:
@@ -59,7 +66,7 @@ def profile(graph: ModelGraph) -> tuple[LayerProfile, ...]:
     for gn in graph.nodes:
         ins = [graph.tensors[t].shape for t in gn.inputs]
         outs = [graph.tensors[t].shape for t in gn.outputs]
-        params = int(sum(math.prod(w.shape) for w in gn.layer.weights))
+        params = int(sum(math.prod(w.shape) for w in getattr(gn.layer, "weights", ())))  # an Operation has none
         elements = sum(_elements(s) for s in outs)
         rows.append(
             LayerProfile(
@@ -67,7 +74,7 @@ def profile(graph: ModelGraph) -> tuple[LayerProfile, ...]:
                 name=gn.name,
                 type=gn.type,
                 output_shapes=tuple(tuple(int(d) for d in s[1:]) for s in outs),
-                flops=int(layer_flops(gn.layer, ins, outs)),
+                flops=int(layer_flops(gn.layer, ins, outs, gn.type)),
                 out_bytes_f32=4 * elements,
                 out_bytes_i8=elements,
                 weight_bytes_f32=4 * params,

@@ -31,7 +31,7 @@ def load_npz(path: str | Path, manifest: Manifest, limit: int) -> tuple[np.ndarr
         with np.load(path, allow_pickle=False) as z:
             x = np.asarray(z["x"])[:limit]
             y = np.asarray(z["y"])[:limit].astype(np.int64) if "y" in z.files else None
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError) as exc:
         raise BundleError(f"--data {path}: cannot read x (and y) from it ({exc}); expected an .npz with x=frames") from exc
     if x.dtype != np.uint8 or tuple(x.shape[1:]) != manifest.input.shape:
         raise BundleError(f"--data {path}: frames {x.shape} {x.dtype}; the bundle takes (N, "
@@ -79,11 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"bundle {report['bundle_id'][:12]}: {report['frames']} frames, float accuracy {report['float_accuracy']}")
-    print(f"{'cut':>4} {'name':<28} {'bits':>4} {'agreement':>9} {'accuracy':>8}")
+    labelled = report["float_accuracy"] is not None
+    quality = f"float accuracy {report['float_accuracy']}" if labelled else "no labels: agreement with the float model"
+    print(f"bundle {report['bundle_id'][:12]}: {report['frames']} frames, {quality}")
+    print(f"{'cut':>4} {'name':<28} {'bits':>4} {'agreement':>9}" + (f" {'accuracy':>8}" if labelled else ""))
     for r in report["cuts"]:
-        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-        print(f"{r['cut']:>4} {r['name'][:28]:<28} {r['bits']:>4} {r['agreement']:>9.4f} {acc:>8}")
+        acc = f" {r['accuracy']:>8.4f}" if labelled else ""
+        print(f"{r['cut']:>4} {r['name'][:28]:<28} {r['bits']:>4} {r['agreement']:>9.4f}{acc}")
     return 0
 
 

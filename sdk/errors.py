@@ -24,6 +24,8 @@ and what to do about it.
     └── TransportError                 the MQTT side
         ├── BrokerUnavailableError     cannot connect / connection lost (names host:port)
         └── PayloadTooLargeError       larger than the broker accepts and cannot be chunked
+
+    ConversionWarning (UserWarning)    the converter will do something the user may not mean (names the flag)
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "ConversionError",
+    "ConversionWarning",
     "CorruptPayloadError",
     "IntegrityError",
     "MalformedMessageError",
@@ -72,6 +75,10 @@ class MissingDependencyError(SplitEdgeError, ImportError):
 
 class ConversionError(SplitEdgeError):
     """The converter cannot split or export this model: names the layer and what is supported."""
+
+
+class ConversionWarning(UserWarning):
+    """The conversion goes on, but probably not as meant (e.g. a float model fed 0..255): names the flag to pass."""
 
 
 class BundleError(SplitEdgeError):

@@ -42,6 +42,8 @@ __all__ = [
     "LabelsSource",
     "LayerProfile",
     "Manifest",
+    "Preprocess",
+    "PreprocessMode",
     "TensorSpec",
     "load_manifest",
     "sha256_file",
@@ -145,11 +147,37 @@ class CutSpec:
         return int(self.bytes_at_bits[str(bits)])
 
 
+class PreprocessMode(StrEnum):
+    """How the float model's input was made from the uint8 frame (``splitedge convert --preprocess``)."""
+
+    NONE = "none"  # the model takes the 0..255 values as floats
+    TF = "tf"  # x / 127.5 - 1
+    TORCH = "torch"  # (x / 255 - ImageNet mean) / std, per channel
+    CAFFE = "caffe"  # RGB -> BGR, minus the ImageNet BGR mean
+    AFFINE = "affine"  # x * scale + offset (--preprocess scale,offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocess:
+    """The preprocessing folded into every head and the raw cut's tail: the frame stays raw uint8 bytes.
+
+    model input = frame[..., ::-1 if flip_channels] * scale + offset, with scale and offset per channel
+    (in the model's channel order, after the flip).
+    """
+
+    mode: PreprocessMode
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+    flip_channels: bool = False
+    model_dtype: str = "float32"  # the original model's input dtype
+
+
 @dataclass(frozen=True, slots=True)
 class InputSpec:
     name: str
     shape: tuple[int, ...]  # H, W, C
     dtype: str  # uint8
+    preprocess: Preprocess | None = None  # None: the model itself takes uint8 frames (and bundles before 2026-12)
 
     @property
     def nbytes(self) -> int:
@@ -214,6 +242,11 @@ class Manifest:
     def raw_cut(self) -> CutSpec | None:
         return next((c for c in self.cuts if c.kind is CutKind.RAW), None)
 
+    @property
+    def metric(self) -> str:
+        """What the AccuracyAtBits figures measure: "accuracy" (labels) or "agreement" (with the float model)."""
+        return "accuracy" if self.labels_source is LabelsSource.LABELS else "agreement"
+
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(asdict(self))
 
@@ -233,7 +266,7 @@ class Manifest:
         return _build(cls, data, where)
 
 
-_ENUMS: dict[str, Any] = {"kind": CutKind, "labels_source": LabelsSource}
+_ENUMS: dict[str, Any] = {"kind": CutKind, "labels_source": LabelsSource, "mode": PreprocessMode}
 
 
 def _build(cls: Any, data: Mapping[str, Any], where: str) -> Any:
@@ -277,8 +310,15 @@ def _value(name: str, type_: str, value: Any, where: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
             raise ManifestError(f"{where}: expected a list of integers, got {value!r}")
         return tuple(value)
+    if type_.startswith("tuple[float"):
+        if not isinstance(value, list) or not all(isinstance(v, int | float) and v is not True and v is not False
+                                                  for v in value):
+            raise ManifestError(f"{where}: expected a list of numbers, got {value!r}")
+        return tuple(float(v) for v in value)
     if type_ in ("int", "float") and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ManifestError(f"{where}: expected a number, got {value!r}")
+    if type_ == "bool" and not isinstance(value, bool):
+        raise ManifestError(f"{where}: expected true or false, got {value!r}")
     if type_ == "str" and not isinstance(value, str):
         raise ManifestError(f"{where}: expected a string, got {value!r}")
     if name == "output_shapes":
@@ -303,7 +343,8 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 _DATACLASSES: dict[str, Any] = {
-    c.__name__: c for c in (FileRef, TensorSpec, AccuracyAtBits, ExitPoint, CutSpec, InputSpec, LayerProfile)
+    c.__name__: c
+    for c in (FileRef, TensorSpec, AccuracyAtBits, ExitPoint, CutSpec, InputSpec, LayerProfile, Preprocess)
 }
 
 
