@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sdk.errors import ConfigError
+from sdk.families import ModelFamily
 
 __all__ = [
     "ALLOWED_BITS",
@@ -101,7 +102,11 @@ class SourceSpec:
 
 @dataclass(frozen=True, slots=True)
 class BoardSpec:
-    """The hardware: how many LiteRT threads, how much memory the head may use, how fast it is."""
+    """The hardware: how many LiteRT threads, how much memory the head may use, how fast it is.
+
+    ``speed_factor`` is defined on MobileNetV2 224 int8; ``speed_factor_by_family`` (optional, the
+    ``[board.speed_factor_by_family]`` table) holds the factors of other workload families, as
+    ``(family, factor)`` pairs in `ModelFamily` order; `factor_for` picks one."""
 
     name: str
     cpu: str
@@ -111,15 +116,35 @@ class BoardSpec:
     speed_factor_source: str
     description: str = ""
     emulate_timing: bool = False
+    speed_factor_by_family: tuple[tuple[ModelFamily, float], ...] = ()
+    speed_factor_by_family_source: str = ""
 
-    def emulated_ms(self, measured_ms: float) -> float:
-        """Head time this board would take, from one measured on this host (1 thread): x ``speed_factor``
-        x this host's speed relative to the reference core (``sdk.host_speed``, measured once per process)."""
+    def factor_for(self, family: ModelFamily | str | None = None) -> float:
+        """Board ms per reference-core ms for a network of ``family`` (`sdk.families.model_family` of the
+        manifest's model name): its entry in ``speed_factor_by_family``, else the table's ``default``, else
+        ``speed_factor``. ``mobilenet`` and None (a cost that is no network, e.g. JPEG encoding) are
+        ``speed_factor`` itself."""
+        if family is None:
+            return self.speed_factor
+        try:
+            fam = ModelFamily(family)
+        except ValueError:
+            raise ValueError(f"family must be one of {', '.join(f.value for f in ModelFamily)} or None, "
+                             f"got {family!r} (sdk.families.model_family maps a model name to one)") from None
+        if fam is ModelFamily.MOBILENET:
+            return self.speed_factor
+        table = dict(self.speed_factor_by_family)
+        return table.get(fam, table.get(ModelFamily.DEFAULT, self.speed_factor))
+
+    def emulated_ms(self, measured_ms: float, family: ModelFamily | str | None = None) -> float:
+        """Head time this board would take, from one measured on this host (1 thread): x the board's factor
+        for ``family`` (`factor_for`) x this host's speed relative to the reference core (``sdk.host_speed``,
+        measured once per process)."""
         if not self.emulate_timing:
             return measured_ms
         from sdk.host_speed import board_factor  # measures the host on first use; imports LiteRT lazily
 
-        return measured_ms * board_factor(self)
+        return measured_ms * board_factor(self, family)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +233,11 @@ class DeviceConfig:
             table: dict[str, Any] = {}
             for field in dataclasses.fields(value):
                 item = getattr(value, field.name)
-                if item is None:
+                if item is None or (item in ("", ()) and field.default == item):  # absent in the file
                     continue
-                if isinstance(item, StrEnum):
+                if field.name == "speed_factor_by_family":
+                    item = {family.value: factor for family, factor in item}
+                elif isinstance(item, StrEnum):
                     item = item.value
                 elif isinstance(item, Path | SourceSpec):
                     item = str(item)
@@ -343,16 +370,46 @@ _BROKER_KEYS = tuple(f.name for f in dataclasses.fields(BrokerSettings))
 _SECTIONS = ("board", "device", "broker")
 
 
+_FAMILY_KEYS = tuple(f.value for f in ModelFamily)
+
+
+def _parse_families(s: _Section, speed_factor: float) -> tuple[tuple[ModelFamily, float], ...]:
+    """``[board.speed_factor_by_family]``: family = factor (> 0); unknown families rejected by name."""
+    table = s.table.get("speed_factor_by_family")
+    if table is None:
+        return ()
+    if not isinstance(table, Mapping):
+        raise s.fail("speed_factor_by_family", table, "a table [board.speed_factor_by_family] of family = factor, "
+                     f"families from {', '.join(_FAMILY_KEYS)}")
+    sub = _Section("board.speed_factor_by_family", table, s.file, _FAMILY_KEYS)
+    factors = {f: sub.number(f.value, None, low=0.0, low_open=True) for f in ModelFamily}
+    mobilenet = factors[ModelFamily.MOBILENET]
+    if mobilenet is not None and mobilenet != speed_factor:
+        raise sub.fail("mobilenet", mobilenet, f"the same as speed_factor ({speed_factor:g}): speed_factor is defined "
+                       "on MobileNetV2, so change speed_factor or remove this key")
+    return tuple((f, v) for f, v in factors.items() if v is not None)
+
+
 def _parse_board(s: _Section) -> BoardSpec:
+    speed_factor = s.number("speed_factor", _REQUIRED, low=0.0, low_open=True)
+    families = _parse_families(s, speed_factor)
+    source = s.string("speed_factor_by_family_source", "") or ""
+    if families and not source:
+        raise ConfigError(
+            f"[board] speed_factor_by_family is set but speed_factor_by_family_source is not, in {s._where()}: "
+            "expected a string saying where the per-family factors come from (measured or assumed, with the figures)."
+        )
     return BoardSpec(
         name=s.string("name", _REQUIRED),
         description=s.string("description", "") or "",
         cpu=s.string("cpu", _REQUIRED),
         threads=s.integer("threads", _REQUIRED, low=1, high=64),
         memory_budget_mb=s.integer("memory_budget_mb", _REQUIRED, low=1),
-        speed_factor=s.number("speed_factor", _REQUIRED, low=0.0, low_open=True),
+        speed_factor=speed_factor,
         speed_factor_source=s.string("speed_factor_source", _REQUIRED),
         emulate_timing=s.boolean("emulate_timing", False),
+        speed_factor_by_family=families,
+        speed_factor_by_family_source=source,
     )
 
 

@@ -52,3 +52,17 @@ def test_board_and_prior_factors(monkeypatch: pytest.MonkeyPatch) -> None:
     real = replace(board, emulate_timing=False)  # on the board itself: this host's speed says nothing
     assert host_speed.prior_factor(real, converted_for="host") == board.speed_factor
     assert real.emulated_ms(2.0) == 2.0
+
+
+def test_the_factors_follow_the_workload_family(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host_speed, "_scale", 4.0)
+    board = load_board("pi4").board
+    resnet = board.factor_for("resnet")
+    assert resnet > board.speed_factor  # the shipped table (firmware_configs/README.md)
+    assert host_speed.board_factor(board, "resnet") == pytest.approx(resnet * 4.0)
+    assert host_speed.board_factor(board, None) == host_speed.board_factor(board) == pytest.approx(board.speed_factor * 4.0)
+    assert board.emulated_ms(2.0, "resnet") == pytest.approx(2.0 * resnet * 4.0)
+    assert host_speed.prior_factor(board, converted_for="host", family="resnet") == pytest.approx(resnet * 4.0)
+    assert host_speed.prior_factor(board, converted_for="pi4", family="resnet") == 1.0
+    real = replace(board, emulate_timing=False)
+    assert host_speed.prior_factor(real, converted_for="host", family="resnet") == resnet
