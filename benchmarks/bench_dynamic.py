@@ -1,7 +1,11 @@
 """Dynamic vs static cuts: replay a bandwidth trace through the latency model and measured components.
 
     splitedge bench dynamic --bundle BUNDLE --trace FILE [--board NAME] [--fps F] [--duration S] [--json] [--live]
-    python -m benchmarks.run dynamic          # the docs/BENCHMARKS.md section (every shared trace, two boards)
+    python -m benchmarks.run dynamic          # the docs/BENCHMARKS.md section (every shared trace, three boards)
+
+Without ``--board`` the board is the demo's (``sdk.defaults.DEFAULT_BOARD``); without ``--link-ms`` every
+offloaded frame pays an LTE round trip, ``sdk.defaults.CELLULAR_RTT_MS`` (50 ms), as in ``splitedge demo``.
+The docs tables replay every trace at 20, 50 and 100 ms (``sdk.defaults.BENCH_RTTS_MS``).
 
 The replay itself (measuring a bundle, the FIFO simulation, the policies) is ``benchmarks.dynamic_replay``
 (its docstring describes the method); this module reports it: the comparison table, the gains, the
@@ -43,6 +47,7 @@ from benchmarks.dynamic_replay import (
 from device_runner.policy import CutPolicy
 from device_runner.runner import codec_for
 from sdk.config import DeviceConfig, load_board
+from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.manifest import Manifest, load_manifest
 from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
 
@@ -142,11 +147,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", type=Path, help="default: the reference bundle (built/reused)")
     p.add_argument("--trace", help="a mahimahi .up or 'seconds Mbit/s' file; default: the synthetic stand-in")
-    p.add_argument("--board", default="pi5", help="a profile name or path (default pi5)")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"a profile name or path (default {DEFAULT_BOARD}, as the demo)")
     p.add_argument("--fps", type=float, help="frame rate (default: the profile's fps_cap)")
     p.add_argument("--duration", type=float, help="seconds replayed (default: the trace's length, at most 300)")
     p.add_argument("--start", type=float, default=0.0, help="start this many seconds into the (looping) trace (default 0)")
-    p.add_argument("--link-ms", type=float, default=0.0, help="fixed round-trip latency per transfer (default 0)")
+    p.add_argument("--link-ms", type=float, default=CELLULAR_RTT_MS,
+                   help=f"fixed round trip per offloaded frame, beyond bytes / bandwidth (default {CELLULAR_RTT_MS:g}: "
+                        "LTE, sdk.defaults.CELLULAR_RTT_MS; the demo's --latency-ms)")
     p.add_argument("--deadline-ms", type=float, help="local fallback after this (default: the profile's; 0: none)")
     p.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="reference frames measured (default 200)")
     p.add_argument("--offload-only", action="store_true", help="exclude the device cut from the dynamic policy")
@@ -177,8 +184,9 @@ def reference_bundle() -> tuple[Path, Manifest]:
 
 
 def scenario(trace: BandwidthTrace, config: DeviceConfig, *, fps: float | None = None, duration: float | None = None,
-             link_ms: float = 0.0, deadline_ms: float | None = None) -> Scenario:
-    """Defaults from the profile: its fps and deadline (``deadline_ms=0``: none); the trace's length, <= 300 s."""
+             link_ms: float = CELLULAR_RTT_MS, deadline_ms: float | None = None) -> Scenario:
+    """Defaults from the profile: its fps and deadline (``deadline_ms=0``: none); the trace's length, <= 300 s;
+    an LTE round trip (``sdk.defaults.CELLULAR_RTT_MS``)."""
     deadline = config.device.deadline_ms if deadline_ms is None else (deadline_ms or None)
     return Scenario(trace, fps or config.device.fps_cap, duration or min(trace.period, 300.0), link_ms, deadline)
 
@@ -218,23 +226,24 @@ LIVE_SECONDS = 30.0
 LIVE_BOARD = "zero2w-offload"  # replay vs live where the policy offloads (on pi5 both stay on the device)
 
 
-def _row(trace: BandwidthTrace, runs: Mapping[str, PolicyRun]) -> str:
+def _row(trace: BandwidthTrace, runs: Mapping[str, PolicyRun], rtt_ms: float) -> str:
     def mean(n: str) -> str:
         return f"{float(runs[n].latency_ms.mean()):.2f}" if n in runs else "-"
 
     d, o, b = (float(runs[n].latency_ms.mean()) for n in ("dynamic", "oracle", "best-static"))
     g = gains(runs, "dynamic")["best-static"]
     m = runs["dynamic"].summary()
-    return (f"| {trace.name} | {trace.mean_rate() * 8 / 1e6:.2f} | {d:.2f} / {m['p95_ms']:.1f} | {mean('oracle')} | "
+    return (f"| {trace.name} | {rtt_ms:g} | {trace.mean_rate() * 8 / 1e6:.2f} | {d:.2f} / {m['p95_ms']:.1f} | "
+            f"{mean('oracle')} | "
             f"{runs['best-static'].route} {b:.2f} | {mean('edge-only')} | {mean('cloud-raw')} | {mean('cloud-jpeg')} | "
             f"{d / o - 1:+.1%} | {g['mean_gain']:+.1%} | {g['G']:.3f} | {m['accuracy']:.3f} | {m['cut_switches']} |")
 
 
-def _why(trace: BandwidthTrace, runs: Mapping[str, PolicyRun]) -> str:
+def _why(trace: BandwidthTrace, runs: Mapping[str, PolicyRun], rtt_ms: float) -> str:
     names = ("dynamic", "dynamic-no-probes", "dynamic-perfect-bw", "dynamic-escalated-cost", "oracle-link", "oracle")
     cells = " | ".join(f"{float(runs[n].latency_ms.mean()):.2f}" for n in names)
     d = runs["dynamic"].summary()
-    return f"| {trace.name} | {cells} | {d['probes']} | {d['deadline_rate']:.1%} |"
+    return f"| {trace.name} | {rtt_ms:g} | {cells} | {d['probes']} | {d['deadline_rate']:.1%} |"
 
 
 START_FRACTIONS = (0.0, 1 / 3, 2 / 3)  # of each trace's period: where the robustness replays start
@@ -244,7 +253,7 @@ def _starts(setup: Setup, config: DeviceConfig, traces: Sequence[BandwidthTrace]
     """One 300 s window per trace says little about a policy on a bursty link: the same trace from three
     start points, on the board where the policy offloads."""
     board = config.board.name
-    out = [f"\n### {board}: each trace from {len(START_FRACTIONS)} start points (300 s each)\n",
+    out = [f"\n### {board}: each trace from {len(START_FRACTIONS)} start points (300 s each, RTT {CELLULAR_RTT_MS:g} ms)\n",
            f"```\nsplitedge bench dynamic --board {board} --trace TRACE --duration 300 --start S\n```\n",
            "| trace | start s | dynamic | oracle | best static | edge-only | vs oracle | vs best static | vs edge-only |\n|"
            + "---|" * 9]
@@ -270,14 +279,17 @@ def run() -> str:
     traces = [load_trace(p) for p in paths] or [synthetic_trace(0)]
     out = ["Replay of each trace (exact FIFO uplink, serial device, measured heads/tails/bytes/exits on "
            f"{DEFAULT_FRAMES} reference test frames; see docs/DYNAMIC.md). Latencies in board ms; deadline = the "
-           "profile's. `vs oracle`: dynamic's mean over the per-frame oracle's; `gain`: 1 - mean(dynamic) / "
-           "mean(best static in hindsight); G: THEORY.md's mean |T_dyn - T_static| / T_static."]
+           "profile's. `RTT ms`: the fixed round trip each offloaded frame pays beyond bytes / bandwidth (THEORY.md; "
+           f"{', '.join(f'{r:g}' for r in BENCH_RTTS_MS)} ms: near the operator's core, LTE - the CLI's and the demo's "
+           f"default, {CELLULAR_RTT_MS:g} ms, sdk.defaults -, a loaded cell or 3G). `vs oracle`: dynamic's mean over the "
+           "per-frame oracle's; `gain`: 1 - mean(dynamic) / mean(best static in hindsight); G: THEORY.md's "
+           "mean |T_dyn - T_static| / T_static."]
     if not paths:
         out.append("\n**No shared traces found: the synthetic stand-in (`sdk.traces.synthetic_trace(0)`) is used.**")
-    head = ("| trace | Mbit/s | dynamic mean / p95 | oracle | best static | edge-only | cloud-raw | cloud-jpeg | "
-            "vs oracle | gain vs best static | G | accuracy | switches |\n|" + "---|" * 13)
-    why_head = ("| trace | dynamic | no probes | perfect bw | no exit in plan | oracle-link | oracle | probes | deadline |\n|"
-                + "---|" * 9)
+    head = ("| trace | RTT ms | Mbit/s | dynamic mean / p95 | oracle | best static | edge-only | cloud-raw | cloud-jpeg | "
+            "vs oracle | gain vs best static | G | accuracy | switches |\n|" + "---|" * 14)
+    why_head = ("| trace | RTT ms | dynamic | no probes | perfect bw | no exit in plan | oracle-link | oracle | probes | "
+                "deadline |\n|" + "---|" * 10)
     for board, seconds in RUN_BOARDS:
         config = load_board(board)
         data = measure(bundle, manifest, codec=codec_for(config.device.codec))
@@ -286,13 +298,15 @@ def run() -> str:
             flag = " --offload-only" if offload_only else ""
             rows, whys = [], []
             for trace in traces:
-                runs = compare(setup, scenario(trace, config, duration=seconds))
-                rows.append(_row(trace, runs))
-                whys.append(_why(trace, runs))
+                for rtt in BENCH_RTTS_MS:
+                    runs = compare(setup, scenario(trace, config, duration=seconds, link_ms=rtt))
+                    rows.append(_row(trace, runs, rtt))
+                    whys.append(_why(trace, runs, rtt))
             what = "device cut excluded (offload only)" if offload_only else "all cuts"
             out += [f"\n### {board}: {what}, {config.device.fps_cap:g} fps, deadline {config.device.deadline_ms:g} ms, "
                     f"codec {data.codec}, up to {seconds:g} s per trace\n",
-                    f"```\nsplitedge bench dynamic --board {board} --trace TRACE --duration {seconds:g}{flag}\n```\n",
+                    f"```\nsplitedge bench dynamic --board {board} --trace TRACE --duration {seconds:g} "
+                    f"--link-ms RTT{flag}\n```\n",
                     head, *rows, "\nWhere the dynamic policy loses time (mean ms):\n", why_head, *whys]
             out += [f"\nnote: {n}" for n in setup.notes]
     config = load_board(LIVE_BOARD)
@@ -302,7 +316,7 @@ def run() -> str:
     sc = scenario(traces[0], config, duration=LIVE_SECONDS)
     rep = compare(setup, sc, diagnostics=False)["dynamic"].summary()
     real = live(bundle, manifest, config, sc).summary()
-    out += [f"\n### Replay vs live ({config.board.name}, {traces[0].name}, first {LIVE_SECONDS:g} s)\n",
+    out += [f"\n### Replay vs live ({config.board.name}, {traces[0].name}, first {LIVE_SECONDS:g} s, RTT {sc.link_ms:g} ms)\n",
             f"```\nsplitedge bench dynamic --board {config.board.name} --trace TRACE --duration {LIVE_SECONDS:g} --live\n```\n",
             "| dynamic | mean ms | p95 ms | accuracy | escalated | deadline | bytes/frame |\n|---|---|---|---|---|---|---|"]
     for name, m in (("replay", rep), ("live", real)):

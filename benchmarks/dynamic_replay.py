@@ -46,6 +46,7 @@ from device_runner.estimator import Estimates, Estimator
 from device_runner.policy import CutPolicy
 from device_runner.runner import make_estimator
 from sdk.config import DeviceConfig, load_board
+from sdk.families import model_family
 from sdk.host_speed import board_factor
 from sdk.manifest import CutKind, Manifest
 from sdk.traces import BandwidthTrace
@@ -243,7 +244,8 @@ def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, off
     """Costs in board ms (head + exit, measured on 1 host thread, x this host's board factor - unless the bundle
     was converted for this board: its manifest times), tau, candidates."""
     board, dev = config.board, config.device
-    factor = 1.0 if manifest.board == board.name else board_factor(board)  # this host emulates the board
+    family = model_family(manifest.model_name)  # the board factor of this workload's family
+    factor = 1.0 if manifest.board == board.name else board_factor(board, family)  # this host emulates the board
     allowed = None if not offload_only else [c.index for c in manifest.cuts if c.kind is not CutKind.DEVICE]
     policy = CutPolicy(manifest, dev, allowed_cuts=allowed)
     dev_ms: dict[Route, float] = {}

@@ -14,7 +14,8 @@ the reference frames.
 Each device's uplink follows the same trace from a different offset (staggered by period / N):
 
 * ``--link shaper`` (default, works anywhere): inside the device's transport, a FIFO link whose
-  transfers end when :meth:`BandwidthTrace.transfer_end` says (``device_runner.link.TraceShaper``), plus ``--latency-ms`` one way;
+  transfers end when :meth:`BandwidthTrace.transfer_end` says (``device_runner.link.TraceShaper``), plus the
+  ``--latency-ms`` round trip;
 * ``--link netns`` (root, Linux): every device process runs in its own network namespace and its
   uplink is a veth whose ``tbf`` rate follows the trace (:mod:`cloud_tail.netem`); falls back to the
   shaper, saying why, where that is not possible.
@@ -51,6 +52,7 @@ from cloud_tail.demo_report import (
     progress,
     summarise,
 )
+from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
 
 __all__ = ["DeviceSpec", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
@@ -204,12 +206,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of frames per device (default 60)")
     p.add_argument("--trace", help=f"a bandwidth trace file (default: {DEFAULT_TRACE} from the shared traces, "
                    "else a bundled synthetic one); 'synthetic' forces the synthetic one")
-    p.add_argument("--board", default="pi4", help="board profile of every device (default pi4)")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board profile of every device (default {DEFAULT_BOARD})")
     p.add_argument("--fps", type=float, help="frames per second per device (default: the profile's fps_cap)")
     p.add_argument("--out", type=Path, default=Path("splitedge-demo"), help="output folder (default ./splitedge-demo)")
     p.add_argument("--link", choices=["shaper", "netns"], default="shaper",
                    help="emulate the uplink in the transport (default) or in the kernel (namespaces + tbf, root)")
-    p.add_argument("--latency-ms", type=float, default=20.0, help="one-way uplink latency, shaper only (default 20)")
+    p.add_argument("--latency-ms", type=float, default=CELLULAR_RTT_MS,
+                   help="fixed round trip per transfer, added on the uplink (answers return undelayed), shaper only "
+                        f"(default {CELLULAR_RTT_MS:g}: an LTE round trip, sdk.defaults.CELLULAR_RTT_MS)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--bundle", type=Path, help="bundle folder (default: build or reuse the reference bundle)")
     p.add_argument("--workers", type=int, default=1, help="cloud tail worker processes (default 1)")
@@ -350,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"({link.host}), tbf rate following the trace every 0.5 s (no added delay: no netem here)")
         else:
             _say(f"link emulation: TRANSPORT SHAPER - each device's act publishes are held until the trace "
-                 f"lets them cross (FIFO), + {args.latency_ms:g} ms one way")
+                 f"lets them cross (FIFO), + {args.latency_ms:g} ms round trip")
         deadline_ms = board.device.deadline_ms
         for w in range(workers):
             log = out / f"cloud-{w}.log"

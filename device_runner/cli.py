@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
     timing = (
-        f"emulated: measured on 1 host thread x speed_factor {board.speed_factor} ({board.name}) x host scale "
+        f"emulated: measured on 1 host thread x speed factor {board.factor_for(heads.family)} ({board.name}, "
+        f"{heads.family.value}) x host scale "
         f"{host_scale():.2f} (this host vs the reference core, sdk.host_speed)"
         if heads.emulated else f"measured on this machine ({board.threads} threads)"
     )  # fmt: skip

@@ -113,6 +113,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sdk.config import DeviceConfig
+from sdk.families import model_family
 from sdk.host_speed import prior_factor
 from sdk.manifest import Manifest
 from sdk.planner import costs_from_manifest
@@ -435,7 +436,7 @@ class Estimator:
 
 def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth: float = 1_000_000.0) -> Estimator:
     """Priors from the manifest: head times scaled to the board (unless converted for it), tail times as is."""
-    factor = prior_factor(config.board, manifest.board)
+    factor = prior_factor(config.board, manifest.board, model_family(manifest.model_name))
     costs = costs_from_manifest(manifest)
     return Estimator(
         head_prior={c.index: c.head_ms * factor for c in costs},

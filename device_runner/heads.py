@@ -37,6 +37,7 @@ import numpy as np
 
 from sdk.config import BoardSpec
 from sdk.errors import BundleError
+from sdk.families import model_family
 from sdk.litert import HeadRunner, LiteRTModel, TensorInfo
 from sdk.manifest import CutKind, CutSpec, FileRef, Manifest
 from sdk.packing import dequantize, requant_int8
@@ -294,6 +295,7 @@ class LiteRTHeads:
         self.manifest = manifest
         self.board = board
         self.emulated = bool(board.emulate_timing)
+        self.family = model_family(manifest.model_name)  # which board factor stretches these heads
         # Emulation scales times measured on ONE host thread (the speed_factor's definition).
         threads = 1 if self.emulated else board.threads
         budget = budget_bytes if budget_bytes is not None else board.memory_budget_mb * 1024 * 1024
@@ -303,7 +305,7 @@ class LiteRTHeads:
         self._plans: dict[int, _Plan] = {}
 
     def _board_ms(self, measured_ms: float) -> float:
-        return self.board.emulated_ms(measured_ms) if self.emulated else measured_ms
+        return self.board.emulated_ms(measured_ms, self.family) if self.emulated else measured_ms
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
         t0 = time.perf_counter()

@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     factor, note = 1.0, f" (head times measured on {manifest.host})"
     if args.board:
         from sdk.config import load_board
+        from sdk.families import model_family
         from sdk.host_speed import board_factor, host_scale
 
         spec = load_board(args.board).board
-        factor = board_factor(spec)
+        family = model_family(manifest.model_name)
+        factor = board_factor(spec, family)
         note = (f" (head times EMULATED for {spec.name}: measured on {manifest.host} x speed factor "
-                f"{spec.speed_factor} x host scale {host_scale():.2f} = {factor:.2f})")
+                f"{spec.factor_for(family)} ({family.value}) x host scale {host_scale():.2f} = {factor:.2f})")
     try:
         plan = evaluate(costs_from_manifest(manifest), bandwidth_bytes_per_s=rate, link_latency_ms=args.link_latency,
                         device_factor=factor, allow_raw=not args.no_raw, accuracy_drop_budget=args.accuracy_budget)

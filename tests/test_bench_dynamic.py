@@ -218,6 +218,64 @@ def test_without_a_trace_the_synthetic_stand_in_is_used_with_a_note(
     assert "synthetic" in captured.err and "| dynamic |" in captured.out and captured.out.startswith("synthetic-0")
 
 
+def test_defaults_are_the_demos_board_and_an_lte_round_trip() -> None:
+    from cloud_tail import demo
+    from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
+
+    args, demo_args = bd.parse_args([]), demo.parse_args([])
+    assert args.board == demo_args.board == DEFAULT_BOARD == "pi4"  # the demo's board, defined once
+    assert args.link_ms == demo_args.latency_ms == CELLULAR_RTT_MS == 50.0  # one round trip, defined once
+    assert BENCH_RTTS_MS == (20.0, 50.0, 100.0)
+    assert bd.scenario(constant(1e6), parse_config(PROFILE)).link_ms == CELLULAR_RTT_MS
+    assert bd.parse_args(["--link-ms", "0"]).link_ms == 0.0  # the lab idealisation stays available
+
+
+def test_the_round_trip_is_paid_once_per_offloaded_frame(fake_bundle: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "up.log"
+    trace.write_text("0 8.0\n4 8.0\n")
+    common = ["--bundle", str(tmp_path), "--board", str(fake_bundle), "--trace", str(trace), "--duration", "2", "--json"]
+    means = {}
+    for rtt in ("0", "50"):
+        assert bd.main([*common, "--link-ms", rtt]) == 0
+        means[rtt] = json.loads(capsys.readouterr().out)
+    assert bd.main(common) == 0  # the default: 50 ms
+    default = json.loads(capsys.readouterr().out)
+    # A fixed route pays it in full; a pinned cut runs the device's policy, whose deadline and overdue
+    # fallback (answer locally once the cloud is late) can end a frame before the round trip is over.
+    assert means["50"]["cloud-jpeg"]["mean_ms"] == pytest.approx(means["0"]["cloud-jpeg"]["mean_ms"] + 50.0)
+    for key in ("static:cut1@4b", "cloud-raw", "cloud-jpeg"):
+        assert means["50"][key]["mean_ms"] > means["0"][key]["mean_ms"] + 40.0, key
+        assert default[key]["mean_ms"] == pytest.approx(means["50"][key]["mean_ms"]), key
+    assert means["50"]["edge-only"]["mean_ms"] == pytest.approx(means["0"]["edge-only"]["mean_ms"])  # sends nothing
+    for key in ("dynamic", "oracle", "oracle-link", "best-static", "edge-only", "cloud-raw", "cloud-jpeg"):
+        assert "mean_ms" in default[key]
+
+
+def test_the_docs_tables_show_every_round_trip(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdk.defaults import BENCH_RTTS_MS
+
+    m = fake_manifest()
+    monkeypatch.setattr(bd, "reference_bundle", lambda *a, **k: (Path("unused"), m))
+    monkeypatch.setattr(bd, "measure", lambda bundle, manifest, *a, **k: fake_data(manifest))
+    monkeypatch.setattr(bd, "load_board", lambda name: parse_config(PROFILE))
+    monkeypatch.setattr(bd, "shared_traces", lambda: ["step"])
+    monkeypatch.setattr(bd, "load_trace", lambda path: step(1e6, 2e3, 2.0))
+    monkeypatch.setattr(bd, "RUN_BOARDS", (("host", 4.0),))
+    monkeypatch.setattr(bd, "START_FRACTIONS", (0.0,))
+    monkeypatch.setattr(bd, "LIVE_SECONDS", 2.0)
+    monkeypatch.setattr(bd, "live", lambda bundle, manifest, config, sc, **kw: bd.compare(
+        bd.make_setup(manifest, config, fake_data(manifest)), sc, diagnostics=False)["dynamic"])
+    text = bd.run()
+    for table in ("| trace | RTT ms | Mbit/s |", "| trace | RTT ms | dynamic | no probes |"):
+        head = next(ln for ln in text.splitlines() if ln.startswith(table))
+        assert text.count(table) == 2  # all cuts, offload only
+        width = head.count("|")
+        rows = [ln for ln in text.splitlines() if ln.startswith("| step | ") and ln.count("|") == width]
+        assert [float(r.split(" | ")[1]) for r in rows] == list(BENCH_RTTS_MS) * 2  # all cuts, offload only
+    assert "--link-ms RTT" in text and "RTT 50 ms" in text
+
+
 def test_trace_shaper_is_a_fifo_following_the_trace() -> None:
     shaper = TraceShaper(step(1000.0, 100.0, 1.0), t0=10.0, latency_s=0.02)
     assert shaper.delay_s(500, 10.0) == pytest.approx(0.52)
