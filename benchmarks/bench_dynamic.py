@@ -108,7 +108,7 @@ def live(bundle: Path, manifest: Manifest, config: DeviceConfig, sc: Scenario, *
     from sdk.broker import EmbeddedBroker
     from sdk.mqtt import MqttTransport
 
-    x, y = reference_frames(n)
+    x, y = reference_frames(n, manifest)
     answers: list[Answer] = []
     device = replace(config.device, device_id="bench-dynamic", fps_cap=sc.fps,
                      deadline_ms=sc.deadline_ms if sc.deadline_ms is not None else 3_600_000.0)
@@ -145,7 +145,11 @@ def live(bundle: Path, manifest: Manifest, config: DeviceConfig, sc: Scenario, *
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge bench dynamic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bundle", type=Path, help="default: the reference bundle (built/reused)")
+    from converter.workloads import DEFAULT_WORKLOAD, names
+
+    p.add_argument("--workload", choices=names(), default=DEFAULT_WORKLOAD,
+                   help=f"the model and frames (default {DEFAULT_WORKLOAD}, as the demo; splitedge reference --list)")
+    p.add_argument("--bundle", type=Path, help="default: the workload's bundle (built/reused)")
     p.add_argument("--trace", help="a mahimahi .up or 'seconds Mbit/s' file; default: the synthetic stand-in")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"a profile name or path (default {DEFAULT_BOARD}, as the demo)")
     p.add_argument("--fps", type=float, help="frame rate (default: the profile's fps_cap)")
@@ -177,10 +181,11 @@ def pick_trace(path: str | None) -> tuple[BandwidthTrace, str]:
     return synthetic_trace(0), "note: no trace given or found; using the synthetic stand-in (sdk.traces.synthetic_trace(0))"
 
 
-def reference_bundle() -> tuple[Path, Manifest]:
-    from converter.reference import build_reference_bundle, default_bundle_dir
+def reference_bundle(workload: str = "digits") -> tuple[Path, Manifest]:
+    """(folder, manifest) of a workload's bundle, built on first use (converter.reference.bundle_path)."""
+    from converter.reference import bundle_path
 
-    return default_bundle_dir(), build_reference_bundle()
+    return bundle_path(workload)
 
 
 def scenario(trace: BandwidthTrace, config: DeviceConfig, *, fps: float | None = None, duration: float | None = None,
@@ -193,7 +198,7 @@ def scenario(trace: BandwidthTrace, config: DeviceConfig, *, fps: float | None =
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    bundle, manifest = (args.bundle, load_manifest(args.bundle)) if args.bundle else reference_bundle()
+    bundle, manifest = (args.bundle, load_manifest(args.bundle)) if args.bundle else reference_bundle(args.workload)
     config = load_board(args.board)
     trace, note = pick_trace(args.trace)
     trace = trace.shifted(args.start)

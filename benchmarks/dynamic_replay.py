@@ -165,7 +165,7 @@ def measure(bundle: str | Path, manifest: Manifest, *, n: int = DEFAULT_FRAMES, 
     """Run every cut's head/exit/tail with LiteRT on ``n`` reference test frames (cached per process)."""
     key = (str(Path(bundle).resolve()) + manifest.bundle_id, n, codec.name)
     if key not in _MEASURED:
-        x, y = reference_frames(n)
+        x, y = reference_frames(n, manifest)
         _MEASURED[key] = _measure(Path(bundle), manifest, x, y, codec)
     return _MEASURED[key]
 
@@ -576,14 +576,20 @@ def _route_of(s: Setup, r: PolicyRun) -> Route | None:
 
 
 # ---------------------------------------------------------------------------------------------- frames
-_FRAMES: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_FRAMES: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def reference_frames(n: int = DEFAULT_FRAMES) -> tuple[np.ndarray, np.ndarray]:
-    """The N reference test frames (uint8 (n, 96, 96, 3), labels) that :func:`measure` uses."""
-    if n not in _FRAMES:
-        from converter.reference_data import make_frames  # numpy only (+ the digits); never TensorFlow
+def reference_frames(n: int = DEFAULT_FRAMES, manifest: Manifest | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """N labelled test frames of the bundle's workload (digits when unknown) that :func:`measure` uses."""
+    from converter.workloads import WORKLOADS, for_manifest  # numpy only; never TensorFlow
 
-        x, y = make_frames(n, seed=REF_SEED, split="test")
-        _FRAMES[n] = (x, np.asarray(y))
-    return _FRAMES[n]
+    workload = (for_manifest(manifest) if manifest is not None else None) or WORKLOADS["digits"]
+    if manifest is not None and tuple(manifest.input.shape) != (workload.frame_size, workload.frame_size, 3):
+        raise ValueError(f"bundle {manifest.bundle_id[:12]} takes {tuple(manifest.input.shape)} frames and was not "
+                         "built from a named workload (splitedge reference --list): the replay has no labelled "
+                         "frames for it")
+    key = (workload.name, n)
+    if key not in _FRAMES:
+        frames = workload.frames(n, seed=REF_SEED, split="test")
+        _FRAMES[key] = (frames.x, np.asarray(frames.y))
+    return _FRAMES[key]

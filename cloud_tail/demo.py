@@ -215,7 +215,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fixed round trip per transfer, added on the uplink (answers return undelayed), shaper only "
                         f"(default {CELLULAR_RTT_MS:g}: an LTE round trip, sdk.defaults.CELLULAR_RTT_MS)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    p.add_argument("--bundle", type=Path, help="bundle folder (default: build or reuse the reference bundle)")
+    from converter.workloads import DEFAULT_WORKLOAD, names
+
+    p.add_argument("--workload", choices=names(), default=None,
+                   help=f"the model and frames (default {DEFAULT_WORKLOAD}, or the one --bundle was built from; "
+                        "splitedge reference --list)")
+    p.add_argument("--bundle", type=Path, help="bundle folder (default: build or reuse the workload's bundle)")
     p.add_argument("--workers", type=int, default=1, help="cloud tail worker processes (default 1)")
     p.add_argument("--frames", type=int, default=200, help="distinct labelled frames per device (default 200)")
     p.add_argument("--link-check", type=float, default=4.0, help="seconds of the link saturation check (0: skip)")
@@ -246,34 +251,82 @@ def _pick_trace(arg: str | None) -> tuple[str, BandwidthTrace, str]:
     return "synthetic:0", synthetic_trace(0), f"SYNTHETIC trace synthetic-0 ({why}; not a measured link)"
 
 
-def _bundle(arg: Path | None) -> Path:
+def _workload(arg: str | None, bundle: Path | None) -> str | None:
+    """--workload, else the one --bundle was built from (None: a user's bundle), else the default."""
+    from converter.workloads import DEFAULT_WORKLOAD, for_manifest
+    from sdk.manifest import load_manifest
+
+    if arg is not None or bundle is None:
+        return arg or DEFAULT_WORKLOAD
+    w = for_manifest(load_manifest(bundle))
+    return w.name if w else None
+
+
+def _bundle(arg: Path | None, workload: str | None) -> Path:
     if arg is not None:
         return arg
-    from converter.reference import build_reference_bundle, default_bundle_dir
+    assert workload is not None  # _workload names one whenever no --bundle is given
+    from converter.convert_cli import _Bar
+    from converter.reference import bundle_path, default_bundle_dir
 
-    _say(f"building (or reusing) the reference bundle in {default_bundle_dir()} (first time: 1-2 minutes)")
-    build_reference_bundle()
-    return default_bundle_dir()
+    out = default_bundle_dir(workload)
+    if (out / "manifest.json").is_file():
+        _say(f"reusing (after a check) the {workload} bundle in {out}")
+    else:
+        _say(f"building the {workload} bundle in {out}: a one-time conversion (digits ~2 min, 224 px models "
+             "~3-5 min on 2 cores); progress below")
+    t0 = time.perf_counter()
+    bar = _Bar(quiet=False)
+    try:
+        path, _ = bundle_path(workload, progress=bar)
+    finally:
+        bar.close()
+    if time.perf_counter() - t0 > 5:
+        _say(f"bundle built in {time.perf_counter() - t0:.0f} s")
+    return path
 
 
-def _frames(n: int, devices: int, out: Path, shape: tuple[int, ...]) -> tuple[list[Path], list[np.ndarray | None]]:
-    """One .npz per device (the same labelled test frames, rotated), and the labels (None: unlabelled)."""
+def _frames(n: int, devices: int, out: Path, shape: tuple[int, ...],
+            workload: str | None) -> tuple[list[Path], list[np.ndarray | None]]:
+    """One .npz per device (the same labelled test frames, rotated), and the labels (None: unlabelled).
+
+    ``workload`` None (a bundle not built from a named workload): random frames of its shape, no accuracy.
+    """
     from sdk.errors import MissingDependencyError
 
-    cache = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge")) / f"demo-frames-{n}.npz"
+    if workload is None:
+        _say("the bundle was not built from a named workload: using unlabelled random frames (no accuracy)")
+        x = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+        return _split_frames(x, None, devices, out)
+
+    name = f"demo-frames-{n}.npz" if workload == "digits" else f"demo-frames-{workload}-{n}.npz"
+    cache = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge")) / name
     y: np.ndarray | None
     try:
         if cache.is_file():
             with np.load(cache) as data:
                 x, y = data["x"], data["y"]
         else:
-            from converter.reference_data import make_frames, save_npz
+            from converter.reference_data import save_npz
+            from converter.workloads import get
 
-            x, y = make_frames(n, seed=2024, split="test")
+            frames = get(workload).frames(n, seed=2024, split="test")
+            x, y = frames.x, frames.y
             save_npz(cache, x, y)
     except (MissingDependencyError, ImportError) as exc:
         _say(f"cannot make the labelled reference frames ({exc}); using unlabelled random frames: no accuracy")
         x, y = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8), None
+    if tuple(x.shape[1:]) != tuple(shape):
+        from sdk.errors import ConfigError
+
+        raise ConfigError(f"the bundle takes frames of shape {tuple(shape)} but workload {workload!r} makes "
+                          f"{tuple(x.shape[1:])}; pass the --workload the bundle was built from")
+    return _split_frames(x, y, devices, out)
+
+
+def _split_frames(x: np.ndarray, y: np.ndarray | None, devices: int,
+                  out: Path) -> tuple[list[Path], list[np.ndarray | None]]:
+    n = len(x)
     paths, labels = [], []
     for i in range(devices):
         k = i * n // devices
@@ -320,13 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     board = load_board(args.board)
-    bundle = _bundle(args.bundle).resolve()
+    workload = _workload(args.workload, args.bundle)
+    bundle = _bundle(args.bundle, workload).resolve()
     manifest = load_manifest(bundle)
     shape = tuple(int(d) for d in manifest.input.shape)
     trace_spec, trace, trace_note = _pick_trace(args.trace)
     n = args.devices
     offsets = [i * trace.period / n for i in range(n)]
-    frame_paths, labels = _frames(args.frames, n, out, shape)
+    frame_paths, labels = _frames(args.frames, n, out, shape, workload)
     _say(f"bundle {bundle} ({len(manifest.cuts)} cuts), board {board.board.name}, {n} devices, {args.duration:g} s")
     _say(f"{trace_note}: period {trace.period:.0f} s, mean {trace.mean_rate() * 8 / 1e6:.2f} Mbit/s; "
          f"device offsets {', '.join(f'{o:.0f}' for o in offsets)} s")

