@@ -128,9 +128,17 @@ def check_args(args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _warnings_to_stderr() -> Iterator[None]:
-    """ConversionWarnings printed at once, loud and on one line, not at the end of a long conversion."""
-    def show(message: Any, category: type, *_rest: Any, **_kw: Any) -> None:
-        print(f"splitedge convert: WARNING: {message}", file=sys.stderr, flush=True)
+    """ConversionWarnings printed at once, loud and on one line, not at the end of a long conversion.
+
+    Other warnings (TensorFlow's) go where they went before.
+    """
+    previous = warnings.showwarning
+
+    def show(message: Any, category: type, *rest: Any, **kw: Any) -> None:
+        if issubclass(category, ConversionWarning):
+            print(f"splitedge convert: WARNING: {message}", file=sys.stderr, flush=True)
+        else:
+            previous(message, category, *rest, **kw)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", ConversionWarning)

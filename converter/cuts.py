@@ -6,8 +6,10 @@ the device. At bit width b a split cut ships ceil(elements * b / 8) bytes per te
 a cut is kept at b bits when it is a *compressive natural bottleneck*: fewer bytes than the raw frame
 and than every earlier boundary at the same b. Boundaries inside the preprocessing (no weights yet) count as
 earlier cuts but are not kept: the raw cut sends the frame already. An equal-size cut moves past the BatchNormalization and
-activation that TFLite fuses into the op before them. Cuts whose head does not fit the board's memory budget
-(int8 weights + the peak of live activations while the head runs) are dropped, with the reason.
+activation that TFLite fuses into the op before them. A cut whose tail has no work left (only Flatten/Reshape
+after it, e.g. MobileNetV3's logits conv) is not kept: the all-on-device cut runs the same head and sends nothing.
+Cuts whose head does not fit the board's memory budget (int8 weights + the peak of live activations while the
+head runs) are dropped, with the reason.
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ def select_cuts(
         if not fits:
             dropped.append((bd.index, why))
             continue
-        kept.append(_with_bits(_past_fused(graph, bounds, bd), tuple(comp)))
+        bd = _past_fused(graph, bounds, bd)
+        if bd.tail_flops == 0:
+            continue  # nothing left for the cloud: the device cut is the same head, without the transfer
+        kept.append(_with_bits(bd, tuple(comp)))
     device = bounds[-1]
     fits, why = _fits(device, memory_budget_bytes)
     candidates = [bounds[0], *kept]

@@ -134,3 +134,108 @@ def test_shared_layer_is_refused():
     out = d(d(inp))
     with pytest.raises(ConversionError, match="shared"):
         read_graph(keras.Model(inp, out))
+
+
+# ------------------------------------------------------------------ Keras 3 graphs as users have them
+
+
+def _every_split_matches(g, model, x, atol=1e-4):
+    want = np.asarray(model(x, training=False))
+    for s in range(1, g.n):
+        got = _run_split(g, s, x)
+        assert np.abs(got - want).max() < atol, f"cut {s} ({g.nodes[s - 1].name}, {g.nodes[s - 1].type})"
+
+
+def test_operation_nodes_are_profiled_and_split():
+    """x + 3.0, keras.ops.* inside a functional model are Operation nodes (MobileNetV3's hard sigmoid)."""
+    from keras import layers, ops
+
+    inp = keras.Input((12, 12, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="c1")(inp)
+    gate = layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0)  # ops.Add, ops.Multiply with constants
+    x = layers.Multiply()([x, gate])
+    x = ops.hard_silu(layers.Conv2D(8, 1, name="c2")(x)) + x  # ops.HardSilu, a two-tensor ops.Add
+    out = layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inp, out)
+    g = read_graph(model)
+    types = [gn.type for gn in g.nodes]
+    assert {"ops.Add", "ops.Multiply", "ops.HardSilu", "Multiply"} <= set(types)
+    prof = {p.name: p for p in profile(g)}
+    for gn in g.nodes:
+        if gn.is_op:
+            p = prof[gn.name]
+            assert p.weight_bytes_i8 == 0 and p.flops == p.out_bytes_i8, gn.type  # element-wise, no weights
+    x_in = np.random.default_rng(2).random((2, 12, 12, 3)).astype("float32")
+    _every_split_matches(g, model, x_in)
+
+
+def test_unsupported_operation_is_named_with_what_to_do():
+    from keras import layers, ops
+
+    inp = keras.Input((6, 4))
+    out = layers.Dense(2)(layers.Flatten()(ops.cumsum(inp, axis=-1)))
+    with pytest.raises(ConversionError, match=r"operation 'cumsum.*\(keras.ops Cumsum\) is not supported.*Replace it"):
+        read_graph(keras.Model(inp, out))
+
+
+def _backbone():
+    """A small functional 'backbone' with a residual, a nested Sequential block and an ops node."""
+    from keras import layers
+
+    inp = keras.Input((16, 16, 3), name="bb_in")
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="bb_stem")(inp)
+    block = keras.Sequential([layers.Conv2D(8, 3, padding="same", name="bb_conv"),
+                              layers.BatchNormalization(name="bb_bn")], name="bb_block")
+    x = layers.ReLU(name="bb_relu")(block(x) + x)
+    x = layers.Conv2D(4, 3, strides=2, padding="same", name="bb_down")(x)
+    return keras.Model(inp, x, name="backbone")
+
+
+def test_nested_backbone_is_flattened_with_shared_weights_and_cuts_inside():
+    from keras import layers
+
+    keras.utils.set_random_seed(4)
+    bb = _backbone()
+    inp = keras.Input((16, 16, 3), name="image")
+    x = layers.GlobalAveragePooling2D(name="gap")(bb(inp))
+    model = keras.Model(inp, layers.Dense(3, name="cls")(x), name="transfer")
+    g = read_graph(model)
+    names = [gn.name for gn in g.nodes]
+    assert names[0] == "bb_stem" and {"bb_conv", "bb_bn", "bb_down", "gap", "cls"} <= set(names)
+    assert not any(isinstance(gn.layer, keras.Model) for gn in g.nodes)
+    assert g.model.name == "transfer" and g.tensor_name(id(g.input_tensor)) == "image"
+    assert g.model.get_layer("bb_conv") is bb.get_layer("bb_block").get_layer("bb_conv")  # weights shared
+    x_in = np.random.default_rng(3).random((2, 16, 16, 3)).astype("float32")
+    _every_split_matches(g, model, x_in)
+    prof = profile(g)
+    sel = select_cuts(g, [p.flops for p in prof], [p.weight_bytes_i8 for p in prof], bits=(8,),
+                      memory_budget_bytes=None)
+    assert any(c.name.startswith("bb_") for c in sel.candidates[1:-1]), "a cut inside the backbone"
+
+
+def test_name_clash_when_flattening_is_refused_with_the_fix():
+    from keras import layers
+
+    bb = _backbone()
+    inp = keras.Input((16, 16, 3))
+    out = layers.Dense(2)(layers.GlobalAveragePooling2D(name="bb_stem")(bb(inp)))  # the backbone has bb_stem
+    with pytest.raises(ConversionError, match=r"two layers one name.*bb_stem.*rename the wrapper's layers"):
+        read_graph(keras.Model(inp, out))
+
+
+def test_multi_output_model_needs_output_and_converts_the_one_named():
+    from keras import layers
+
+    inp = keras.Input((8, 8, 3))
+    x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, name="conv")(inp))
+    model = keras.Model(inp, [layers.Dense(3, name="classes")(x), layers.Dense(1, name="box")(x)])
+    with pytest.raises(ConversionError, match=r"2 outputs \['classes', 'box'\].*--output NAME"):
+        read_graph(model)
+    with pytest.raises(ConversionError, match=r"--output 'score'.*outputs are \['classes', 'box'\]"):
+        read_graph(model, output="score")
+    g = read_graph(model, output="classes")
+    assert g.nodes[-1].name == "classes" and len(g.output_ids) == 1 and "box" not in [n.name for n in g.nodes]
+    x_in = np.random.default_rng(5).random((2, 8, 8, 3)).astype("float32")
+    want = np.asarray(model(x_in)[0])
+    for s in range(1, g.n):
+        assert np.abs(_run_split(g, s, x_in) - want).max() < 1e-5

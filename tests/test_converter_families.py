@@ -1,0 +1,103 @@
+"""Every keras.applications family a Pi can run reads, profiles and finds split cuts (small, random weights).
+
+Fast checks build each family at its smallest resolution (converter/applications.py) with its own
+--preprocess mode folded in, and look for natural bottlenecks without exporting anything. One full
+conversion (marked slow: TFLite export costs ~3 s per model here) runs a MobileNetV3Small backbone, with
+its keras.ops nodes, nested in a transfer-learning wrapper.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras", reason="the converter needs splitedge[convert]")
+
+from converter.applications import FAMILIES, build  # noqa: E402
+from converter.convert import prepare_model  # noqa: E402
+from converter.cuts import select_cuts  # noqa: E402
+from converter.graph import build_head, build_tail, read_graph  # noqa: E402
+from converter.profile import profile  # noqa: E402
+from sdk.errors import ConversionWarning  # noqa: E402
+from sdk.manifest import CutKind  # noqa: E402
+
+
+def _graph(name: str):
+    """(the model, its graph with the family's --preprocess folded in front)."""
+    model = build(name, small=True)
+    prepared, prep, said = prepare_model(model, preprocess=FAMILIES[name].preprocess)
+    assert prep is not None and prep.mode.value == FAMILIES[name].preprocess and not said
+    g = read_graph(prepared)
+    assert str(g.input_tensor.dtype) == "uint8"  # raw frames go in
+    return model, g
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_reads_profiles_and_has_split_candidates(name):
+    model = build(name, small=True)  # float input as built; the preprocessing fold is tested below
+    g = read_graph(model)
+    try:
+        prof = profile(g)
+        assert all(p.flops >= 0 and p.weight_bytes_i8 >= 0 for p in prof)
+        assert sum(p.weight_bytes_i8 for p in prof) == model.count_params()  # every weight counted once
+        sel = select_cuts(g, [p.flops for p in prof], [p.weight_bytes_i8 for p in prof], bits=(8, 4, 2),
+                          memory_budget_bytes=None)
+        kinds = [c.kind for c in sel.candidates]
+        assert kinds[0] is CutKind.RAW and kinds[-1] is CutKind.DEVICE
+        splits = sel.candidates[1:-1]
+        assert splits, f"{name}: no natural bottleneck found"
+        assert all(c.bytes_at(8) < sel.raw_bytes or c.compressive_bits for c in splits)
+        assert all(c.tail_flops > 0 and c.head_weight_bytes > 0 for c in splits)
+    finally:
+        keras.backend.clear_session()
+
+
+@pytest.mark.parametrize("name", ["MobileNetV3Small", "ConvNeXtTiny", "ResNet50"])
+def test_family_splits_equal_the_preprocessed_model(name):
+    """Ops nodes (V3's hard sigmoid, ConvNeXt's adds), nested Sequentials (ConvNeXt), caffe's channel flip."""
+    model, g = _graph(name)
+    pre = {"none": lambda v: v, "caffe": keras.applications.resnet50.preprocess_input}[FAMILIES[name].preprocess]
+    frames = np.random.default_rng(0).integers(0, 256, (2, *g.input_tensor.shape[1:]), dtype=np.uint8)
+    want = np.asarray(model(pre(frames.astype("float32")), training=False))
+    prof = profile(g)
+    sel = select_cuts(g, [p.flops for p in prof], [p.weight_bytes_i8 for p in prof], bits=(8,),
+                      memory_budget_bytes=None)
+    for bd in (sel.candidates[1], sel.candidates[-2]):
+        head, tail = build_head(g, bd.index), build_tail(g, bd.index)
+        outs = head(frames, training=False)
+        outs = outs if isinstance(outs, list | tuple) else [outs]
+        got = np.asarray(tail({i.name: o for i, o in zip(tail.inputs, outs, strict=True)}, training=False))
+        scale = max(1.0, float(np.abs(want).max()))
+        assert np.abs(got - want).max() < 1e-4 * scale, f"{name} cut {bd.index} ({bd.name})"
+    keras.backend.clear_session()
+
+
+@pytest.mark.slow
+def test_nested_mobilenetv3_small_converts_end_to_end(tmp_path):
+    from converter.convert import convert
+    from converter.data import CalibData
+    from sdk.litert import LiteRTModel
+    from sdk.manifest import load_manifest
+
+    keras.utils.set_random_seed(1)
+    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
+                                                   alpha=0.75)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inp))
+    model = keras.Model(inp, keras.layers.Dense(4, name="classes")(x), name="wrapped_v3")
+    frames = np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConversionWarning)  # --preprocess given: no warning
+        result = convert(model, CalibData(frames, None, "random"), tmp_path / "b", bits=(8,), preprocess="none")
+    m = load_manifest(tmp_path / "b")
+    assert m == result.manifest and m.input.dtype == "uint8" and m.input.preprocess.mode.value == "none"
+    splits = [c for c in m.cuts if c.kind is CutKind.SPLIT]
+    assert splits and all(c.head and c.tail and c.exit for c in splits)
+    assert any(gn.startswith("expanded_conv") for gn in (c.name for c in splits)), "a cut inside the backbone"
+    layer_types = {p.type for p in m.layers}
+    assert {"ops.Add", "ops.Multiply"} <= layer_types
+    head = LiteRTModel(tmp_path / "b" / splits[0].head.path)
+    (info,) = head.inputs.values()
+    assert info.dtype == np.uint8 and (info.scale, info.zero_point) in ((0.0, 0), (1.0, 0))  # raw bytes in
