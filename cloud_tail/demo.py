@@ -47,6 +47,7 @@ from cloud_tail.demo_report import (
     View,
     answer_problems,
     cloud_totals,
+    cut_labels,
     plots,
     print_summary,
     progress,
@@ -215,6 +216,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="fixed round trip per transfer, added on the uplink (answers return undelayed), shaper only "
                         f"(default {CELLULAR_RTT_MS:g}: an LTE round trip, sdk.defaults.CELLULAR_RTT_MS)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-baselines", action="store_true",
+                   help="skip the replayed edge-only / cloud-JPEG comparison in the summary")
     from converter.workloads import DEFAULT_WORKLOAD, names
 
     p.add_argument("--workload", choices=names(), default=None,
@@ -246,7 +249,7 @@ def _pick_trace(arg: str | None) -> tuple[str, BandwidthTrace, str]:
     found = [] if arg == "synthetic" else shared_traces()
     if found:
         path = next((p for p in found if p.name == DEFAULT_TRACE), found[0])
-        return str(path), load_trace(path), f"real trace {path.name} ({path.parent.name}, /work/shared/traces)"
+        return str(path), load_trace(path), f"real trace {path.name} ({path.resolve()})"
     why = "asked for" if arg == "synthetic" else "no real trace found (../shared/traces is absent)"
     return "synthetic:0", synthetic_trace(0), f"SYNTHETIC trace synthetic-0 ({why}; not a measured link)"
 
@@ -335,6 +338,33 @@ def _split_frames(x: np.ndarray, y: np.ndarray | None, devices: int,
         paths.append(path)
         labels.append(None if y is None else np.roll(y, -k))
     return paths, labels
+
+
+#: The replayed baselines the summary sets the live run beside (benchmarks/dynamic_replay.py names).
+BASELINES = ("edge-only", "cloud-jpeg", "cloud-raw", "best-static", "dynamic")
+
+
+def replayed_baselines(bundle: Path, manifest: object, board: str, trace: BandwidthTrace, offsets: list[float],
+                       duration: float, fps: float | None, latency_ms: float) -> dict[str, dict[str, float]]:
+    """Edge-only, cloud-JPEG, cloud-raw, the best static cut and the dynamic policy replayed on each device's
+    stretch of the same trace, board, frame rate and round trip (the simulation of ``splitedge bench dynamic``):
+    {name: {"mean_ms", "accuracy", "route"}}, means over the devices. The live run is set beside them."""
+    from benchmarks.bench_dynamic import scenario
+    from benchmarks.dynamic_replay import compare, make_setup, measure
+    from device_runner.runner import codec_for
+    from sdk.config import load_board
+
+    config = load_board(board)
+    data = measure(bundle, manifest, codec=codec_for(config.device.codec))  # type: ignore[arg-type]
+    setup = make_setup(manifest, config, data)  # type: ignore[arg-type]
+    rows: dict[str, list[tuple[float, float, str]]] = {}
+    for offset in offsets:
+        sc = scenario(trace.shifted(offset), config, fps=fps, duration=duration, link_ms=latency_ms)
+        for name, run in compare(setup, sc, diagnostics=False).items():
+            if name in BASELINES:
+                rows.setdefault(name, []).append((float(run.latency_ms.mean()), float(run.correct.mean()), run.route))
+    return {name: {"mean_ms": float(np.mean([r[0] for r in v])), "accuracy": float(np.mean([r[1] for r in v])),
+                   "route": v[0][2]} for name, v in rows.items()}
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
@@ -464,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs[:workers]:
             _stop(p)
     summary, problems = summarise(views, shape, codes)
+    if not args.no_baselines:
+        _say("replaying edge-only, cloud-JPEG and the static cuts on the same trace stretches for the summary")
+        summary["replayed"] = replayed_baselines(bundle, manifest, args.board, trace, offsets, args.duration,
+                                                 args.fps, args.latency_ms if not link else 0.0)
+    summary["latency_ms"] = args.latency_ms if not link else 0.0
     summary["cloud"] = cloud_totals(out, workers)
     summary.update(link=link_mode, trace=trace_note, broker_killed_at=args.kill_broker_at,
                    link_check=asdict(check) if args.link_check > 0 else None)
@@ -474,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.link_check > 0:
         print(f"  link ({link_mode})      {check.describe()}")
     if not args.no_plots:
-        for path in plots(views, trace, offsets, t0, args.duration, deadline_ms, out):
+        for path in plots(views, trace, offsets, t0, args.duration, deadline_ms, out, cut_labels(manifest)):
             print(f"  plot              {path}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"  answers           {out}/device-<i>.jsonl, summary {out / 'summary.json'}")

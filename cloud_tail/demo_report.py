@@ -16,7 +16,8 @@ import numpy as np
 
 from sdk.traces import BandwidthTrace
 
-__all__ = ["View", "answer_problems", "cloud_totals", "plots", "print_summary", "progress", "summarise"]
+__all__ = ["View", "answer_problems", "cloud_totals", "plots", "print_summary", "progress", "summarise", "verdict",
+           "cut_labels"]
 
 
 class View:
@@ -131,6 +132,7 @@ def summarise(views: list[View], shape: tuple[int, ...], codes: list[int | None]
         "answered": {w: sum(v.count(w) for v in views) for w in ("device", "cloud", "deadline")},
         "cut_switches": sum(int(v.summary["switches"]) for v in views if v.summary),
         "bytes_sent": sent, "raw_frame_bytes": raw,
+        "latency_mean_ms": float(np.mean(lat)),
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
         "accuracy": (sum(correct) / len(correct)) if correct else None,
         "per_device": [{"frames": v.summary["frames"] if v.summary else None,
@@ -165,29 +167,76 @@ def print_summary(s: dict) -> None:
           f"  answered          locally {a['device']}, by the cloud {a['cloud']}, by deadline {a['deadline']}\n"
           f"  cut switches      {s['cut_switches']}\n"
           f"  bytes sent        {s['bytes_sent']:,} vs {s['raw_frame_bytes']:,} raw frame bytes ({ratio:.1%})\n"
-          f"  latency           p50 {s['latency_p50_ms']:.1f} ms, p95 {s['latency_p95_ms']:.1f} ms\n"
+          f"  latency           mean {s['latency_mean_ms']:.1f} ms, p50 {s['latency_p50_ms']:.1f} ms, "
+          f"p95 {s['latency_p95_ms']:.1f} ms\n"
           f"  accuracy          {acc}", flush=True)
+    if s.get("replayed"):
+        for line in verdict(s):
+            print(line, flush=True)
+
+
+def verdict(s: dict) -> list[str]:
+    """The live mean beside the replayed baselines on the same trace stretches, and whether splitting won."""
+    r = s["replayed"]
+    live = s["latency_mean_ms"]
+    lines = [f"  same trace, board and {s.get('latency_ms', 0):g} ms round trip, replayed (splitedge bench dynamic):"]
+    for name in ("edge-only", "cloud-jpeg", "cloud-raw", "best-static", "dynamic"):
+        if name in r:
+            lines.append(f"    {name:<12} mean {r[name]['mean_ms']:7.1f} ms  accuracy {r[name]['accuracy']:.1%}"
+                         + (f"  ({r[name]['route']})" if name == "best-static" else ""))
+    edge, jpeg = r.get("edge-only", {}).get("mean_ms"), r.get("cloud-jpeg", {}).get("mean_ms")
+    rivals = {k: v for k, v in (("edge-only", edge), ("cloud-JPEG", jpeg)) if v is not None}
+    if not rivals:
+        return lines
+    best_name, best = min(rivals.items(), key=lambda kv: kv[1])
+    if live < best:
+        lines.append(f"  verdict           the live split run ({live:.1f} ms) beat {best_name} ({best:.1f} ms), the "
+                     f"better of edge-only and cloud-JPEG, by {1 - live / best:.0%}")
+    elif s["answered"]["cloud"] == 0:
+        why = (f"the round trip alone ({s.get('latency_ms', 0):g} ms) is longer than the whole model on the device "
+               f"({edge:.1f} ms replayed)" if edge is not None and edge < s.get("latency_ms", 0)
+               else f"no cut's bytes over this link plus the round trip beat the device ({edge or live:.1f} ms)")
+        lines.append(f"  verdict           splitting did not pay here: every frame stayed on the device "
+                     f"({live:.1f} ms live): {why}")
+    else:
+        lines.append(f"  verdict           the live run ({live:.1f} ms) did NOT beat {best_name} ({best:.1f} ms): "
+                     "the broker and worker path (not replayed) and the policy's probes cost more than the split saved")
+    return lines
+
+
+def cut_labels(manifest: object) -> dict[int, str]:
+    """Cut index -> what the cut plot's axis says: "raw frame", the layer the head ends at, "all on device"."""
+    labels = {}
+    for c in manifest.cuts:  # type: ignore[attr-defined]
+        kind = c.kind.value
+        labels[c.index] = "raw frame" if kind == "raw" else "all on device" if kind == "device" else f"{c.index} {c.name}"
+    return labels
 
 
 def plots(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float, duration: float,
-           deadline_ms: float, out: Path) -> list[Path]:
+          deadline_ms: float, out: Path, labels: dict[int, str] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n = len(views)
+    rank = {k: i for i, k in enumerate(sorted(labels))} if labels else {}
     fig, axes = plt.subplots(2 * n, 1, figsize=(10, 3.2 * n + 1), sharex=True, squeeze=False)
     grid = np.arange(0.0, duration, 0.25)
     for i, v in enumerate(views):
         ax_cut, ax_bw = axes[2 * i, 0], axes[2 * i + 1, 0]
         t = np.array([a["t"] - t0 for a in v.answers])
         if len(t):
-            ax_cut.step(t, [a["cur"] for a in v.answers], where="post", color="tab:blue", label="current cut")
-            probes = [(ti, a["cut"]) for ti, a in zip(t, v.answers, strict=True) if a["probe"]]
+            ax_cut.step(t, [rank.get(a["cur"], a["cur"]) for a in v.answers], where="post", color="tab:blue",
+                        label="current cut")
+            probes = [(ti, rank.get(a["cut"], a["cut"])) for ti, a in zip(t, v.answers, strict=True) if a["probe"]]
             if probes:
                 ax_cut.scatter(*zip(*probes, strict=True), s=8, color="tab:orange", label="probe", zorder=3)
-        ax_cut.set_ylabel("cut")
+        ax_cut.set_ylabel("cut (head ends at)")
+        if labels:  # one evenly spaced row per cut, in cut order, named
+            ax_cut.set_yticks(range(len(labels)), [labels[k] for k in sorted(labels)], fontsize=7)
+            ax_cut.set_ylim(-0.5, len(labels) - 0.5)
         ax_cut.set_title(f"device {i}: cut and uplink (trace offset {offsets[i]:.0f} s)")
         ax_cut.legend(loc="upper right", fontsize=7)
         true = [(trace.delivered(offsets[i] + g + 0.25) - trace.delivered(offsets[i] + g)) / 0.25 for g in grid]

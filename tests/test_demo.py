@@ -65,6 +65,9 @@ def test_short_demo_answers_every_frame_once_and_plots(reference_bundle: Path, t
     for name in ("cuts_bandwidth.png", "latency.png"):
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # The replayed baselines of the same trace stretches sit beside the live mean, with a verdict.
+    assert set(summary["replayed"]) >= {"edge-only", "cloud-jpeg", "dynamic"}
+    assert "edge-only    mean" in text and "verdict" in text
 
 
 @needs_broker
@@ -147,3 +150,32 @@ def test_netns_tbf_follows_a_step_trace() -> None:
         assert Path(f"/sys/class/net/{link.host_side(0)}").exists()
     assert not Path(f"/sys/class/net/{link.host_side(0)}").exists()  # cleaned up
     assert check.follows and check.correlation > 0.9, check.describe()
+
+
+def _summary(live: float, cloud: int, edge: float, jpeg: float) -> dict:
+    return {"latency_mean_ms": live, "answered": {"device": 10 - cloud, "cloud": cloud, "deadline": 0},
+            "latency_ms": 50.0,
+            "replayed": {"edge-only": {"mean_ms": edge, "accuracy": 0.9, "route": "edge-only"},
+                         "cloud-jpeg": {"mean_ms": jpeg, "accuracy": 0.88, "route": "cloud-jpeg"}}}
+
+
+def test_verdict_says_whether_the_split_beat_edge_only_and_cloud_jpeg_and_why_not():
+    from cloud_tail.demo_report import verdict
+
+    won = verdict(_summary(live=120.0, cloud=6, edge=400.0, jpeg=150.0))
+    assert "beat cloud-JPEG (150.0 ms), the better of edge-only and cloud-JPEG, by 20%" in won[-1]
+    local = verdict(_summary(live=3.0, cloud=0, edge=2.5, jpeg=80.0))
+    assert "did not pay here" in local[-1] and "round trip alone (50 ms) is longer" in local[-1]
+    lost = verdict(_summary(live=200.0, cloud=6, edge=400.0, jpeg=150.0))
+    assert "did NOT beat cloud-JPEG (150.0 ms)" in lost[-1]
+
+
+def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundle: Path):
+    from cloud_tail.demo_report import cut_labels
+    from sdk.manifest import load_manifest
+
+    m = load_manifest(reference_bundle)
+    labels = cut_labels(m)
+    assert labels[0] == "raw frame" and labels[max(labels)] == "all on device"
+    split = [c for c in m.cuts if c.kind.value == "split"]
+    assert labels[split[0].index] == f"{split[0].index} {split[0].name}"
