@@ -51,7 +51,7 @@ def build_reference_bundle(
 ) -> Manifest:
     """Convert the workload's model into `out` unless a valid bundle of the same model and settings is there."""
     w = get(workload)
-    asset = w.check_asset()
+    asset = w.model_path()
     out = Path(out) if out is not None else w.bundle_dir()
     model_sha = sha256_file(asset)
     if out.exists() and not rebuild:

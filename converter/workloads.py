@@ -25,7 +25,8 @@ from typing import Any
 
 from sdk.errors import BundleError, MissingDependencyError
 
-__all__ = ["ARCHES", "DEFAULT_WORKLOAD", "WORKLOADS", "Workload", "build_model", "for_manifest", "get", "names"]
+__all__ = ["ARCHES", "DEFAULT_WORKLOAD", "WORKLOADS", "Workload", "build_model", "for_manifest", "get",
+           "load_weights_npz", "names", "save_weights_npz"]
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -39,13 +40,34 @@ class Workload:
     arch: str  #: a key of ARCHES, or "digits" for the reference model
     frame_size: int
     objects: str  #: reference_data object source: "digits" or "fashion"
-    asset: Path  #: the committed, trained .keras
+    asset: Path  #: the committed, trained model: a .keras, or a float16 .weights.npz for build_model (large models)
     train_command: str
 
     @property
     def metadata_path(self) -> Path:
         """The JSON the training script wrote next to the artifact (accuracy, seed, command, time)."""
-        return self.asset.with_suffix(".json") if self.arch != "digits" else ASSETS / "reference_model.json"
+        if self.arch == "digits":
+            return ASSETS / "reference_model.json"
+        return self.asset.with_name(self.asset.name.split(".")[0] + ".json")
+
+    def model_path(self) -> Path:
+        """The trained .keras to convert: the asset itself, or (a float16 .weights.npz) the model rebuilt with
+        ``build_model`` and those weights, saved once under $SPLITEDGE_CACHE/models/ keyed by the npz's hash."""
+        asset = self.check_asset()
+        if asset.suffix == ".keras":
+            return asset
+        from sdk.manifest import sha256_file
+
+        root = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge")) / "models"
+        target = root / f"{self.name}-{sha256_file(asset)[:16]}.keras"
+        if not target.is_file():
+            model = build_model(self.arch, self.frame_size)
+            model.set_weights(load_weights_npz(asset))
+            root.mkdir(parents=True, exist_ok=True)
+            partial = target.with_suffix(".partial.keras")
+            model.save(partial)
+            partial.rename(target)
+        return target
 
     def bundle_dir(self) -> Path:
         """$SPLITEDGE_CACHE (or ~/.cache/splitedge) / reference-bundle for digits, bundle-NAME otherwise."""
@@ -70,6 +92,30 @@ class Workload:
         return self.asset
 
 
+def save_weights_npz(model: Any, path: Path) -> Path:
+    """Every weight of ``model`` as float16 in one compressed .npz (``w0000``, ``w0001``... in get_weights order):
+    half the bytes of a .keras, for committing large models; BatchNorm variances stay float32 (tiny, and
+    float16 would flush small ones)."""
+    import numpy as np
+
+    arrays = {}
+    for i, w in enumerate(model.get_weights()):
+        w = np.asarray(w)
+        arrays[f"w{i:04d}"] = w if w.ndim == 1 else w.astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.savez_compressed(f, **arrays)
+    return path
+
+
+def load_weights_npz(path: Path) -> list[Any]:
+    """The weights ``save_weights_npz`` wrote, as float32, in order."""
+    import numpy as np
+
+    with np.load(path) as data:
+        return [data[k].astype(np.float32) for k in sorted(data.files)]
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
@@ -77,7 +123,7 @@ WORKLOADS: dict[str, Workload] = {
                  "mobilenetv2", 224, "fashion", ASSETS / "mobilenetv2_fashion.keras",
                  "python scripts/train_workload.py --arch mobilenetv2"),
         Workload("resnet50-fashion", "ResNet-50 224x224 on the same frames (the device-far-too-slow end)",
-                 "resnet50", 224, "fashion", ASSETS / "resnet50_fashion.keras",
+                 "resnet50", 224, "fashion", ASSETS / "resnet50_fashion.weights.npz",
                  "python scripts/train_workload.py --arch resnet50"),
         Workload("digits", "96x96 digits network, 1.1 M parameters (the fast test workload)",
                  "digits", 96, "digits", ASSETS / "reference.keras", "python scripts/train_reference.py"),

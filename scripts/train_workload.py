@@ -69,7 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(each later stage starts at half the previous one's)")
     p.add_argument("--test-frames", type=int, default=1000)
     p.add_argument("--resume-from", type=Path, help="a .keras of the same arch to start from")
-    p.add_argument("--out", type=Path, help="default: converter/assets/<model name>.keras")
+    p.add_argument("--no-train", action="store_true", help="with --resume-from: only evaluate and export it "
+                   "(its training log comes from the .json beside it)")
+    p.add_argument("--format", choices=["keras", "npz16"], help="artifact: a .keras, or float16 weights for "
+                   "workloads.build_model (half the bytes; default npz16 for resnet50, keras otherwise)")
+    p.add_argument("--out", type=Path, help="default: converter/assets/<model name>.keras or .weights.npz")
     return p.parse_args(argv)
 
 
@@ -122,12 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     final_size = stages[-1][0]
-    test = frames(args.test_frames, args.seed, "test", final_size)
-
     weights = None
-    if args.resume_from is not None:
-        weights = keras.models.load_model(args.resume_from, compile=False).get_weights()
     log = []
+    if args.resume_from is not None:
+        resumed = keras.models.load_model(args.resume_from, compile=False)
+        weights = resumed.get_weights()
+        previous = args.resume_from.with_suffix(".json")
+        if args.no_train and previous.is_file():
+            log = json.loads(previous.read_text()).get("stages", [])
+        if args.no_train:
+            final_size = int(resumed.inputs[0].shape[1])
+    if args.no_train:
+        if weights is None:
+            raise SystemExit("--no-train needs --resume-from MODEL.keras")
+        stages = []
+    test = frames(args.test_frames, args.seed, "test", final_size)
     train_seconds = 0.0
     model = None
     for i, (size, epochs, n, p_hard) in enumerate(stages):
@@ -143,14 +156,20 @@ def main(argv: list[str] | None = None) -> int:
                     "train_accuracy": [round(a, 4) for a in history], "seconds": round(seconds, 1),
                     "images_per_second": round(epochs * n / seconds, 1)})
 
+    train_seconds = train_seconds or sum(stage["seconds"] for stage in log)
     export = workloads.build_model(args.arch, final_size)  # a clean, uncompiled copy: no optimizer state
     export.set_weights(weights)
+    fmt = args.format or ("npz16" if args.arch == "resnet50" else "keras")
+    out = args.out or workloads.ASSETS / f"{export.name}{'.keras' if fmt == 'keras' else '.weights.npz'}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "keras":
+        export.save(out)
+    else:  # the accuracy stated is that of the float16-rounded weights, as committed
+        workloads.save_weights_npz(export, out)
+        export.set_weights(workloads.load_weights_npz(out))
     predicted = np.argmax(export.predict(test.x, batch_size=64, verbose=0), axis=1)
     accuracy = accuracy_report(predicted, test)
     print("test accuracy:", json.dumps({k: round(v, 4) for k, v in accuracy.items()}), flush=True)
-    out = args.out or workloads.ASSETS / f"{export.name}.keras"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    export.save(out)
     metadata = {
         "artifact": out.name,
         "arch": args.arch,
@@ -172,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "tensorflow": tf.__version__,
                      "keras": keras.__version__},
     }
-    out.with_suffix(".json").write_text(json.dumps(metadata, indent=2) + "\n")
-    print(f"wrote {out} ({metadata['artifact_bytes']} B) and {out.with_suffix('.json')}", flush=True)
+    meta_path = out.with_name(out.name.split(".")[0] + ".json")
+    meta_path.write_text(json.dumps(metadata, indent=2) + "\n")
+    print(f"wrote {out} ({metadata['artifact_bytes']} B) and {meta_path}", flush=True)
     return 0
 
 

@@ -68,3 +68,23 @@ def test_trained_workloads_record_how_they_were_made(name):
     meta = json.loads(w.metadata_path.read_text())
     assert meta["command"].startswith("python scripts/train_workload.py")
     assert 0.0 < meta["test_accuracy"] <= 1.0 and meta["training_seconds"] > 0
+
+
+def test_float16_weights_round_trip_and_rebuild_the_model(tmp_path, monkeypatch):
+    import keras
+    import numpy as np
+
+    monkeypatch.setenv("SPLITEDGE_CACHE", str(tmp_path / "cache"))
+    model = workloads.build_model("mobilenetv2", 32)
+    path = workloads.save_weights_npz(model, tmp_path / "m.weights.npz")
+    back = workloads.load_weights_npz(path)
+    for w, b in zip(model.get_weights(), back, strict=True):
+        assert b.dtype == np.float32 and b.shape == w.shape
+        np.testing.assert_allclose(b, w, rtol=1e-3, atol=1e-4)  # float16 rounding
+    w = workloads.Workload("tiny", "d", "mobilenetv2", 32, "fashion", path, "python scripts/train_workload.py")
+    rebuilt = w.model_path()
+    assert rebuilt.suffix == ".keras" and rebuilt.parent == tmp_path / "cache" / "models"
+    assert w.model_path() == rebuilt  # built once, then reused
+    loaded = keras.models.load_model(rebuilt, compile=False)
+    np.testing.assert_array_equal(loaded.get_weights()[0], back[0])
+    assert w.metadata_path == tmp_path / "m.json"
