@@ -1,18 +1,31 @@
-"""Converter benchmark: conversion time per cut, the reference model's per-cut table, bytes vs the raw frame.
+"""Converter benchmark: conversion time per cut, the reference model's per-cut table, bytes vs the raw frame,
+and the keras.applications families at their native resolution (converter/applications.py).
 
-Run: ``python -m benchmarks.bench_converter`` (converts the reference model afresh into a temp folder).
+Run: ``python -m benchmarks.bench_converter [--families A,B | all | none] [--no-reference]``
+(converts the reference model afresh into a temp folder, then each family, one at a time). Through
+``python -m benchmarks.run converter`` the families come from ``$SPLITEDGE_BENCH_FAMILIES`` (default: all; the
+whole set takes about an hour on two cores). Families have random weights (weights=None, nothing is
+downloaded), so their agreement figures mean nothing (../shared/PLATFORM.md): the table reports time, cuts,
+bytes and latencies only.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from sdk.manifest import CutKind, Manifest
 from sdk.planner import costs_from_manifest, evaluate
 
 COMMAND = "python -m benchmarks.bench_converter"
+FAMILIES_ENV = "SPLITEDGE_BENCH_FAMILIES"
+FAMILY_FRAMES = 100  # random uint8 calibration frames per family (50 fit, 20 temperature, 30 held out)
 
 
 def convert_reference(out: Path) -> tuple[Manifest, float]:
@@ -24,16 +37,19 @@ def convert_reference(out: Path) -> tuple[Manifest, float]:
 
 
 def per_cut_table(m: Manifest) -> str:
+    """One row per cut; without labels the figures are agreement with the float model, and the header says so."""
     secs = m.extra.get("convert_seconds_per_cut", {})
     bits = list(m.bits)
+    labelled = m.metric == "accuracy"
     head = ("| cut | after layer | tensors | " + " | ".join(f"bytes @{b}" for b in bits)
-            + " | " + " | ".join(f"acc @{b} (agree)" for b in bits)
-            + " | exit acc | head ms | tail ms | exit ms | convert s |")
+            + " | " + " | ".join(f"acc @{b} (agree)" if labelled else f"agree @{b}" for b in bits)
+            + f" | {'exit acc' if labelled else 'exit agree'} | head ms | tail ms | exit ms | convert s |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in m.cuts:
         tens = "frame" if c.kind is CutKind.RAW else " + ".join("x".join(map(str, t.shape)) for t in c.tensors)
         sizes = " | ".join(str(c.payload_bytes(b)) for b in bits)
-        accs = " | ".join(f"{a.accuracy:.3f} ({a.agreement:.3f})" if (a := c.accuracy_at(b)) else "-" for b in bits)
+        accs = " | ".join(("-" if (a := c.accuracy_at(b)) is None else
+                           f"{a.accuracy:.3f} ({a.agreement:.3f})" if labelled else f"{a.agreement:.3f}") for b in bits)
         exit_acc = f"{c.exit_accuracy:.3f}" if c.kind is not CutKind.RAW else "-"
         lines.append(f"| {c.index} | {c.name} ({c.kind.value}) | {tens} | {sizes} | {accs} | {exit_acc} | "
                      f"{c.head_ms:.3f} | {c.tail_ms:.3f} | {c.exit_ms:.3f} | {secs.get(str(c.index), '-')} |")
@@ -67,20 +83,110 @@ def best_cut_table(m: Manifest) -> str:
     return "\n".join(lines)
 
 
-def run() -> str:
+def convert_family(name: str, out: Path) -> tuple[Manifest, float]:
+    """keras.applications `name` at its native resolution (random weights), converted with its --preprocess."""
+    import keras
+
+    from converter.applications import FAMILIES, build
+    from converter.convert import convert
+    from converter.data import CalibData
+
+    model = build(name)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    frames = np.random.default_rng(0).integers(0, 256, (FAMILY_FRAMES, *shape), dtype=np.uint8)
+    t0 = time.perf_counter()
+    result = convert(model, CalibData(frames, None, "random frames"), out, bits=(8, 4, 2),
+                     preprocess=FAMILIES[name].preprocess)
+    seconds = time.perf_counter() - t0
+    keras.backend.clear_session()
+    return result.manifest, seconds
+
+
+def family_row(name: str, m: Manifest, seconds: float) -> str:
+    raw = m.raw_cut.payload_bytes(0) if m.raw_cut else 0
+    splits = [c for c in m.cuts if c.kind is CutKind.SPLIT]
+    device = m.device_cut
+    cuts = ", ".join(f"{c.index}:{c.payload_bytes(8)}" for c in splits) or "-"
+    heads = ", ".join(f"{c.head_ms:.2f}" for c in splits) or "-"
+    tails = ", ".join(f"{c.tail_ms:.2f}" for c in splits) or "-"
+    smallest = min((c.payload_bytes(min(m.bits)) for c in splits), default=0)
+    params = sum(p.weight_bytes_i8 for p in m.layers)
+    per_cut = seconds / max(1, len(m.cuts))
+    return (f"| {name} | {m.input.shape[0]} | {m.input.preprocess.mode.value if m.input.preprocess else '-'} | "
+            f"{len(m.layers)} | {params / 1e6:.2f} | {len(splits)} | {cuts} | {raw} | {smallest} | {heads} | "
+            f"{tails} | {device.head_ms if device else float('nan'):.2f} | {m.raw_cut.tail_ms:.2f} | "
+            f"{seconds:.0f} | {per_cut:.1f} |")
+
+
+FAMILY_HEADER = ("| family | px | --preprocess | nodes | params M | split cuts | cut:bytes @8 | raw bytes | "
+                 "smallest @2 | head ms per cut | tail ms per cut | all-on-device ms | raw (cloud) ms | convert s | "
+                 "s per cut |\n|" + "---|" * 15)
+
+
+def family_names(spec: str | None) -> list[str]:
+    from converter.applications import FAMILIES
+
+    if spec is None or spec.strip().lower() == "all":
+        return list(FAMILIES)
+    if spec.strip().lower() in ("", "none"):
+        return []
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}, all or none")
+    return names
+
+
+def families_section(names: list[str]) -> str:
+    if not names:
+        return ""
+    rows, failed = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            print(f"   family {name}", file=sys.stderr, flush=True)
+            try:
+                m, seconds = convert_family(name, Path(tmp) / name)
+            except Exception as exc:  # a family that fails is a row of the report, not the end of the run
+                failed.append(f"- {name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                continue
+            rows.append(family_row(name, m, seconds))
+    host = f"{os.cpu_count()} cores"
+    text = (f"keras.applications families at native resolution, random weights, {FAMILY_FRAMES} random frames, "
+            f"bits 8,4,2, one conversion at a time ({host}); head/tail ms are LiteRT on this host per split cut, "
+            "in cut order:\n\n" + FAMILY_HEADER + "\n" + "\n".join(rows))
+    if failed:
+        text += "\n\nFailed:\n" + "\n".join(failed)
+    return text + "\n"
+
+
+def run(families: list[str] | None = None) -> str:
+    names = family_names(os.environ.get(FAMILIES_ENV)) if families is None else families
     with tempfile.TemporaryDirectory() as tmp:
         m, total = convert_reference(Path(tmp) / "bundle")
+    quality = f"float accuracy {m.float_accuracy:.3f}" if m.metric == "accuracy" else "no labels (agreement only)"
     return (
         f"Command: `{COMMAND}`\n\n"
         f"Reference model, {m.n_calib} calibration + {m.n_eval} held-out frames, host `{m.host}`, "
-        f"{m.threads} LiteRT threads; float accuracy {m.float_accuracy:.3f}; whole conversion {total:.1f} s.\n\n"
+        f"{m.threads} LiteRT threads; {quality}; whole conversion {total:.1f} s.\n\n"
         f"{per_cut_table(m)}\n\n"
         "Best cut by the planner (accuracy-drop budget 0.02; link latency 2 ms = Wi-Fi/LAN to an edge server, "
         "20 ms = cellular to a cloud region; board factor stretches head times: 1.0 = this host, 2.5 = Pi 4, "
         "10.5 = Zero 2 W estimates from firmware_configs/):\n\n"
-        f"{best_cut_table(m)}\n"
+        f"{best_cut_table(m)}\n\n"
+        f"{families_section(names)}"
     )
 
 
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog=COMMAND, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--families", default=None, help="comma-separated families, all (default) or none")
+    p.add_argument("--no-reference", action="store_true", help="only the families table")
+    args = p.parse_args(argv)
+    names = family_names(args.families)
+    print(families_section(names) if args.no_reference else run(names))
+    return 0
+
+
 if __name__ == "__main__":
-    print(run())
+    sys.exit(main())

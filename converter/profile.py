@@ -52,6 +52,8 @@ def layer_flops(layer: Any, input_shapes: list[Any], output_shapes: list[Any], k
         return 2 * out
     if kind in _ZERO_COST:
         return 0
+    if kind == "Activation" and getattr(getattr(layer, "activation", None), "__name__", "") == "linear":
+        return 0  # classifier_activation=None in keras.applications: an identity
     if kind in _BINARY:
         return out * max(1, len(input_shapes) - 1)
     if kind in _REDUCTIONS:
