@@ -45,7 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from sdk.config import BoardSpec, DeviceConfig, parse_config
 from sdk.litert import LiteRTModel
 from sdk.manifest import CutKind, CutSpec, Manifest, load_manifest
 from sdk.transport import InMemoryHub
+
+if TYPE_CHECKING:
+    from benchmarks import _workloads
 
 COMMAND = "python -m benchmarks.bench_device"
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "qemu_device.sh"
@@ -233,24 +236,53 @@ def _check_path(
         raise RuntimeError(f"bench path cut {cut.index} bits {bits} tau {tau}: " + "; ".join(problems))
 
 
-def rows(bundle: Path, manifest: Manifest, frames: int, *, warmup: int = 20) -> list[tuple[str, dict[str, float]]]:
-    """The measured paths, chosen from the manifest (middle split cut, first split cut, device cut)."""
+#: wall-clock budget of one row's timed frames (wall + CPU-time frames) when ``frames`` is automatic: a 224 px
+#: head of tens of ms gets fewer frames than the digits heads, within [MIN_FRAMES, MAX_FRAMES]
+ROW_BUDGET_MS = 10_000.0
+MIN_FRAMES, MAX_FRAMES = 30, 300
+#: QEMU runs a target only if its rows fit this many seconds of emulation (head ms x EMULATION_SLOWDOWN)
+QEMU_BUDGET_S = 300.0
+EMULATION_SLOWDOWN = 450.0  # PLATFORM.md: float numpy/LiteRT 150-600x under QEMU user mode
+GOAL = 0.05  #: overhead <= 5 % of the head's invoke
+
+
+def paths(manifest: Manifest) -> list[tuple[str, CutSpec, int, float]]:
+    """(name, cut, bits, tau) of the measured paths: the exit answering at the middle split cut, every split
+    cut escalating at 8 and at 4 bits (the payload, and with it the packing, differs per cut), the device cut."""
     splits = [c for c in manifest.cuts if c.kind is CutKind.SPLIT]
-    out: list[tuple[str, dict[str, float]]] = []
+    out: list[tuple[str, CutSpec, int, float]] = []
     if splits:
-        mid, first = splits[len(splits) // 2], splits[0]
-        for name, cut, bits, tau in (
-            (f"exit answers (cut {mid.index})", mid, 8, 0.0),
-            (f"escalate, 8 bits (cut {mid.index})", mid, 8, 2.0),
-            (f"escalate, 4 bits (cut {mid.index})", mid, 4, 2.0),
-            (f"escalate, 4 bits (cut {first.index})", first, 4, 2.0),
-        ):
-            if bits == 8 or bits in manifest.bits:
-                out.append((name, measure(bundle, manifest, cut.index, bits, tau, frames, warmup=warmup)))
+        mid = splits[len(splits) // 2]
+        out.append((f"exit answers (cut {mid.index})", mid, 8, 0.0))
+        for cut in splits:
+            out += [(f"escalate, {b} bits (cut {cut.index})", cut, b, 2.0) for b in (8, 4) if b == 8 or b in manifest.bits]
     if manifest.device_cut is not None:
-        d = manifest.device_cut.index
-        out.append((f"device cut (cut {d})", measure(bundle, manifest, d, 0, 0.0, frames, warmup=warmup)))
+        out.append((f"device cut (cut {manifest.device_cut.index})", manifest.device_cut, 0, 0.0))
     return out
+
+
+def auto_frames(cut: CutSpec, tau: float) -> int:
+    """Frames for one row within ROW_BUDGET_MS, from the manifest's head (+ exit) time."""
+    est = max(cut.head_ms + (cut.exit_ms if tau <= 1.0 else 0.0), 1e-3)
+    return int(min(MAX_FRAMES, max(MIN_FRAMES, ROW_BUDGET_MS / (2.0 * est))))
+
+
+def rows(
+    bundle: Path, manifest: Manifest, frames: int | None = None, *, warmup: int = 20
+) -> list[tuple[str, dict[str, float]]]:
+    """The measured paths (:func:`paths`); ``frames`` per row, or None: :func:`auto_frames`."""
+    out: list[tuple[str, dict[str, float]]] = []
+    for name, cut, bits, tau in paths(manifest):
+        n = frames if frames is not None else auto_frames(cut, tau)
+        print(f"   device: {name}, {n} frames", file=sys.stderr, flush=True)
+        out.append((name, measure(bundle, manifest, cut.index, bits, tau, n, warmup=warmup)))
+    return out
+
+
+def qemu_estimate_s(manifest: Manifest, frames: int, warmup: int = 3) -> float:
+    """Seconds of emulated head invokes the QEMU run of ``manifest`` would take (host head ms x slowdown)."""
+    ms = sum((2 * frames + warmup) * (cut.head_ms + cut.exit_ms) for _, cut, _, _ in paths(manifest))
+    return ms * EMULATION_SLOWDOWN / 1000.0
 
 
 def _qemu_enabled(qemu: bool | None) -> bool:
@@ -279,18 +311,47 @@ def run_qemu(bundle: Path, frames: int, *, warmup: int = 3) -> tuple[dict[str, A
     return result, ""
 
 
+def _yes(ratio: float) -> str:
+    return "yes" if ratio <= GOAL else "no"
+
+
 def _host_table(results: list[tuple[str, dict[str, float]]]) -> list[str]:
     lines = [
-        "| path | process() ms | invoke ms (head+exit) | head ms | overhead ms | p90 overhead ms | overhead / head "
-        "| policy ms | model glue ms | runner ms | overhead without policy / head | CPU overhead ms "
-        "| CPU overhead / head CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| path | frames | process() ms | invoke ms (head+exit) | head ms | overhead ms | p90 overhead ms "
+        "| overhead / head | policy ms | model glue ms | runner ms | overhead without policy / head "
+        "| CPU overhead ms | CPU overhead / head CPU | within 5 % (wall / CPU) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results:
         lines.append(
-            f"| {name} | {r['total']:.3f} | {r['invoke']:.3f} | {r['head']:.3f} | {r['overhead']:.3f} | "
-            f"{r['p90']:.3f} | {r['ratio'] * 100:.1f} % | {r['policy']:.3f} | {r['glue']:.3f} | {r['runner']:.3f} | "
-            f"{r['ratio_no_policy'] * 100:.1f} % | {r['overhead_cpu']:.3f} | {r['ratio_cpu'] * 100:.1f} % |"
+            f"| {name} | {r['frames']:.0f} | {r['total']:.3f} | {r['invoke']:.3f} | {r['head']:.3f} | "
+            f"{r['overhead']:.3f} | {r['p90']:.3f} | {r['ratio'] * 100:.1f} % | {r['policy']:.3f} | {r['glue']:.3f} | "
+            f"{r['runner']:.3f} | {r['ratio_no_policy'] * 100:.1f} % | {r['overhead_cpu']:.3f} | "
+            f"{r['ratio_cpu'] * 100:.1f} % | {_yes(r['ratio'])} / {_yes(r['ratio_cpu'])} |"
+        )
+    return lines
+
+
+def _summary(measured: list[tuple[_workloads.Target, list[tuple[str, dict[str, float]]]]]) -> list[str]:
+    """One line per workload: how many paths meet the goal, the worst and the device cut."""
+    lines = [
+        "| workload | model | head ms (min - max) | paths within 5 % (wall / CPU) | worst path: overhead / head "
+        "(CPU) | device cut: overhead / head (CPU) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for target, results in measured:
+        if not results:
+            continue
+        heads = [r["head"] for _, r in results]
+        wall = sum(r["ratio"] <= GOAL for _, r in results)
+        cpu = sum(r["ratio_cpu"] <= GOAL for _, r in results)
+        worst_name, worst = max(results, key=lambda nr: nr[1]["ratio"])
+        device = [(n, r) for n, r in results if n.startswith("device cut")]
+        dev = (f"{device[0][1]['ratio'] * 100:.1f} % ({device[0][1]['ratio_cpu'] * 100:.1f} %)" if device else "-")
+        lines.append(
+            f"| {target.name} | {target.manifest.model_name} | {min(heads):.3f} - {max(heads):.3f} | "
+            f"{wall} / {cpu} of {len(results)} | {worst_name}: {worst['ratio'] * 100:.1f} % "
+            f"({worst['ratio_cpu'] * 100:.1f} %) | {dev} |"
         )
     return lines
 
@@ -317,47 +378,84 @@ def _qemu_table(host: list[tuple[str, dict[str, float]]], qemu: dict[str, Any]) 
 
 def run(
     bundle: str | None = None,
-    frames: int = 300,
+    frames: int | None = None,
     *,
+    workloads: _workloads.Spec = None,
     qemu: bool | None = None,
     qemu_frames: int = 30,
     warmup: int = 20,
 ) -> str:
-    """The Markdown section: the host table, then (when enabled) the QEMU aarch64 table."""
-    root = _bundle(bundle)
-    manifest = load_manifest(root)
-    host = rows(root, manifest, frames, warmup=warmup)
+    """The Markdown section: a summary over the workloads, then per workload the host table and (when enabled
+    and affordable, :data:`QEMU_BUDGET_S`) the QEMU aarch64 table. ``frames`` None: :func:`auto_frames`."""
+    from benchmarks import _workloads
+
+    targets, notes = _workloads.targets(workloads, bundle)
+    frames_text = (f"{frames} wall-time frames alternating with {frames} CPU-time frames" if frames is not None else
+                   f"N wall-time frames alternating with N CPU-time frames, N = {ROW_BUDGET_MS / 1000:.0f} s / "
+                   f"(2 x the manifest's head (+ exit) ms) within {MIN_FRAMES}-{MAX_FRAMES} (column frames: fewer "
+                   "for a 224 px head)")
     lines = [
-        f"`{COMMAND}` - {platform.machine()}, Python {platform.python_version()}, 1 LiteRT thread, "
-        f"bundle {manifest.model_name} ({root}), per row {frames} wall-time frames alternating with {frames} "
-        f"CPU-time frames (after {warmup} warm-up), medians. "
+        f"`{COMMAND}` - host {_workloads.host()}, 1 LiteRT thread, board speed factor 1.0 (no timing emulation), "
+        "no trace and no round trip: escalated frames go to an in-memory broker and nothing answers them. "
+        f"Per row {frames_text}, after {warmup} warm-up; medians. "
         "invoke = the interpreters' reported time (input copy + invoke + output copy), head + exit; "
         "overhead = process() - invoke = policy + model glue + runner (see the module docstring); "
-        "goal: overhead <= 5 % of the head's invoke. CPU columns: the same split in thread CPU time "
-        "(process() minus the models' run() calls), which a loaded machine does not inflate; "
-        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end.",
-        "",
-        *_host_table(host),
+        "**goal: overhead <= 5 % of the head's invoke**. CPU columns: the same split in thread CPU time "
+        "(process() minus the models' run() calls), which a loaded machine does not inflate.",
     ]
-    if _qemu_enabled(qemu):
-        result, error = run_qemu(root, qemu_frames)
-        lines += ["", f"Under QEMU user mode (`{COMMAND} --qemu`, scripts/qemu_device.sh's arm64 rootfs, "
-                      f"QEMU_CPU=cortex-a72): {qemu_frames} (+ {qemu_frames} CPU-time) frames per row after 3 warm-up (fewer: emulation is slow)."]  # fmt: skip
-        if result is None:
-            lines += ["", f"QEMU figure not measured: {error}"]
+    measured: list[tuple[_workloads.Target, list[tuple[str, dict[str, float]]]]] = []
+    blocks: list[str] = []
+    for target in targets:
+        root, manifest = target.root, target.manifest
+        print(f"   device: {target.name}", file=sys.stderr, flush=True)
+        host = rows(root, manifest, frames, warmup=warmup)
+        measured.append((target, host))
+        block = [
+            f"### {target.name}",
+            "",
+            f"`{COMMAND} --workloads {target.name}` - {target.describe()}; frames: its labelled test frames' size, "
+            f"seeded synthetic content; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs after the rows.",
+            "",
+            *_host_table(host),
+        ]
+        if _qemu_enabled(qemu):
+            estimate = qemu_estimate_s(manifest, qemu_frames)
+            if estimate > QEMU_BUDGET_S:
+                block += ["", f"QEMU aarch64 figure not measured for {target.name}: ~{estimate / 60:.0f} min of emulated "
+                              f"head invokes ({qemu_frames} + {qemu_frames} frames per row x head ms x "
+                              f"~{EMULATION_SLOWDOWN:.0f}), over the {QEMU_BUDGET_S / 60:.0f} min budget of this "
+                              f"benchmark; `{COMMAND} {root} --qemu --qemu-frames 3` measures it."]  # fmt: skip
+            else:
+                result, error = run_qemu(root, qemu_frames)
+                block += ["", f"Under QEMU user mode (`{COMMAND} --workloads {target.name} --qemu`, scripts/qemu_device.sh's arm64 "
+                              f"rootfs, QEMU_CPU=cortex-a72): {qemu_frames} (+ {qemu_frames} CPU-time) frames per row "
+                              "after 3 warm-up (fewer: emulation is slow)."]  # fmt: skip
+                if result is None:
+                    block += ["", f"QEMU figure not measured: {error}"]
+                else:
+                    block[-1] += (f" Inner run: {result['machine']}, Python {result['python']}, "
+                                  f"{result['wall_s']:.0f} s wall including emulated imports.")  # fmt: skip
+                    block += ["", *_qemu_table(host, result)]
         else:
-            lines[-1] += (f" Inner run: {result['machine']}, Python {result['python']}, "
-                          f"{result['wall_s']:.0f} s wall including emulated imports.")  # fmt: skip
-            lines += ["", *_qemu_table(host, result)]
-    else:
-        lines += ["", "QEMU aarch64 figure not measured (--no-qemu, SPLITEDGE_BENCH_QEMU=0, or no qemu-aarch64-static)."]
-    return "\n".join(lines)
+            block += ["", "QEMU aarch64 figure not measured (--no-qemu, SPLITEDGE_BENCH_QEMU=0, or no "
+                          "qemu-aarch64-static)."]  # fmt: skip
+        blocks.append("\n".join(block))
+    if measured:
+        lines += ["", "Summary (the tables below have every row):", "", *_summary(measured)]
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(blocks)
+    if notes:
+        text += "\n\n" + _workloads.notes_block(notes)
+    return text
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("bundle", nargs="?", help="bundle folder (default: $SPLITEDGE_BENCH_BUNDLE or the reference bundle)")
-    p.add_argument("--frames", type=int, default=300, help="timed frames per row on the host (default 300)")
+    p.add_argument("bundle", nargs="?", help="one bundle folder instead of the workloads (or $SPLITEDGE_BENCH_BUNDLE)")
+    p.add_argument("--workloads", default=None, help="comma-separated workload names or all (default: every "
+                   "workload whose trained model exists, or $SPLITEDGE_BENCH_WORKLOADS)")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"timed frames per row (default: {ROW_BUDGET_MS / 1000:.0f} s of head time per row, "
+                        f"{MIN_FRAMES}-{MAX_FRAMES})")
     p.add_argument("--warmup", type=int, default=20, help="untimed frames per row first (default 20)")
     q = p.add_mutually_exclusive_group()
     q.add_argument("--qemu", dest="qemu", action="store_const", const=True, default=None,
@@ -367,7 +465,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inner-json", action="store_true",
                    help="measure on this machine only and print one JSON line (what --qemu runs inside QEMU)")
     args = p.parse_args(argv)
-    if args.frames < 1 or args.warmup < 0 or args.qemu_frames < 1:
+    if (args.frames is not None and args.frames < 1) or args.warmup < 0 or args.qemu_frames < 1:
         p.error(f"need --frames >= 1, --warmup >= 0, --qemu-frames >= 1; got {args.frames}, {args.warmup}, "
                 f"{args.qemu_frames}")  # fmt: skip
     return args
@@ -380,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         result = rows(root, load_manifest(root), args.frames, warmup=args.warmup)
         print(json.dumps({"machine": platform.machine(), "python": platform.python_version(), "rows": result}))
         return 0
-    print(run(args.bundle, args.frames, qemu=args.qemu, qemu_frames=args.qemu_frames, warmup=args.warmup))
+    print(run(args.bundle, args.frames, workloads=args.workloads, qemu=args.qemu, qemu_frames=args.qemu_frames, warmup=args.warmup))
     return 0
 
 
