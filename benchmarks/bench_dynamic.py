@@ -226,9 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- docs
-RUN_BOARDS = (("pi5", 120.0), ("zero2w", 300.0), ("zero2w-offload", 300.0))  # board, seconds replayed per trace (<= the trace's length)
+#: workload -> (board, seconds replayed per trace (<= the trace's length), offload-only table too) for the docs
+RUN_BOARDS: dict[str, tuple[tuple[str, float, bool], ...]] = {
+    "mobilenetv2-fashion": (("pi4", 120.0, False), ("zero2w", 300.0, False)),
+    "resnet50-fashion": (("pi4", 120.0, False), ("zero2w", 300.0, True)),
+    "digits": (("pi5", 120.0, False), ("zero2w-offload", 300.0, True)),
+}
 LIVE_SECONDS = 30.0
-LIVE_BOARD = "zero2w-offload"  # replay vs live where the policy offloads (on pi5 both stay on the device)
+#: (workload, board) of the 3-start robustness table and the replay-vs-live check: where the policy offloads
+LIVE_SETUP = ("resnet50-fashion", "zero2w")
 
 
 def _row(trace: BandwidthTrace, runs: Mapping[str, PolicyRun], rtt_ms: float) -> str:
@@ -277,28 +283,19 @@ def _starts(setup: Setup, config: DeviceConfig, traces: Sequence[BandwidthTrace]
     return out
 
 
-def run() -> str:
-    """docs/BENCHMARKS.md: every shared trace (synthetic when none) on a fast and a slow board."""
-    bundle, manifest = reference_bundle()
-    paths = shared_traces()
-    traces = [load_trace(p) for p in paths] or [synthetic_trace(0)]
-    out = ["Replay of each trace (exact FIFO uplink, serial device, measured heads/tails/bytes/exits on "
-           f"{DEFAULT_FRAMES} reference test frames; see docs/DYNAMIC.md). Latencies in board ms; deadline = the "
-           "profile's. `RTT ms`: the fixed round trip each offloaded frame pays beyond bytes / bandwidth (THEORY.md; "
-           f"{', '.join(f'{r:g}' for r in BENCH_RTTS_MS)} ms: near the operator's core, LTE - the CLI's and the demo's "
-           f"default, {CELLULAR_RTT_MS:g} ms, sdk.defaults -, a loaded cell or 3G). `vs oracle`: dynamic's mean over the "
-           "per-frame oracle's; `gain`: 1 - mean(dynamic) / mean(best static in hindsight); G: THEORY.md's "
-           "mean |T_dyn - T_static| / T_static."]
-    if not paths:
-        out.append("\n**No shared traces found: the synthetic stand-in (`sdk.traces.synthetic_trace(0)`) is used.**")
+def _workload_tables(workload: str, traces: Sequence[BandwidthTrace]) -> list[str]:
+    """The per-board tables of one workload: every trace at every round trip of BENCH_RTTS_MS."""
+    bundle, manifest = reference_bundle(workload)
+    out = [f"\n### Workload `{workload}` ({manifest.model_name}, {'x'.join(map(str, manifest.input.shape))}, "
+           f"{len(manifest.cuts)} cuts)\n"]
     head = ("| trace | RTT ms | Mbit/s | dynamic mean / p95 | oracle | best static | edge-only | cloud-raw | cloud-jpeg | "
             "vs oracle | gain vs best static | G | accuracy | switches |\n|" + "---|" * 14)
     why_head = ("| trace | RTT ms | dynamic | no probes | perfect bw | no exit in plan | oracle-link | oracle | probes | "
                 "deadline |\n|" + "---|" * 10)
-    for board, seconds in RUN_BOARDS:
+    for board, seconds, with_offload_only in RUN_BOARDS[workload]:
         config = load_board(board)
         data = measure(bundle, manifest, codec=codec_for(config.device.codec))
-        for offload_only in (False, True):
+        for offload_only in (False, True) if with_offload_only else (False,):
             setup = make_setup(manifest, config, data, offload_only=offload_only)
             flag = " --offload-only" if offload_only else ""
             rows, whys = [], []
@@ -308,21 +305,54 @@ def run() -> str:
                     rows.append(_row(trace, runs, rtt))
                     whys.append(_why(trace, runs, rtt))
             what = "device cut excluded (offload only)" if offload_only else "all cuts"
-            out += [f"\n### {board}: {what}, {config.device.fps_cap:g} fps, deadline {config.device.deadline_ms:g} ms, "
-                    f"codec {data.codec}, up to {seconds:g} s per trace\n",
-                    f"```\nsplitedge bench dynamic --board {board} --trace TRACE --duration {seconds:g} "
-                    f"--link-ms RTT{flag}\n```\n",
+            out += [f"\n#### {workload} on {board}: {what}, {config.device.fps_cap:g} fps, deadline "
+                    f"{config.device.deadline_ms:g} ms, codec {data.codec}, up to {seconds:g} s per trace\n",
+                    f"```\nsplitedge bench dynamic --workload {workload} --board {board} --trace TRACE "
+                    f"--duration {seconds:g} --link-ms RTT{flag}\n```\n",
                     head, *rows, "\nWhere the dynamic policy loses time (mean ms):\n", why_head, *whys]
             out += [f"\nnote: {n}" for n in setup.notes]
-    config = load_board(LIVE_BOARD)
+    return out
+
+
+def run(workloads: Sequence[str] | None = None) -> str:
+    """docs/BENCHMARKS.md: every shared trace (synthetic when none), per workload (the real-scale ones whose
+    trained model is in this checkout, and digits) on a fast and a slow board."""
+    from converter.workloads import get, names
+
+    chosen = [w for w in (workloads or names()) if get(w).asset.is_file()]
+    missing = [w for w in (workloads or names()) if w not in chosen]
+    paths = shared_traces()
+    traces = [load_trace(p) for p in paths] or [synthetic_trace(0)]
+    out = ["Replay of each trace (exact FIFO uplink, serial device, measured heads/tails/bytes/exits on "
+           f"{DEFAULT_FRAMES} labelled test frames of each workload; see docs/DYNAMIC.md). Latencies in board ms; "
+           "deadline = the profile's. `RTT ms`: the fixed round trip each offloaded frame pays beyond bytes / "
+           f"bandwidth (THEORY.md; {', '.join(f'{r:g}' for r in BENCH_RTTS_MS)} ms: near the operator's core, LTE - "
+           f"the CLI's and the demo's default, {CELLULAR_RTT_MS:g} ms, sdk.defaults -, a loaded cell or 3G). "
+           "`vs oracle`: dynamic's mean over the per-frame oracle's; `gain`: 1 - mean(dynamic) / mean(best static in "
+           "hindsight); G: THEORY.md's mean |T_dyn - T_static| / T_static. Board times: this host's measured "
+           "1-thread times x the board's factor for the model's family (firmware_configs/README.md)."]
+    if not paths:
+        out.append("\n**No shared traces found: the synthetic stand-in (`sdk.traces.synthetic_trace(0)`) is used.**")
+    out += [f"\n_Workload `{w}` skipped: its trained model is not in this checkout ({get(w).train_command})._"
+            for w in missing]
+    for workload in chosen:
+        out += _workload_tables(workload, traces)
+    workload, board = LIVE_SETUP if LIVE_SETUP[0] in chosen else ("digits", "zero2w-offload")
+    bundle, manifest = reference_bundle(workload)
+    config = load_board(board)
     setup = make_setup(manifest, config, measure(bundle, manifest, codec=codec_for(config.device.codec)))
-    out += _starts(setup, config, traces)
+    starts = _starts(setup, config, traces)
+    starts[0] = starts[0].replace(f"### {board}:", f"### {workload} on {board}:")
+    starts[1] = starts[1].replace("splitedge bench dynamic --board", f"splitedge bench dynamic --workload {workload} --board")
+    out += starts
     # Replay vs reality on one trace: the board that offloads, a short window.
     sc = scenario(traces[0], config, duration=LIVE_SECONDS)
     rep = compare(setup, sc, diagnostics=False)["dynamic"].summary()
     real = live(bundle, manifest, config, sc).summary()
-    out += [f"\n### Replay vs live ({config.board.name}, {traces[0].name}, first {LIVE_SECONDS:g} s, RTT {sc.link_ms:g} ms)\n",
-            f"```\nsplitedge bench dynamic --board {config.board.name} --trace TRACE --duration {LIVE_SECONDS:g} --live\n```\n",
+    out += [f"\n### Replay vs live ({workload} on {config.board.name}, {traces[0].name}, first {LIVE_SECONDS:g} s, "
+            f"RTT {sc.link_ms:g} ms)\n",
+            f"```\nsplitedge bench dynamic --workload {workload} --board {config.board.name} --trace TRACE "
+            f"--duration {LIVE_SECONDS:g} --live\n```\n",
             "| dynamic | mean ms | p95 ms | accuracy | escalated | deadline | bytes/frame |\n|---|---|---|---|---|---|---|"]
     for name, m in (("replay", rep), ("live", real)):
         out.append(f"| {name} | {m['mean_ms']:.2f} | {m['p95_ms']:.2f} | {m['accuracy']:.3f} | {m['escalation_rate']:.1%} | "

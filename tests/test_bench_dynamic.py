@@ -261,12 +261,13 @@ def test_the_docs_tables_show_every_round_trip(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bd, "load_board", lambda name: parse_config(PROFILE))
     monkeypatch.setattr(bd, "shared_traces", lambda: ["step"])
     monkeypatch.setattr(bd, "load_trace", lambda path: step(1e6, 2e3, 2.0))
-    monkeypatch.setattr(bd, "RUN_BOARDS", (("host", 4.0),))
+    monkeypatch.setattr(bd, "RUN_BOARDS", {"digits": (("host", 4.0, True),)})
     monkeypatch.setattr(bd, "START_FRACTIONS", (0.0,))
     monkeypatch.setattr(bd, "LIVE_SECONDS", 2.0)
     monkeypatch.setattr(bd, "live", lambda bundle, manifest, config, sc, **kw: bd.compare(
         bd.make_setup(manifest, config, fake_data(manifest)), sc, diagnostics=False)["dynamic"])
-    text = bd.run()
+    text = bd.run(["digits"])
+    assert "### Workload `digits`" in text and "--workload digits --board host" in text
     for table in ("| trace | RTT ms | Mbit/s |", "| trace | RTT ms | dynamic | no probes |"):
         head = next(ln for ln in text.splitlines() if ln.startswith(table))
         assert text.count(table) == 2  # all cuts, offload only
