@@ -182,11 +182,21 @@ def convert(
     labels = data.y if data.y is not None else float_pred
     num_classes = int(float_logits.shape[-1])
     float_acc = round(float((float_pred[ev] == labels[ev]).mean()), 4)
+    # The exits' training set, shared by every cut: the fit frames, then augmented copies of them, with
+    # targets distilled from the float model (converter/early_exit.py, "Training").
+    copies = early_exit.augment_copies(len(parts.fit), int(np.prod(in_shape)), sum(p.flops for p in layers))
+    aug = early_exit.augment(data.x[parts.fit], copies, seed=seed)
+    teacher = [float_logits[parts.fit]]
+    if copies:
+        teacher.append(np.asarray(graph.model.predict(aug, batch_size=64, verbose=0)))
+    exit_x = np.concatenate([data.x[parts.fit], aug])
+    exit_targets = early_exit.soft_targets(np.tile(labels[parts.fit], copies + 1), np.concatenate(teacher))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        ctx = _Context(graph, data, labels, float_pred, parts, ev, bits, threads, num_classes, work, seed)
+        ctx = _Context(graph, data, labels, float_pred, parts, ev, bits, threads, num_classes, work, seed, exit_x,
+                       exit_targets)
         cuts, seconds = [], {}
         for i, bd in enumerate(sel.candidates):
             t0 = time.perf_counter()
@@ -246,6 +256,8 @@ class _Context:
     num_classes: int
     work: Path
     seed: int
+    exit_x: np.ndarray  # the exits' training frames: the fit frames, then augmented copies (copy-major)
+    exit_targets: np.ndarray  # their distilled targets (N, classes)
 
 
 def _ref(work: Path, rel: str, blob: bytes) -> FileRef:
@@ -293,7 +305,7 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
         logits = measure.dequantize_int8(head_out[names[0]], tensors[0].scale, tensors[0].zero_point)
         pred = logits[n_cal:].argmax(-1)
         acc = AccuracyAtBits(8, round(float((pred == y_ev).mean()), 4), round(float((pred == fp_ev).mean()), 4))
-        temp, curve, exit_acc = _calibrate(logits, ctx.labels[held], n_cal)
+        temp, curve, exit_acc, _ = _calibrate(logits, ctx.labels[held], n_cal)
         return CutSpec(**common, tensors=tensors, bytes_at_bits={}, compressive_bits=(), head_ms=head_ms,
                        tail_ms=0.0, exit_ms=0.0, float_accuracy=acc.accuracy, accuracy=(acc,), exit_curve=curve,
                        exit_temperature=temp, exit_accuracy=exit_acc, head=head)
@@ -304,14 +316,20 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
     if missing:
         raise ConversionError(f"cut {bd.index}: the tail's inputs {sorted(tail_rt.inputs)} miss {sorted(missing)}")
     ev_out = {k: v[n_cal:] for k, v in head_out.items()}
-    accuracy = measure.accuracy_at_bits(tail_rt, ev_out, tensors, ctx.bits, y_ev, fp_ev)
+    tail_preds = measure.tail_predictions(tail_rt, ev_out, tensors, ctx.bits)
+    accuracy = measure.accuracy_at_bits(tail_rt, ev_out, tensors, ctx.bits, y_ev, fp_ev, predictions=tail_preds)
 
-    # Early exit: trained on the float head's tensors (fit split), exported int8, calibrated on `calib`.
-    feats = head_model.predict(x[ctx.parts.fit], batch_size=64, verbose=0)  # the float head, built once above
-    feats = feats if isinstance(feats, list) else [feats]
-    fit_feats = dict(zip(names, feats, strict=True))
+    # Early exit: trained on the float head's tensors of the fit frames and as many of their augmented copies as
+    # the feature budget allows (distilled targets), exported int8, calibrated on `calib`.
+    n_fit = len(ctx.parts.fit)
+    copies = len(ctx.exit_x) // n_fit - 1
     exit_k = early_exit.build_exit([(t.name, t.shape) for t in tensors], ctx.num_classes, seed=ctx.seed)
-    early_exit.train_exit(exit_k, fit_feats, ctx.labels[ctx.parts.fit], seed=ctx.seed)
+    rows = n_fit * (1 + early_exit.copies_for_cut(copies, n_fit, 4 * sum(t.elements for t in tensors), bd.head_flops,
+                                                  early_exit.exit_macs(exit_k)))
+    feats = head_model.predict(ctx.exit_x[:rows], batch_size=64, verbose=0)  # the float head, built once above
+    feats = feats if isinstance(feats, list) else [feats]
+    fit_feats = dict(zip(names, feats, strict=True))  # the fit frames first: the int8 representative set
+    early_exit.train_exit(exit_k, fit_feats, ctx.exit_targets[:rows], seed=ctx.seed)
     exit_ref = _ref(ctx.work, f"{folder}/exit.tflite",
                     export.export_int8(exit_k, export.representative_from(fit_feats), input_type="int8"))
     exit_rt = LiteRTModel(ctx.work / exit_ref.path, threads=ctx.threads)
@@ -321,13 +339,14 @@ def _convert_cut(ctx: _Context, bd: Boundary) -> CutSpec:
         for t in tensors
     )
     logits = measure.run_exit(exit_rt, head_out, tensors)
-    temp, curve, exit_acc = _calibrate(logits, ctx.labels[held], n_cal)
+    temp, curve, exit_acc, probs = _calibrate(logits, ctx.labels[held], n_cal)
+    budgets = measure.exit_budgets(probs, y_ev, tail_preds, _float_acc(ctx))
     return CutSpec(
         **common, tensors=tensors,
         bytes_at_bits={str(b): bd.bytes_at(b) for b in ctx.bits}, compressive_bits=bd.compressive_bits,
         head_ms=head_ms, tail_ms=round(tail_rt.time_ms(), 4), exit_ms=round(exit_rt.time_ms(), 4),
         float_accuracy=_float_acc(ctx), accuracy=accuracy, exit_curve=curve, exit_temperature=temp,
-        exit_accuracy=exit_acc, head=head, tail=tail, exit=exit_ref,
+        exit_accuracy=exit_acc, head=head, tail=tail, exit=exit_ref, exit_budget=budgets,
     )
 
 
@@ -335,10 +354,10 @@ def _float_acc(ctx: _Context) -> float:
     return round(float((ctx.float_pred[ctx.ev] == ctx.labels[ctx.ev]).mean()), 4)
 
 
-def _calibrate(logits: np.ndarray, labels: np.ndarray, n_cal: int) -> tuple[float, tuple, float]:
-    """Temperature on the first n_cal rows; curve and accuracy on the rest (the eval split)."""
-    temp = early_exit.fit_temperature(logits[:n_cal], labels[:n_cal]) if n_cal else 1.0
+def _calibrate(logits: np.ndarray, labels: np.ndarray, n_cal: int) -> tuple[float, tuple, float, np.ndarray]:
+    """Temperature on the first n_cal rows; curve, accuracy and calibrated probabilities on the rest (eval)."""
+    temp = round(early_exit.fit_temperature(logits[:n_cal], labels[:n_cal]), 4) if n_cal else 1.0
     probs = early_exit.softmax(logits[n_cal:], temp)
     correct = probs.argmax(-1) == labels[n_cal:]
     curve = early_exit.coverage_curve(probs.max(-1), correct)
-    return round(temp, 4), curve, round(float(correct.mean()), 4)
+    return temp, curve, round(float(correct.mean()), 4), probs

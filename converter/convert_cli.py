@@ -83,12 +83,26 @@ def summary(manifest: Any) -> str:
     lines = [f"bundle {manifest.bundle_id[:12]}  model {manifest.model_name}  board {manifest.board}  "
              f"{quality}  ({manifest.n_eval} held-out frames)",
              f"{'cut':>4} {'name':<28} {'kind':<6} " + " ".join(f"{'B@' + str(b):>8}" for b in manifest.bits)
-             + " " + " ".join(f"{col + str(b):>7}" for b in manifest.bits) + f" {'head ms':>8} {'tail ms':>8}"]
+             + " " + " ".join(f"{col + str(b):>7}" for b in manifest.bits) + f" {'head ms':>8} {'tail ms':>8}"
+             + f" {'exit ' + col[:3]:>8} {'q@1pp':>6} {'tau':>6}"]
     for c in manifest.cuts:
         sizes = " ".join(f"{(c.payload_bytes(b) if c.kind.value != 'device' else 0):>8}" for b in manifest.bits)
         accs = " ".join(f"{_figure(c.accuracy_at(b), labelled):>7.4f}" for b in manifest.bits)
-        lines.append(f"{c.index:>4} {c.name[:28]:<28} {c.kind.value:<6} {sizes} {accs} {c.head_ms:>8.3f} {c.tail_ms:>8.3f}")
+        lines.append(f"{c.index:>4} {c.name[:28]:<28} {c.kind.value:<6} {sizes} {accs} {c.head_ms:>8.3f} {c.tail_ms:>8.3f}"
+                     + _exit_columns(c, max(manifest.bits)))
+    if any(c.exit_budget for c in manifest.cuts):
+        lines.append(f"q@1pp: share of frames the early exit escalates (at {max(manifest.bits)} bits) while exit + tail "
+                     f"stay within 1 pp of the float {manifest.metric}; 1 - q stay on the camera; "
+                     "E[T] = T_dev + q * T_esc ('*': the tail alone misses it)")
     return "\n".join(lines)
+
+
+def _exit_columns(c: Any, bits: int) -> str:
+    if c.kind.value != "split" or c.exit is None:
+        return ""
+    b = c.exit_budget_at(bits)
+    tail = f" {b.escalation_rate:>6.3f}{'' if b.met else '*'} {b.tau:>6.3f}" if b is not None else f" {'-':>6} {'-':>6}"
+    return f" {c.exit_accuracy:>8.4f}" + tail
 
 
 def _figure(a: Any, labelled: bool) -> float:

@@ -3,16 +3,20 @@
 int8 head -> (requantized to n bits, packed, unpacked as on the wire) -> dequantized -> float tail:
 accuracy vs the labels and top-1 agreement with the float model, per bit width. The early exit reads
 the head's int8 tensors rescaled to its own input quantization, exactly as the device runner does.
+Per bit width, the exit's operating point within 1 pp of the float model (:func:`exit_budgets`): the exit's
+answers on the frames it keeps and the tail's, frame by frame, on the ones it escalates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
+from converter import early_exit
 from sdk.litert import LiteRTModel
-from sdk.manifest import AccuracyAtBits, TensorSpec
+from sdk.manifest import AccuracyAtBits, CutKind, ExitBudget, Manifest, TensorSpec
 from sdk.packing import dequantize, pack_bits, requant_int8, requantize, unpack_bits
 
 
@@ -54,6 +58,17 @@ def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
+def tail_predictions(
+    tail: LiteRTModel, head_out: dict[str, np.ndarray], tensors: Sequence[TensorSpec], bits: Sequence[int]
+) -> dict[int, np.ndarray]:
+    """{bits: the tail's top-1 per frame} when the head's tensors are sent at each bit width."""
+    out = {}
+    for b in bits:
+        feeds = {t.name: transmit(head_out[t.name], t, b) for t in tensors}
+        out[int(b)] = run_tail(tail, feeds).argmax(axis=-1)
+    return out
+
+
 def accuracy_at_bits(
     tail: LiteRTModel,
     head_out: dict[str, np.ndarray],
@@ -61,11 +76,14 @@ def accuracy_at_bits(
     bits: Sequence[int],
     labels: np.ndarray,
     float_pred: np.ndarray,
+    *,
+    predictions: dict[int, np.ndarray] | None = None,
 ) -> tuple[AccuracyAtBits, ...]:
+    """Per bit width: accuracy vs ``labels`` and agreement with ``float_pred`` (from ``predictions`` when given)."""
+    preds = predictions if predictions is not None else tail_predictions(tail, head_out, tensors, bits)
     rows = []
     for b in bits:
-        feeds = {t.name: transmit(head_out[t.name], t, b) for t in tensors}
-        pred = run_tail(tail, feeds).argmax(axis=-1)
+        pred = preds[int(b)]
         rows.append(
             AccuracyAtBits(
                 bits=int(b),
@@ -74,3 +92,50 @@ def accuracy_at_bits(
             )
         )
     return tuple(rows)
+
+
+def exit_budgets(
+    exit_probs: np.ndarray,
+    labels: np.ndarray,
+    tail_preds: dict[int, np.ndarray],
+    reference: float,
+    *,
+    budget: float = early_exit.ACCURACY_BUDGET,
+) -> tuple[ExitBudget, ...]:
+    """Per bit width, the exit's operating point within ``budget`` of ``reference`` (early_exit.budget_point),
+    frame by frame: calibrated exit probabilities (N, classes), the tail's top-1 per frame at each width."""
+    conf, right = exit_probs.max(-1), exit_probs.argmax(-1) == labels
+    return tuple(
+        early_exit.budget_point(conf, right, tail_preds[b] == labels, reference, bits=b, budget=budget)
+        for b in sorted(tail_preds, reverse=True)
+    )
+
+
+def bundle_exit_budgets(bundle: str | Path, manifest: Manifest, frames: np.ndarray, labels: np.ndarray, *,
+                        reference: float | None = None, threads: int = 2) -> dict[int, tuple[ExitBudget, ...]]:
+    """:func:`exit_budgets` of every split cut of a written bundle, re-run with LiteRT on held-out ``frames``
+    (int8 head, int8 exit at the manifest's temperature, the tail at each bit width), against ``reference``
+    (default: the manifest's ``float_accuracy``, right for its own held-out frames; for other frames
+    :func:`float_accuracy`): the same figures for a bundle converted before the field existed."""
+    root, out = Path(bundle), {}
+    reference = manifest.float_accuracy if reference is None else reference
+    for cut in manifest.cuts:
+        if cut.kind is not CutKind.SPLIT or cut.exit is None or cut.head is None or cut.tail is None:
+            continue
+        head_out = run_head(LiteRTModel(root / cut.head.path, threads=threads), frames, cut.tensors)
+        logits = run_exit(LiteRTModel(root / cut.exit.path, threads=threads), head_out, cut.tensors)
+        probs = early_exit.softmax(logits, cut.exit_temperature)
+        preds = tail_predictions(LiteRTModel(root / cut.tail.path, threads=threads), head_out, cut.tensors,
+                                 manifest.bits)
+        out[cut.index] = exit_budgets(probs, labels, preds, reference)
+    return out
+
+
+def float_accuracy(bundle: str | Path, manifest: Manifest, frames: np.ndarray, labels: np.ndarray, *,
+                   threads: int = 2) -> float:
+    """Top-1 accuracy of the float model on ``frames``: the raw cut's tail is the whole float model."""
+    raw = manifest.raw_cut
+    if raw is None or raw.tail is None:
+        raise ValueError("the bundle has no raw cut, so no float model to measure against")
+    tail = LiteRTModel(Path(bundle) / raw.tail.path, threads=threads)
+    return float((run_tail(tail, {next(iter(tail.inputs)): frames}).argmax(-1) == labels).mean())

@@ -36,6 +36,7 @@ __all__ = [
     "AccuracyAtBits",
     "CutKind",
     "CutSpec",
+    "ExitBudget",
     "ExitPoint",
     "FileRef",
     "InputSpec",
@@ -110,6 +111,24 @@ class ExitPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class ExitBudget:
+    """Where the early exit pays at one bit width: the fewest escalations within an accuracy budget.
+
+    Measured frame by frame on the held-out split (converter/early_exit.py ``budget_point``): the exit
+    answers the frames with ``confidence >= tau``, the tail (fed at ``bits``) the others; ``accuracy`` is
+    that combined top-1, at most ``budget`` below the manifest's ``float_accuracy`` when ``met``. Then
+    E[T] = T_dev + escalation_rate * T_esc (sdk.planner.cascade_latency). Older bundles have none (the field is optional).
+    """
+
+    bits: int
+    budget: float  # allowed drop below the float model's accuracy (0.01 = 1 percentage point)
+    tau: float  # answer locally when confidence >= tau (1.0: escalate every frame)
+    escalation_rate: float  # q: the share of held-out frames escalated at tau
+    accuracy: float  # combined top-1 at tau: the exit on kept frames, the tail on escalated ones
+    met: bool  # False: even escalating every frame stays below float_accuracy - budget
+
+
+@dataclass(frozen=True, slots=True)
 class CutSpec:
     index: int  # s: 0 = raw frame, n = all on device; also the wire's cut id
     name: str  # the layer the cut follows ("raw" for s = 0)
@@ -132,11 +151,19 @@ class CutSpec:
     head: FileRef | None = None
     tail: FileRef | None = None
     exit: FileRef | None = None
+    exit_budget: tuple[ExitBudget, ...] = ()  # per bit width (split cuts); empty in older bundles
 
     def accuracy_at(self, bits: int) -> AccuracyAtBits | None:
         for a in self.accuracy:
             if a.bits == bits:
                 return a
+        return None
+
+    def exit_budget_at(self, bits: int) -> ExitBudget | None:
+        """The exit's operating point at ``bits`` (field ``exit_budget``), or None (no exit, an older bundle)."""
+        for b in self.exit_budget:
+            if b.bits == bits:
+                return b
         return None
 
     def payload_bytes(self, bits: int) -> int:
@@ -344,7 +371,7 @@ def _to_jsonable(obj: Any) -> Any:
 
 _DATACLASSES: dict[str, Any] = {
     c.__name__: c
-    for c in (FileRef, TensorSpec, AccuracyAtBits, ExitPoint, CutSpec, InputSpec, LayerProfile, Preprocess)
+    for c in (FileRef, TensorSpec, AccuracyAtBits, ExitPoint, ExitBudget, CutSpec, InputSpec, LayerProfile, Preprocess)
 }
 
 
