@@ -26,9 +26,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "cloud": ("benchmarks.bench_cloud", "Cloud tail: throughput, batching, workers"),
     "device": ("benchmarks.bench_device", "Device runner: per-frame overhead"),
     "dynamic": ("benchmarks.bench_dynamic", "Dynamic vs static cuts: trace replay"),
+    "exits": ("benchmarks.bench_exits", "Early exits: escalation rate at 1 pp, frames kept on the camera, E[T]"),
 }
 #: benchmarks with their own command line (``main(argv) -> int``): ``NAME --option ...`` runs it.
-CLIS = frozenset({"dynamic"})
+CLIS = frozenset({"dynamic", "exits"})
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 
