@@ -153,3 +153,17 @@ def test_copy_budgets() -> None:
     assert early_exit.copies_for_cut(8, 300, 4608, 13_800_000, 1_000_000) == 8
     assert early_exit.copies_for_cut(8, 300, 2560, 89_450_000, 41_600) == 5  # 1.5e11 / (300 x 89.7 M) = 5.6
     assert early_exit.copies_for_cut(8, 300, 4 * 112 * 112 * 16, 1_000_000, 1_000) == 0  # 803 kB features: none fit
+
+
+def test_bench_row_picks_the_bit_width_with_the_lowest_expected_latency() -> None:
+    from benchmarks.bench_exits import _split_row
+
+    cut = fake_manifest().cut(1)  # 2048 B at 8 bits, 1024 at 4; head 1 ms, tail 2 ms, no exit time
+    points = (ExitBudget(8, 0.01, 0.8, 0.45, 0.89, True), ExitBudget(4, 0.01, 0.85, 0.5, 0.89, True),
+              ExitBudget(2, 0.01, 1.0, 1.0, 0.8, False))
+    # 1 MB/s, 50 ms round trip, board factor 2: T_dev = 2; T_esc(8) = 2.048 + 50 + 2 = 54.048 -> E[T] 2 + 0.45 x 54.048
+    # = 26.32; T_esc(4) = 53.024 -> 2 + 0.5 x 53.024 = 28.51: 8 bits
+    row = _split_row(cut, points, 1e6, 50.0, 2.0)
+    assert row.endswith("| 8 | 2048 | 0.450 | 55 % | 2.00 | 54.05 | 26.32 | 56.05 |"), row
+    none = _split_row(cut, points[2:], 1e6, 50.0, 2.0)  # nothing meets the budget: every frame escalates
+    assert "| 2 | 512 | 1.000* | 0 % |" in none, none
