@@ -229,6 +229,7 @@ def convert(
             extra={"convert_seconds_per_cut": {str(k): v for k, v in seconds.items()},
                    "dropped_cuts": [{"index": i, "reason": r} for i, r in sel.dropped],
                    "class_names": list(data.class_names), "data_source": data.source,
+                   "converter_digest": converter_digest(),
                    **({"warnings": list(said)} if said else {})},
         )
         (work / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
@@ -241,6 +242,18 @@ def convert(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return ConversionResult(manifest, out, seconds, sel.dropped, said)
+
+
+#: The converter modules whose code decides what a bundle holds (cuts, exports, exits, measurements).
+_DIGESTED = ("cuts", "convert", "early_exit", "export", "graph", "measure", "preprocess", "profile")
+
+
+def converter_digest() -> str:
+    """sha256 (16 hex) of the converter's own source: a cached bundle made by other code is stale."""
+    h = hashlib.sha256()
+    for name in _DIGESTED:
+        h.update((Path(__file__).with_name(f"{name}.py")).read_bytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from converter.convert import ConversionResult, Progress, convert
+from converter.convert import ConversionResult, Progress, convert, converter_digest
 from converter.data import CalibData
 from converter.workloads import get
 from sdk.errors import BundleError
@@ -49,7 +49,8 @@ def build_reference_bundle(
     rebuild: bool = False,
     progress: Progress | None = None,
 ) -> Manifest:
-    """Convert the workload's model into `out` unless a valid bundle of the same model and settings is there."""
+    """Convert the workload's model into `out` unless a valid bundle of the same model, settings and converter
+    code (``converter_digest``) is there."""
     w = get(workload)
     asset = w.model_path()
     out = Path(out) if out is not None else w.bundle_dir()
@@ -59,7 +60,8 @@ def build_reference_bundle(
             m = load_manifest(out)
             same = (m.model_sha256 == model_sha and tuple(sorted(m.bits)) == tuple(sorted(bits))
                     and m.board == (board or "host")
-                    and f"({n}, seed={CALIB_SEED}, split='test'" in m.extra.get("data_source", ""))
+                    and f"({n}, seed={CALIB_SEED}, split='test'" in m.extra.get("data_source", "")
+                    and m.extra.get("converter_digest") == converter_digest())
             if same:
                 return m
         except BundleError:

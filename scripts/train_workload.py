@@ -128,14 +128,20 @@ def main(argv: list[str] | None = None) -> int:
     final_size = stages[-1][0]
     weights = None
     log = []
+    resumed_command = None
     if args.resume_from is not None:
-        resumed = keras.models.load_model(args.resume_from, compile=False)
-        weights = resumed.get_weights()
-        previous = args.resume_from.with_suffix(".json")
-        if args.no_train and previous.is_file():
-            log = json.loads(previous.read_text()).get("stages", [])
-        if args.no_train:
-            final_size = int(resumed.inputs[0].shape[1])
+        if args.resume_from.name.endswith(".weights.npz"):
+            weights = workloads.load_weights_npz(args.resume_from)
+            previous = args.resume_from.with_name(args.resume_from.name.split(".")[0] + ".json")
+        else:
+            resumed = keras.models.load_model(args.resume_from, compile=False)
+            weights = resumed.get_weights()
+            previous = args.resume_from.with_suffix(".json")
+            if args.no_train:
+                final_size = int(resumed.inputs[0].shape[1])
+        if previous.is_file():  # the stages that made the starting point stay in the record
+            before = json.loads(previous.read_text())
+            log, resumed_command = before.get("stages", []), before.get("command")
     if args.no_train:
         if weights is None:
             raise SystemExit("--no-train needs --resume-from MODEL.keras")
@@ -181,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": f"reference_data.generate(size={final_size}, objects='fashion'): Fashion-MNIST train split for "
                 "training, its test split for the test frames",
         "stages": log,
+        "resumed_from": None if args.resume_from is None else {"path": str(args.resume_from),
+                                                                "command": resumed_command},
         "seed": args.seed,
         "batch_size": args.batch_size,
         "training_seconds": round(train_seconds, 1),
