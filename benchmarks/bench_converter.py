@@ -56,23 +56,37 @@ def per_cut_table(m: Manifest) -> str:
     return "\n".join(lines)
 
 
-LINK_LATENCIES_MS = (2.0, 20.0)
+LINK_LATENCIES_MS = (2.0, 50.0)  # Wi-Fi/LAN to an edge server; LTE to a cloud region (sdk.defaults.CELLULAR_RTT_MS)
+
+
+#: Boards of the best-cut table: their factor for the model's family x this host's scale (sdk.host_speed).
+BEST_CUT_BOARDS = ("pi5", "pi4", "zero2w")
+
+
+def board_factors(m: Manifest) -> list[tuple[str, float]]:
+    from sdk.config import load_board
+    from sdk.families import model_family
+    from sdk.host_speed import board_factor
+
+    family = model_family(m.model_name)
+    return [("host", 1.0)] + [(b, round(board_factor(load_board(b).board, family), 2)) for b in BEST_CUT_BOARDS]
 
 
 def best_cut_table(m: Manifest) -> str:
     raw = m.raw_cut.payload_bytes(0)
-    lines = ["| link latency | uplink | board factor | best cut | bits | bytes sent | vs raw frame | T ms (best) | "
+    lines = ["| link latency | uplink | board (factor) | best cut | bits | bytes sent | vs raw frame | T ms (best) | "
              "T ms (all on device) | T ms (raw) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
+    boards = board_factors(m)
     for link_ms in LINK_LATENCIES_MS:
         for rate_mbit in (0.5, 2.0, 10.0, 50.0):
-            for factor in (1.0, 2.5, 10.5):
+            for board, factor in boards:
                 plan = evaluate(costs_from_manifest(m), bandwidth_bytes_per_s=rate_mbit * 1e6 / 8,
                                 link_latency_ms=link_ms, device_factor=factor, accuracy_drop_budget=0.02)
                 b = plan.best
                 device = f"{plan.option(m.device_cut.index).total_ms:.2f}" if m.device_cut is not None else "-"
                 lines.append(
-                    f"| {link_ms:g} ms | {rate_mbit} Mbit/s | {factor} | {b.index} {b.name} ({b.kind.value}) | "
+                    f"| {link_ms:g} ms | {rate_mbit} Mbit/s | {board} ({factor}) | {b.index} {b.name} ({b.kind.value}) | "
                     f"{b.bits or '-'} | {b.nbytes} | {b.nbytes / raw:.3f}x | {b.total_ms:.2f} | {device} | "
                     f"{plan.option(0).total_ms:.2f} |"
                 )
@@ -159,7 +173,29 @@ def families_section(names: list[str]) -> str:
     return text + "\n"
 
 
+def workload_section(name: str) -> str:
+    """A trained real-scale workload's bundle (built on first use, else the cached one): its per-cut table."""
+    from converter.reference import bundle_path, default_bundle_dir
+
+    fresh = not (default_bundle_dir(name) / "manifest.json").is_file()
+    t0 = time.perf_counter()
+    _, m = bundle_path(name)
+    took = time.perf_counter() - t0
+    secs = m.extra.get("convert_seconds_per_cut", {})
+    when = f"converted in this run, {took:.0f} s" if fresh else "the cached bundle (same model and converter code)"
+    return (f"\n### Workload `{name}` ({m.model_name}, {'x'.join(map(str, m.input.shape))}, trained here: "
+            f"docs/WORKLOADS.md)\n\n"
+            f"Command: `splitedge reference {name}`; {when}; per-cut conversion seconds sum to "
+            f"{sum(float(v) for v in secs.values()):.0f} s. Float accuracy {m.float_accuracy:.3f} on "
+            f"{m.n_eval} held-out frames; head/tail ms: LiteRT on this host ({m.threads} threads).\n\n"
+            f"{per_cut_table(m)}\n\nBest cut by the planner (accuracy-drop budget 0.02):\n\n{best_cut_table(m)}\n")
+
+
 def run(families: list[str] | None = None) -> str:
+    from converter.workloads import get
+    from converter.workloads import names as workload_names
+
+    real = [w for w in workload_names() if w != "digits" and get(w).asset.is_file()]
     names = family_names(os.environ.get(FAMILIES_ENV)) if families is None else families
     with tempfile.TemporaryDirectory() as tmp:
         m, total = convert_reference(Path(tmp) / "bundle")
@@ -170,9 +206,10 @@ def run(families: list[str] | None = None) -> str:
         f"{m.threads} LiteRT threads; {quality}; whole conversion {total:.1f} s.\n\n"
         f"{per_cut_table(m)}\n\n"
         "Best cut by the planner (accuracy-drop budget 0.02; link latency 2 ms = Wi-Fi/LAN to an edge server, "
-        "20 ms = cellular to a cloud region; board factor stretches head times: 1.0 = this host, 2.5 = Pi 4, "
-        "10.5 = Zero 2 W estimates from firmware_configs/):\n\n"
+        "50 ms = LTE to a cloud region; the board factor stretches this host's head times: the profile's factor "
+        "for the model's family x this host's scale, firmware_configs/README.md):\n\n"
         f"{best_cut_table(m)}\n\n"
+        + "".join(workload_section(w) for w in real) + "\n"
         f"{families_section(names)}"
     )
 
