@@ -8,6 +8,7 @@ import json
 import sys
 
 from converter.workloads import DEFAULT_WORKLOAD, WORKLOADS, names
+from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -16,9 +17,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"the workload (default {DEFAULT_WORKLOAD}; --list names them all)")
     p.add_argument("--list", action="store_true", help="name the workloads (the default first) and exit")
     p.add_argument("--out", default=None, help="bundle folder (default: ~/.cache/splitedge/bundle-NAME)")
-    p.add_argument("--board", default="pi4", help="board profile for the plan (default pi4)")
+    p.add_argument("--board", default=DEFAULT_BOARD, help=f"board profile for the plan (default {DEFAULT_BOARD})")
     p.add_argument("--bandwidth", default="2Mbit/s", help="uplink for the plan (default 2Mbit/s)")
-    p.add_argument("--link-latency", type=float, default=20.0, help="per-transfer link latency in ms (default 20)")
+    p.add_argument("--link-latency", type=float, default=CELLULAR_RTT_MS,
+                   help=f"per-transfer round trip in ms (default {CELLULAR_RTT_MS:g}: LTE, sdk.defaults)")
     p.add_argument("--rebuild", action="store_true", help="convert again even if a valid bundle is there")
     return p.parse_args(argv)
 
