@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     "train_accuracy": [round(a, 4) for a in history], "seconds": round(seconds, 1),
                     "images_per_second": round(epochs * n / seconds, 1)})
 
-    train_seconds = train_seconds or sum(stage["seconds"] for stage in log)
+    train_seconds = sum(stage["seconds"] for stage in log)  # every stage, those resumed from included
     export = workloads.build_model(args.arch, final_size)  # a clean, uncompiled copy: no optimizer state
     export.set_weights(weights)
     fmt = args.format or ("npz16" if args.arch == "resnet50" else "keras")
