@@ -109,3 +109,13 @@ def missing_line(w: wl.Workload) -> str:
 
 def notes_block(notes: list[str]) -> str:
     return ("Workloads not in this section:\n\n" + "\n".join(notes) + "\n") if notes else ""
+
+
+def document(intro: list[str], summary_title: str, summary: list[str], blocks: list[str], notes: list[str]) -> str:
+    """A per-workload section: the intro lines, the summary table (when any workload was measured), one block
+    per workload, then the workloads left out."""
+    lines = list(intro)
+    if summary:
+        lines += ["", summary_title, "", *summary]
+    text = "\n".join(lines) + "\n\n" + "\n\n".join(blocks)
+    return text + ("\n\n" + notes_block(notes) if notes else "")

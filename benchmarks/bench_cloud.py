@@ -279,13 +279,9 @@ def run(bundle: str | None = None, n: int | None = None, n_broker: int | None = 
         block, headline = workload_block(target, n, n_broker)
         blocks.append(block)
         headlines.append((target, headline))
-    out = [f"Host {_workloads.host()}. Frames/s of the cloud tail per workload; compare within a table."]
-    if headlines:
-        out += ["", "Summary (in process, one worker; the tables below have every cut):", "", *_summary(headlines)]
-    text = "\n".join(out) + "\n\n" + "\n\n".join(blocks)
-    if notes:
-        text += "\n\n" + _workloads.notes_block(notes)
-    return text
+    intro = [f"Host {_workloads.host()}. Frames/s of the cloud tail per workload; compare within a table."]
+    return _workloads.document(intro, "Summary (in process, one worker; the tables below have every cut):",
+                               _summary(headlines) if headlines else [], blocks, notes)
 
 
 def main(argv: list[str] | None = None) -> int:

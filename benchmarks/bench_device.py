@@ -440,12 +440,8 @@ def run(
             block += ["", "QEMU aarch64 figure not measured (--no-qemu, SPLITEDGE_BENCH_QEMU=0, or no "
                           "qemu-aarch64-static)."]  # fmt: skip
         blocks.append("\n".join(block))
-    if measured:
-        lines += ["", "Summary (the tables below have every row):", "", *_summary(measured)]
-    text = "\n".join(lines) + "\n\n" + "\n\n".join(blocks)
-    if notes:
-        text += "\n\n" + _workloads.notes_block(notes)
-    return text
+    return _workloads.document(lines, "Summary (the tables below have every row):",
+                               _summary(measured) if measured else [], blocks, notes)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
