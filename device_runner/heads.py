@@ -303,9 +303,14 @@ class LiteRTHeads:
             loader = partial(_litert_loader, cpu_time=False)
         self.cache = ModelCache(Path(bundle), threads=threads, budget_bytes=budget, loader=loader)
         self._plans: dict[int, _Plan] = {}
+        self._factor: float | None = None  # board ms per host ms when emulating (sdk.host_speed.board_factor)
 
     def _board_ms(self, measured_ms: float) -> float:
-        return self.board.emulated_ms(measured_ms, self.family) if self.emulated else measured_ms
+        if not self.emulated:
+            return measured_ms
+        if self._factor is None:  # per frame on the emulated path: the family's factor is looked up once
+            self._factor = self.board.emulated_ms(1.0, self.family)
+        return measured_ms * self._factor
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
         t0 = time.perf_counter()
