@@ -39,6 +39,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -55,6 +56,9 @@ from cloud_tail.demo_report import (
 )
 from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
+
+if TYPE_CHECKING:
+    from sdk.manifest import Manifest
 
 __all__ = ["DeviceSpec", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
 
@@ -344,7 +348,7 @@ def _split_frames(x: np.ndarray, y: np.ndarray | None, devices: int,
 BASELINES = ("edge-only", "cloud-jpeg", "cloud-raw", "best-static", "dynamic")
 
 
-def replayed_baselines(bundle: Path, manifest: object, board: str, trace: BandwidthTrace, offsets: list[float],
+def replayed_baselines(bundle: Path, manifest: Manifest, board: str, trace: BandwidthTrace, offsets: list[float],
                        duration: float, fps: float | None, latency_ms: float) -> dict[str, dict[str, float]]:
     """Edge-only, cloud-JPEG, cloud-raw, the best static cut and the dynamic policy replayed on each device's
     stretch of the same trace, board, frame rate and round trip (the simulation of ``splitedge bench dynamic``):
@@ -355,8 +359,8 @@ def replayed_baselines(bundle: Path, manifest: object, board: str, trace: Bandwi
     from sdk.config import load_board
 
     config = load_board(board)
-    data = measure(bundle, manifest, codec=codec_for(config.device.codec))  # type: ignore[arg-type]
-    setup = make_setup(manifest, config, data)  # type: ignore[arg-type]
+    data = measure(bundle, manifest, codec=codec_for(config.device.codec))
+    setup = make_setup(manifest, config, data)
     rows: dict[str, list[tuple[float, float, str]]] = {}
     for offset in offsets:
         sc = scenario(trace.shifted(offset), config, fps=fps, duration=duration, link_ms=latency_ms)

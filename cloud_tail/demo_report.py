@@ -11,10 +11,14 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdk.traces import BandwidthTrace
+
+if TYPE_CHECKING:
+    from sdk.manifest import Manifest
 
 __all__ = ["View", "answer_problems", "cloud_totals", "plots", "print_summary", "progress", "summarise", "verdict",
            "cut_labels"]
@@ -204,10 +208,10 @@ def verdict(s: dict) -> list[str]:
     return lines
 
 
-def cut_labels(manifest: object) -> dict[int, str]:
+def cut_labels(manifest: Manifest) -> dict[int, str]:
     """Cut index -> what the cut plot's axis says: "raw frame", the layer the head ends at, "all on device"."""
     labels = {}
-    for c in manifest.cuts:  # type: ignore[attr-defined]
+    for c in manifest.cuts:
         kind = c.kind.value
         labels[c.index] = "raw frame" if kind == "raw" else "all on device" if kind == "device" else f"{c.index} {c.name}"
     return labels
