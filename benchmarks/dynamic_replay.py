@@ -49,6 +49,7 @@ from sdk.config import DeviceConfig, load_board
 from sdk.families import model_family
 from sdk.host_speed import board_factor
 from sdk.manifest import CutKind, Manifest
+from sdk.planner import significant_drop
 from sdk.traces import BandwidthTrace
 from sdk.wire import Codec, decode_frame, encode_activation, encode_raw
 
@@ -273,7 +274,8 @@ def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, off
         if c.kind is not CutKind.SPLIT:
             continue
         ok = [b for b in dev.bits if b in manifest.bits and (a := c.accuracy_at(b)) is not None
-              and manifest.float_accuracy - a.accuracy <= budget + 1e-12]
+              and significant_drop(manifest.float_accuracy, a.accuracy, a.agreement, manifest.n_eval)
+              <= budget + 1e-12]
         best = min(ok, key=lambda b: c.payload_bytes(b)) if ok else max(b for b in dev.bits if b in manifest.bits)
         if not ok:
             notes.append(f"cut {c.index}: no bit width within the budget; static uses {best} bits")

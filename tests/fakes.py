@@ -58,7 +58,7 @@ def fake_manifest() -> Manifest:
     return Manifest(
         schema_version=1, bundle_id="1a2b3c4d" + "0" * 56, created_by="test", model_name="fake", model_sha256="0" * 64,
         num_classes=10, input=InputSpec("frame", (32, 32, 3), "uint8"), labels_source=LabelsSource.LABELS,
-        board="host", threads=1, host="test", bits=(8, 4, 2), n_calib=1, n_eval=1, float_accuracy=0.9,
+        board="host", threads=1, host="test", bits=(8, 4, 2), n_calib=1, n_eval=100_000, float_accuracy=0.9,
         layers=(), cuts=cuts, files=(),
     )  # fmt: skip
 

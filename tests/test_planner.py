@@ -108,3 +108,18 @@ def test_parse_rate(text, bytes_per_s):
 def test_parse_rate_refuses(text):
     with pytest.raises(ValueError, match="bandwidth"):
         parse_rate(text)
+
+
+def test_significant_drop_is_the_drop_beyond_its_paired_sampling_error() -> None:
+    from sdk.planner import significant_drop
+
+    # 2 frames of 180 (the MobileNetV2 device cut): 1.1 pp raw, inside z * sqrt(0.05 / 180) = 2.7 pp.
+    assert significant_drop(0.6222, 0.6111, 0.95, 180) == 0.0
+    # A large drop on many frames survives, reduced by its margin only.
+    se = (0.2 / 10_000) ** 0.5
+    assert significant_drop(0.9, 0.8, 0.8, 10_000) == pytest.approx(0.1 - 1.645 * se)
+    # Identical answers: no sampling error, the raw drop stands.
+    assert significant_drop(0.9, 0.88, 1.0, 100) == pytest.approx(0.02)
+    # No evaluation recorded: the raw drop; never negative.
+    assert significant_drop(0.9, 0.85, 0.9, 0) == pytest.approx(0.05)
+    assert significant_drop(0.8, 0.9, 0.9, 100) == 0.0
