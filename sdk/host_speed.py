@@ -14,12 +14,17 @@ matters) on one LiteRT thread and returns ``T_ref / T_host``; :func:`board_facto
 that turns a head time measured on this host into the board's, ``speed_factor * host_scale()`` (or the
 board's factor for the bundle's workload family, ``BoardSpec.factor_for``).
 
-The scale is measured on MobileNetV2 only, so it assumes the host is as much faster than the reference
-core on every network. It is not: this repository's AMX/VNNI host ran ResNet50 int8 12.9x faster than
-fp32 but MobileNetV2 int8 only 1.65x (1 thread, 128 px, 2026-12), while the reference core runs
-MobileNetV2 int8 only 1.17x faster than fp32. Dense-convolution networks (ResNet, VGG, Inception) are
-therefore emulated too fast on such a host, by several times; the per-family factors do not correct that
-(they are defined against the reference core). Set ``SPLITEDGE_HOST_SCALE`` by hand, or time on the board.
+Per-family calibration. The scale is measured on MobileNetV2, so alone it assumes the host is as much
+faster than the board on every network. It is not: an x86 host with VNNI/AMX speeds dense convolutions up
+far more than depthwise ones (this repository's host ran ResNet50 224 int8 only 2.9x as long as MobileNetV2
+224 int8, 1 thread, 2026-12-03), while on the Pi's Cortex-A cores ResNet50 int8 takes 5.5-5.9x as long as
+MobileNet int8 (:data:`FAMILY_CALIBRATIONS`, ncnn's published figures). So a family with its own
+calibration network (today ``resnet``: ResNet50 224 int8, random seeded weights, the same script with
+``--family resnet``) is timed on this host too, and its factor is the board's time of that network,
+``speed_factor x REFERENCE_CORE_MS x board_ratio``, over this host's: ``board_factor`` then no longer
+depends on how much faster the host is at MobileNetV2. Families without a calibration file keep
+``BoardSpec.factor_for(family) x host_scale()`` (the profile's assumed family factors); with
+``SPLITEDGE_HOST_SCALE`` set, the host is declared and nothing is timed, so every family uses the profile.
 The measurement (a load, 3 warm-up and 100 timed invokes, the 10th percentile: ~0.2 s here, seconds
 under QEMU - which never emulates timing) runs once per process, and only when a board emulates timing.
 The 10th percentile is the host undisturbed: on this shared 2-core host the median of 15 invokes moved
@@ -36,13 +41,24 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.config import BoardSpec
 from sdk.errors import ConfigError
 from sdk.families import ModelFamily
 
-__all__ = ["CALIBRATION_MODEL", "REFERENCE_CORE_MS", "board_factor", "host_scale", "measure_host_ms", "prior_factor"]
+__all__ = [
+    "CALIBRATION_MODEL",
+    "FAMILY_CALIBRATIONS",
+    "REFERENCE_CORE_MS",
+    "FamilyCalibration",
+    "board_factor",
+    "family_host_ms",
+    "host_scale",
+    "measure_host_ms",
+    "prior_factor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +67,27 @@ CALIBRATION_MODEL = Path(__file__).resolve().parent.parent / "firmware_configs" 
 _ENV = "SPLITEDGE_HOST_SCALE"
 _lock = threading.Lock()
 _scale: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyCalibration:
+    """A family's calibration network and how much longer than MobileNetV2 224 int8 a board takes on it."""
+
+    path: Path
+    board_ratio: float  # board ms of this network / board ms of MobileNetV2 1.0 224 int8 (4 threads)
+    source: str
+
+
+FAMILY_CALIBRATIONS: dict[ModelFamily, FamilyCalibration] = {
+    ModelFamily.RESNET: FamilyCalibration(
+        CALIBRATION_MODEL.parent / "resnet50_224_int8.tflite",
+        5.7,
+        "ncnn benchmark/README.md (benchncnn, 4 threads): Raspberry Pi 4 (1.5 GHz) resnet50_int8 236.4 ms / "
+        "mobilenet_int8 40.3 ms = 5.87; Zero 2 W 497.6 / 91.0 = 5.47 (MobileNet V1, whose fp32 time is within "
+        "10 % of V2's on both boards: 72.1 vs 72.6 ms, 163.2 vs 147.4 ms); 5.7 +-15 %.",
+    ),
+}
+_family_ms: dict[ModelFamily, float | None] = {}
 
 
 def measure_host_ms(path: Path = CALIBRATION_MODEL, *, repeats: int = 100) -> float:
@@ -99,9 +136,48 @@ def _host_scale() -> float:
     return scale
 
 
+def family_host_ms(family: ModelFamily | str | None) -> float | None:
+    """This host's ms for ``family``'s calibration network (1 thread, 10th percentile), measured once per
+    process; None when the family has none, ``SPLITEDGE_HOST_SCALE`` declares the host, or it cannot be timed
+    (then the profile's family factor is used, with a warning)."""
+    try:
+        fam = ModelFamily(family) if family is not None else None
+    except ValueError:
+        return None
+    cal = FAMILY_CALIBRATIONS.get(fam) if fam is not None else None
+    if cal is None or os.environ.get(_ENV) is not None:
+        return None
+    if fam in _family_ms:
+        return _family_ms[fam]
+    with _lock:
+        if fam not in _family_ms:
+            _family_ms[fam] = _time_calibration(fam, cal)
+        return _family_ms[fam]
+
+
+def _time_calibration(family: ModelFamily, cal: FamilyCalibration) -> float | None:
+    if not cal.path.is_file():
+        log.warning("host speed: %s is missing, so %s heads are emulated with the profile's assumed family factor; "
+                    "run scripts/make_calibration_model.py --family %s to restore it", cal.path, family, family)
+        return None
+    try:
+        ms = measure_host_ms(cal.path, repeats=30)
+    except Exception as exc:  # no LiteRT runtime, or an unreadable file: the profile's factor, and say so
+        log.warning("host speed: could not time %s (%s); %s heads use the profile's family factor", cal.path, exc, family)
+        return None
+    log.info("host speed: %s calibration %s %.2f ms on 1 thread here", family, cal.path.name, ms)
+    return ms
+
+
 def board_factor(board: BoardSpec, family: ModelFamily | str | None = None) -> float:
     """Board ms per ms measured on this host (1 thread) for a network of ``family`` (the manifest's
-    ``sdk.families.model_family``): ``board.factor_for(family) * host_scale()``; None: ``speed_factor``."""
+    ``sdk.families.model_family``). A calibrated family (module doc): the board's estimated ms of its
+    calibration network, ``speed_factor x REFERENCE_CORE_MS x board_ratio``, over this host's; otherwise
+    ``board.factor_for(family) * host_scale()``; None: ``speed_factor * host_scale()``."""
+    host_ms = family_host_ms(family)
+    if host_ms is not None:
+        cal = FAMILY_CALIBRATIONS[ModelFamily(family)]
+        return board.speed_factor * REFERENCE_CORE_MS * cal.board_ratio / host_ms
     return board.factor_for(family) * host_scale()
 
 

@@ -66,3 +66,45 @@ def test_the_factors_follow_the_workload_family(monkeypatch: pytest.MonkeyPatch)
     assert host_speed.prior_factor(board, converted_for="pi4", family="resnet") == 1.0
     real = replace(board, emulate_timing=False)
     assert host_speed.prior_factor(real, converted_for="host", family="resnet") == resnet
+
+
+def test_a_calibrated_family_is_timed_on_this_host_and_replaces_the_assumed_factor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sdk.families import ModelFamily
+
+    cal = host_speed.FAMILY_CALIBRATIONS[ModelFamily.RESNET]
+    assert cal.path.is_file(), "run scripts/make_calibration_model.py --family resnet"
+    monkeypatch.delenv("SPLITEDGE_HOST_SCALE", raising=False)
+    monkeypatch.setattr(host_speed, "_scale", 4.0)
+    monkeypatch.setattr(host_speed, "_family_ms", {ModelFamily.RESNET: 8.0})
+    board = load_board("zero2w").board
+    # The board's estimated ms of the calibration network over this host's ms of it: no MobileNetV2 scale.
+    expected = board.speed_factor * host_speed.REFERENCE_CORE_MS * cal.board_ratio / 8.0
+    assert host_speed.board_factor(board, "resnet") == pytest.approx(expected)
+    assert board.emulated_ms(2.0, "resnet") == pytest.approx(2.0 * expected)
+    # Uncalibrated families keep the profile's factor x the MobileNetV2 scale.
+    assert host_speed.board_factor(board, "inception") == pytest.approx(board.factor_for("inception") * 4.0)
+    # A declared host (SPLITEDGE_HOST_SCALE) times nothing: the profile's family factor.
+    monkeypatch.setenv("SPLITEDGE_HOST_SCALE", "4")
+    assert host_speed.family_host_ms("resnet") is None
+    assert host_speed.board_factor(board, "resnet") == pytest.approx(board.factor_for("resnet") * 4.0)
+
+
+def test_the_family_calibration_is_measured_and_a_missing_file_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sdk.families import ModelFamily
+
+    monkeypatch.delenv("SPLITEDGE_HOST_SCALE", raising=False)
+    monkeypatch.setattr(host_speed, "_family_ms", {})
+    ms = host_speed.family_host_ms(ModelFamily.RESNET)
+    assert ms is not None and 0.5 < ms < 5000  # ResNet50 224 int8, 1 thread: 8.8 ms (AMX) here
+    assert host_speed.family_host_ms("mobilenet") is None  # the base scale's own network
+    cal = host_speed.FAMILY_CALIBRATIONS[ModelFamily.RESNET]
+    monkeypatch.setitem(host_speed.FAMILY_CALIBRATIONS, ModelFamily.RESNET,
+                        replace(cal, path=tmp_path / "missing.tflite"))
+    monkeypatch.setattr(host_speed, "_family_ms", {})
+    with caplog.at_level(logging.WARNING, logger="sdk.host_speed"):
+        assert host_speed.family_host_ms("resnet") is None
+    assert "make_calibration_model.py --family resnet" in caplog.text
