@@ -198,9 +198,9 @@ def scenario(trace: BandwidthTrace, config: DeviceConfig, *, fps: float | None =
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    bundle, manifest = (args.bundle, load_manifest(args.bundle)) if args.bundle else reference_bundle(args.workload)
+    trace, note = pick_trace(args.trace)  # a wrong trace or board fails before a bundle is built
     config = load_board(args.board)
-    trace, note = pick_trace(args.trace)
+    bundle, manifest = (args.bundle, load_manifest(args.bundle)) if args.bundle else reference_bundle(args.workload)
     trace = trace.shifted(args.start)
     if note:
         print(note, file=sys.stderr)

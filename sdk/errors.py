@@ -7,6 +7,7 @@ and what to do about it.
 
     SplitEdgeError                     base of everything below
     ├── ConfigError                    a board/broker TOML: unknown key, wrong type, missing file
+    │   └── TraceError                 a bandwidth trace file that is not a trace (also a ValueError)
     ├── MissingDependencyError         an optional extra is not installed (names the extra)
     ├── ConversionError                a Keras model the converter cannot split (names the layer)
     ├── BundleError                    a bundle that cannot be used
@@ -46,6 +47,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ShapeMismatchError",
     "SplitEdgeError",
+    "TraceError",
     "TransportError",
     "TruncatedError",
     "UnknownCodecError",
@@ -60,6 +62,10 @@ class SplitEdgeError(Exception):
 
 class ConfigError(SplitEdgeError):
     """A configuration file or value is wrong: names the file, the key and what was expected."""
+
+
+class TraceError(ConfigError, ValueError):
+    """A bandwidth trace that cannot be read: names the file, the format expected and where traces are."""
 
 
 class MissingDependencyError(SplitEdgeError, ImportError):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdk.errors import TraceError
+
 __all__ = ["MAHIMAHI_PACKET_BYTES", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
 
 MAHIMAHI_PACKET_BYTES = 1500
@@ -35,11 +37,11 @@ class BandwidthTrace:
 
     def __post_init__(self) -> None:
         if len(self.starts) == 0 or len(self.starts) != len(self.rates):
-            raise ValueError(f"trace {self.name}: {len(self.starts)} bin starts but {len(self.rates)} rates")
+            raise TraceError(f"trace {self.name}: {len(self.starts)} bin starts but {len(self.rates)} rates")
         if self.period <= self.starts[-1]:
-            raise ValueError(f"trace {self.name}: period {self.period} must exceed the last bin start")
+            raise TraceError(f"trace {self.name}: period {self.period} must exceed the last bin start")
         if float(self.rates.sum()) <= 0:
-            raise ValueError(f"trace {self.name}: every rate is zero; nothing would ever be sent")
+            raise TraceError(f"trace {self.name}: every rate is zero; nothing would ever be sent")
         durations = np.diff(np.append(self.starts, self.period))
         object.__setattr__(self, "_cum", np.concatenate([[0.0], np.cumsum(self.rates * durations)]))
 
@@ -101,9 +103,9 @@ def _load_mahimahi(path: Path) -> BandwidthTrace:
     try:
         ms = np.loadtxt(path, dtype=np.int64, ndmin=1)
     except ValueError as exc:
-        raise ValueError(f"{path}: not a mahimahi trace (one integer ms timestamp per line): {exc}") from None
+        raise TraceError(f"{path}: not a mahimahi trace (one integer ms timestamp per line): {exc}") from None
     if ms.size == 0 or (np.diff(ms) < 0).any():
-        raise ValueError(f"{path}: a mahimahi trace needs non-decreasing ms timestamps, one per line")
+        raise TraceError(f"{path}: a mahimahi trace needs non-decreasing ms timestamps, one per line")
     period = max(float(ms[-1]) / 1000.0, MAHIMAHI_BIN_S)
     nbins = int(np.ceil(period / MAHIMAHI_BIN_S))
     counts = np.bincount(np.minimum((ms / 1000.0 / MAHIMAHI_BIN_S).astype(np.int64), nbins - 1), minlength=nbins)
@@ -115,12 +117,12 @@ def _load_two_column(path: Path) -> BandwidthTrace:
     try:
         data = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as exc:
-        raise ValueError(f"{path}: expected two columns 'seconds Mbit/s' per line: {exc}") from None
+        raise TraceError(f"{path}: expected two columns 'seconds Mbit/s' per line: {exc}") from None
     if data.shape[1] < 2 or len(data) < 2:
-        raise ValueError(f"{path}: expected at least two lines of 'seconds Mbit/s'")
+        raise TraceError(f"{path}: expected at least two lines of 'seconds Mbit/s'")
     t = data[:, 0] - data[0, 0]
     if (np.diff(t) <= 0).any():
-        raise ValueError(f"{path}: times in the first column must increase")
+        raise TraceError(f"{path}: times in the first column must increase")
     rates = np.clip(data[:, 1], 0, None) * 1e6 / 8
     period = float(t[-1] + (t[-1] - t[-2]))
     return BandwidthTrace(path.name, t, rates, period)
@@ -130,9 +132,14 @@ def load_trace(path: str | Path) -> BandwidthTrace:
     """A mahimahi ``.up``/``.down`` trace or a two-column ``seconds Mbit/s`` log, by its content."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"trace {p} does not exist")
+        raise TraceError(f"trace {p} does not exist: pass a mahimahi .up file (one ms timestamp per line) or a "
+                         f"'seconds Mbit/s' log, e.g. one of ../shared/traces/mahimahi/*.up")
     first = next((ln.split() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()), [])
-    return _load_mahimahi(p) if len(first) == 1 else _load_two_column(p)
+    try:
+        return _load_mahimahi(p) if len(first) == 1 else _load_two_column(p)
+    except TraceError as exc:
+        raise TraceError(f"{exc}; a trace is a mahimahi .up file (one ms timestamp per line) or a "
+                         f"'seconds Mbit/s' log") from None
 
 
 def shared_traces(root: str | Path | None = None) -> list[Path]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,3 +111,15 @@ def test_real_traces_load_and_the_shaped_throughput_follows_them():
             sent += 65536
         raw = _raw_bytes_by(p, now)
         assert sent == pytest.approx(raw, rel=0.02, abs=3 * 65536), p.name
+
+
+def test_a_file_that_is_not_a_trace_is_one_config_error_that_says_what_a_trace_is(tmp_path: Path) -> None:
+    from sdk.errors import ConfigError, TraceError
+
+    notes = tmp_path / "README.md"
+    notes.write_text("Use these traces in benchmarks.\n")
+    with pytest.raises(TraceError, match=r"README.md: expected two columns.*a trace is a mahimahi .up file") as info:
+        load_trace(notes)
+    assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
+    with pytest.raises(TraceError, match=r"trace .*missing.up does not exist: pass a mahimahi .up file"):
+        load_trace(tmp_path / "missing.up")
