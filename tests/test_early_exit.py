@@ -10,11 +10,11 @@ import json
 
 import numpy as np
 import pytest
+from fakes import fake_manifest
 
 from converter import early_exit, measure
 from converter.convert_cli import summary
 from sdk.manifest import CutKind, ExitBudget, FileRef, Manifest, load_manifest
-from tests.fakes import fake_manifest
 
 # 10 frames, most confident first; 0.9 appears twice, so those two are kept or escalated together.
 CONF = np.array([0.95, 0.9, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
