@@ -54,6 +54,7 @@ __all__ = [
     "REFERENCE_CORE_MS",
     "FamilyCalibration",
     "board_factor",
+    "describe_factor",
     "family_host_ms",
     "host_scale",
     "measure_host_ms",
@@ -179,6 +180,20 @@ def board_factor(board: BoardSpec, family: ModelFamily | str | None = None) -> f
         cal = FAMILY_CALIBRATIONS[ModelFamily(family)]
         return board.speed_factor * REFERENCE_CORE_MS * cal.board_ratio / host_ms
     return board.factor_for(family) * host_scale()
+
+
+def describe_factor(board: BoardSpec, family: ModelFamily | str | None = None) -> str:
+    """How :func:`board_factor` came about, for the CLIs' "timings emulated" line."""
+    factor = board_factor(board, family)
+    fam = ModelFamily(family).value if family is not None else "mobilenet"
+    host_ms = family_host_ms(family)
+    if host_ms is not None:
+        cal = FAMILY_CALIBRATIONS[ModelFamily(family)]
+        return (f"{board.name} factor {factor:.2f} for {fam}: the board's estimated {cal.path.name} time "
+                f"{board.speed_factor} x {REFERENCE_CORE_MS} ms x {cal.board_ratio} over {host_ms:.2f} ms on 1 "
+                f"thread here (sdk.host_speed)")
+    return (f"{board.name} factor {factor:.2f} for {fam}: speed factor {board.factor_for(family)} x host scale "
+            f"{host_scale():.2f} (this host vs the reference core, sdk.host_speed)")
 
 
 def prior_factor(board: BoardSpec, converted_for: str | None, family: ModelFamily | str | None = None) -> float:

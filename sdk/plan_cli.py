@@ -56,13 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.board:
         from sdk.config import load_board
         from sdk.families import model_family
-        from sdk.host_speed import board_factor, host_scale
+        from sdk.host_speed import board_factor, describe_factor
 
         spec = load_board(args.board).board
         family = model_family(manifest.model_name)
         factor = board_factor(spec, family)
-        note = (f" (head times EMULATED for {spec.name}: measured on {manifest.host} x speed factor "
-                f"{spec.factor_for(family)} ({family.value}) x host scale {host_scale():.2f} = {factor:.2f})")
+        note = f" (head times EMULATED: measured on {manifest.host} x the {describe_factor(spec, family)})"
     try:
         plan = evaluate(costs_from_manifest(manifest), bandwidth_bytes_per_s=rate, link_latency_ms=args.link_latency,
                         device_factor=factor, allow_raw=not args.no_raw, accuracy_drop_budget=args.accuracy_budget)

@@ -108,3 +108,16 @@ def test_the_family_calibration_is_measured_and_a_missing_file_falls_back_with_a
     with caplog.at_level(logging.WARNING, logger="sdk.host_speed"):
         assert host_speed.family_host_ms("resnet") is None
     assert "make_calibration_model.py --family resnet" in caplog.text
+
+
+def test_the_factor_is_described_as_it_was_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdk.families import ModelFamily
+
+    board = load_board("zero2w").board
+    monkeypatch.setattr(host_speed, "_scale", 4.0)
+    assert "speed factor 3.3 x host scale 4.00" in host_speed.describe_factor(board, "mobilenet")
+    monkeypatch.delenv("SPLITEDGE_HOST_SCALE", raising=False)
+    monkeypatch.setattr(host_speed, "_family_ms", {ModelFamily.RESNET: 8.0})
+    text = host_speed.describe_factor(board, "resnet")
+    assert "resnet50_224_int8.tflite time 3.3 x 10.8 ms x 5.7 over 8.00 ms" in text
+    assert f"factor {host_speed.board_factor(board, 'resnet'):.2f} for resnet" in text
