@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "int8 head: none, tf (x/127.5-1), torch (ImageNet mean/std), caffe (BGR minus mean) or "
                         "SCALE,OFFSET (x*SCALE+OFFSET); the keras.applications preprocess_input modes")
     p.add_argument("--output", default=None, metavar="NAME", help="the output to convert, for a multi-output model")
+    p.add_argument("--min-cut-reduction", type=float, default=0.25, metavar="F",
+                   help="keep a cut only when it ships at most 1-F of the bytes of the last cut kept (default 0.25; "
+                        "0 keeps every compressive boundary)")
     p.add_argument("--force", action="store_true", help="write over an existing bundle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -130,6 +133,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConversionError(f"--bits {','.join(map(str, args.bits))}: each must be one of "
                               f"{','.join(map(str, SUPPORTED_BITS))}, e.g. --bits 8,4,2")
     parse_preprocess(args.preprocess)
+    if not 0.0 <= args.min_cut_reduction < 1.0:
+        raise ConversionError(f"--min-cut-reduction {args.min_cut_reduction}: expected a fraction in [0, 1), e.g. "
+                              "0.25 (a kept cut ships at most 75 % of the previous one's bytes) or 0 (every cut)")
     if args.board is not None:
         from sdk.config import load_board
         from sdk.errors import ConfigError
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _warnings_to_stderr():
             result = convert(args.model, args.calib, args.out, board=args.board, bits=args.bits, force=args.force,
-                             seed=args.seed, progress=bar, preprocess=args.preprocess, output=args.output)
+                             seed=args.seed, progress=bar, preprocess=args.preprocess, output=args.output,
+                             min_cut_reduction=args.min_cut_reduction)
     except ConversionError as exc:
         bar.close()
         print(f"splitedge convert: error: {exc}", file=sys.stderr)

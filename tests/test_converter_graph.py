@@ -74,6 +74,23 @@ def test_candidates_are_compressive_bottlenecks(ref_graph):
     assert {18432, 9216, 3456, 1152} <= {c.bytes_at(8) for c in splits}
 
 
+def test_a_kept_cut_ships_at_most_three_quarters_of_the_last_one_kept(ref_graph):
+    prof = profile(ref_graph)
+    args = ([p.flops for p in prof], [p.weight_bytes_i8 for p in prof])
+    every = select_cuts(ref_graph, *args, bits=(8, 4, 2), memory_budget_bytes=None, min_reduction=0.0)
+    thinned = select_cuts(ref_graph, *args, bits=(8, 4, 2), memory_budget_bytes=None)  # default 0.25
+    assert {c.index for c in thinned.candidates} <= {c.index for c in every.candidates}
+    for b in (8, 4, 2):
+        sizes = [thinned.raw_bytes] + [c.bytes_at(b) for c in thinned.candidates[1:-1] if b in c.compressive_bits]
+        assert all(later <= 0.75 * earlier for earlier, later in zip(sizes, sizes[1:], strict=False))
+    strict = select_cuts(ref_graph, *args, bits=(8,), memory_budget_bytes=None, min_reduction=0.9)
+    sizes = [c.bytes_at(8) for c in strict.candidates[1:-1]]
+    assert all(later <= 0.1 * earlier for earlier, later in zip([strict.raw_bytes, *sizes], sizes, strict=False))
+    assert len(strict.candidates) < len(every.candidates)
+    with pytest.raises(ValueError, match=r"min_reduction must be in \[0, 1\)"):
+        select_cuts(ref_graph, *args, bits=(8,), memory_budget_bytes=None, min_reduction=1.0)
+
+
 def test_flops_and_bytes_of_known_layers(ref_graph):
     prof = {p.name: p for p in profile(ref_graph)}
     stem = next(p for p in prof.values() if p.type == "Conv2D")
