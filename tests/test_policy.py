@@ -24,10 +24,11 @@ B_STAR = 1024 / 3.12 * 1000  # bytes/s, see the module doc
 
 
 def device(**over: object) -> DeviceSettings:
+    target = {} if "target_escalation_rate" in over else {"target_accuracy": 0.9}
     data = {
         "board": {"name": "host", "cpu": "x", "threads": 1, "memory_budget_mb": 64, "speed_factor": 1.0,
                   "speed_factor_source": "test"},
-        "device": {"device_id": "cam-01", "fps_cap": 10, "deadline_ms": 100, "target_accuracy": 0.9,
+        "device": {"device_id": "cam-01", "fps_cap": 10, "deadline_ms": 100, **target,
                    "bits": [8, 4, 2], "codec": "none", "accuracy_drop_budget": 0.01, "telemetry_interval_s": 1.0,
                    "privacy": True, **over},
         "broker": {"url": "mqtt://127.0.0.1:1883"},
@@ -474,3 +475,33 @@ def test_after_a_switch_the_next_probe_comes_soon() -> None:
     assert d.switched and d.choice.cut == 3
     turns = [i for i in range(1, 26) if p.decide(replace(slow, version=i)).probe]
     assert turns and turns[0] <= 25 // 5  # not probe_every (25) decisions later
+
+
+def test_under_an_escalation_cap_the_exit_budget_point_is_used_when_it_escalates_fewer() -> None:
+    from dataclasses import replace as dc_replace
+
+    from sdk.manifest import ExitBudget
+
+    m = fake_manifest()
+    cut = m.cut(1)
+
+    def with_budget(point: ExitBudget) -> object:
+        cuts = tuple(dc_replace(c, exit_budget=(point,)) if c.index == 1 else c for c in m.cuts)
+        return dc_replace(m, cuts=cuts)
+
+    dev = device(target_escalation_rate=0.5, accuracy_drop_budget=0.02)
+    cap_tau = CutPolicy(m, dev).tau(1, 8)  # no exit_budget: the cap's tau on the curve (escalate <= 50 %)
+    assert cap_tau == 0.5
+    good = ExitBudget(bits=8, budget=0.01, tau=0.2, escalation_rate=0.1, accuracy=0.89, met=True)
+    assert CutPolicy(with_budget(good), dev).tau(1, 8) == 0.2  # 10 % escalated, within 1 pp
+    assert CutPolicy(with_budget(good), dev).tau(1, 4) == cap_tau  # no point at 4 bits
+    over_cap = dc_replace(good, tau=0.95, escalation_rate=0.7)  # needs more escalations than the cap allows
+    assert CutPolicy(with_budget(over_cap), dev).tau(1, 8) == cap_tau
+    looser = dc_replace(good, budget=0.05)  # its accuracy budget is looser than the profile's 2 pp
+    assert CutPolicy(with_budget(looser), dev).tau(1, 8) == cap_tau
+    unmet = dc_replace(good, met=False)
+    assert CutPolicy(with_budget(unmet), dev).tau(1, 8) == cap_tau
+    # A target accuracy is the user's own choice: the budget point does not replace it.
+    by_accuracy = device(target_accuracy=0.9)
+    assert CutPolicy(with_budget(good), by_accuracy).tau(1, 8) == CutPolicy(m, by_accuracy).tau(1, 8)
+    assert cut.exit_budget == ()
