@@ -16,7 +16,11 @@ Rules (the same for every section):
   certificates); `BrokerSettings.read_password` reads the password when it is needed.
 
 Where the shipped profiles live: ``$SPLITEDGE_CONFIG_DIR`` if set, else ``firmware_configs/`` next to
-the ``sdk`` package (a checkout or an editable install), else ``<prefix>/share/splitedge/firmware_configs``.
+the ``sdk`` package (a checkout or an editable install), else ``<prefix>/share/splitedge/firmware_configs``
+(a wheel install; ``sdk.datafiles``).
+
+``emulate_timing = true`` is honoured only off the real board: on a Raspberry Pi the parsed
+``BoardSpec.emulate_timing`` is False and head times are measured (``sdk.hardware``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ import dataclasses
 import difflib
 import os
 import re
-import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,8 +37,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sdk.datafiles import shipped_dirs
 from sdk.errors import ConfigError
 from sdk.families import ModelFamily
+from sdk.hardware import emulate_timing
 
 __all__ = [
     "ALLOWED_BITS",
@@ -399,15 +404,17 @@ def _parse_board(s: _Section) -> BoardSpec:
             f"[board] speed_factor_by_family is set but speed_factor_by_family_source is not, in {s._where()}: "
             "expected a string saying where the per-family factors come from (measured or assumed, with the figures)."
         )
+    name = s.string("name", _REQUIRED)
     return BoardSpec(
-        name=s.string("name", _REQUIRED),
+        name=name,
         description=s.string("description", "") or "",
         cpu=s.string("cpu", _REQUIRED),
         threads=s.integer("threads", _REQUIRED, low=1, high=64),
         memory_budget_mb=s.integer("memory_budget_mb", _REQUIRED, low=1),
         speed_factor=speed_factor,
         speed_factor_source=s.string("speed_factor_source", _REQUIRED),
-        emulate_timing=s.boolean("emulate_timing", False),
+        # The one place the profile's request meets the machine: never emulated on a real Pi (sdk.hardware).
+        emulate_timing=emulate_timing(name, s.boolean("emulate_timing", False)),
         speed_factor_by_family=families,
         speed_factor_by_family_source=source,
     )
@@ -590,10 +597,7 @@ def config_dir() -> Path:
                 f"profiles. Fix or unset {CONFIG_DIR_ENV}."
             )
         return folder.resolve()
-    candidates = [
-        Path(__file__).resolve().parent.parent / "firmware_configs",
-        Path(sys.prefix) / "share" / "splitedge" / "firmware_configs",
-    ]
+    candidates = shipped_dirs()
     for folder in candidates:
         if folder.is_dir():
             return folder

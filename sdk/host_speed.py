@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.config import BoardSpec
+from sdk.datafiles import shipped_path
 from sdk.errors import ConfigError
 from sdk.families import ModelFamily
 
@@ -64,7 +65,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFERENCE_CORE_MS = 10.8  # MobileNetV2 1.0 224 int8, 1 LiteRT thread, the reference core (PLATFORM.md)
-CALIBRATION_MODEL = Path(__file__).resolve().parent.parent / "firmware_configs" / "calibration" / "mobilenet_v2_224_int8.tflite"
+# In the checkout's firmware_configs/calibration, or where a wheel install put it (sdk.datafiles).
+CALIBRATION_MODEL = shipped_path("calibration/mobilenet_v2_224_int8.tflite")
 _ENV = "SPLITEDGE_HOST_SCALE"
 _lock = threading.Lock()
 _scale: float | None = None
@@ -81,7 +83,7 @@ class FamilyCalibration:
 
 FAMILY_CALIBRATIONS: dict[ModelFamily, FamilyCalibration] = {
     ModelFamily.RESNET: FamilyCalibration(
-        CALIBRATION_MODEL.parent / "resnet50_224_int8.tflite",
+        shipped_path("calibration/resnet50_224_int8.tflite"),
         5.7,
         "ncnn benchmark/README.md (benchncnn, 4 threads): Raspberry Pi 4 (1.5 GHz) resnet50_int8 236.4 ms / "
         "mobilenet_int8 40.3 ms = 5.87; Zero 2 W 497.6 / 91.0 = 5.47 (MobileNet V1, whose fp32 time is within "
