@@ -27,6 +27,7 @@ from device_runner.runner import Answer, DeviceRunner, RunnerOptions
 from device_runner.sources import open_source
 from sdk import topics
 from sdk.config import BrokerSettings, load_board, with_overrides
+from sdk.hardware import this_host
 from sdk.host_speed import describe_factor
 from sdk.manifest import load_manifest
 from sdk.messages import StatusMessage
@@ -100,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.bundle)
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
-    timing = (f"emulated: measured on 1 host thread x the {describe_factor(board, heads.family)}" if heads.emulated
-              else f"measured on this machine ({board.threads} threads)")
+    timing = (f"emulated ({this_host().describe()}): measured on 1 host thread x the "
+              f"{describe_factor(board, heads.family)}" if heads.emulated
+              else f"measured on this machine ({this_host().describe()}, {board.threads} threads)")
     print(f"splitedge device {cfg.device.device_id}: bundle {args.bundle} ({len(manifest.cuts)} cuts), "
           f"board {board.name}, timings {timing}", file=sys.stderr)
     source = open_source(cfg.device.source, tuple(manifest.input.shape))
