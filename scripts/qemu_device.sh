@@ -5,6 +5,10 @@
 #   scripts/qemu_device.sh --bundle B --broker mqtt://127.0.0.1:PORT [--frames 3] [device args...]
 #   scripts/qemu_device.sh --module MOD [args...]            run `python -m MOD args` as aarch64 instead
 #                                                            (e.g. benchmarks.bench_device --inner ...)
+#   scripts/qemu_device.sh --site DIR --bundle B ...          run an installed splitedge instead of the checkout:
+#                                                            DIR is the only PYTHONPATH and the cwd is kept, e.g.
+#                                                            a wheel installed with pip --target and the aarch64
+#                                                            tags below (tests/test_device_qemu.py does)
 #
 # Cached under ${SPLITEDGE_CACHE:-~/.cache/splitedge}/qemu: an arm64 Debian bookworm rootfs with Python 3.11
 # (mmdebstrap --variant=extract, ~76 MB) and aarch64 wheels of ai-edge-litert, numpy, paho-mqtt and zstandard
@@ -63,8 +67,14 @@ fi
 
 export QEMU_CPU="${QEMU_CPU:-cortex-a72}"
 export QEMU_LD_PREFIX="$ROOTFS"
-export PYTHONPATH="$SITE:$REPO"
 export PYTHONDONTWRITEBYTECODE=1
+if [ "${1:-}" = "--site" ]; then
+  [ -d "${2:-}" ] || { echo "qemu_device: --site needs the folder splitedge was installed into (pip --target)" >&2; exit 2; }
+  export PYTHONPATH="$(cd "$2" && pwd)"
+  shift 2
+  exec qemu-aarch64-static "$ROOTFS/usr/bin/python3.11" -m sdk.cli device "$@"
+fi
+export PYTHONPATH="$SITE:$REPO"
 cd "$REPO"
 if [ "${1:-}" = "--module" ]; then
   [ -n "${2:-}" ] || { echo "qemu_device: --module needs a module name (e.g. benchmarks.bench_device)" >&2; exit 2; }

@@ -1,6 +1,7 @@
 """`splitedge device` as aarch64 code under QEMU user mode against a real broker on the host (scripts/qemu_device.sh).
 
-The first run builds the cached rootfs and wheels (~30 s); later runs take ~10-20 s. Skipped when
+The first run builds the cached rootfs and wheels (~30 s); later runs take ~10-20 s. The second test runs the
+built wheel instead of the checkout (tests/wheelhouse.py; pip may fetch the aarch64 wheels from PyPI). Skipped when
 qemu-aarch64-static is missing, unless SPLITEDGE_REQUIRE_QEMU=1 (then it fails).
 """
 
@@ -10,11 +11,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from wheelhouse import AARCH64, NUMPY_PIN, build_wheel, pip_install, start_cloud_worker
 
 from sdk import topics
+from sdk.hardware import MODEL_FILE_ENV
 from sdk.manifest import CutKind, load_manifest
 from sdk.messages import ReportMessage, ResultMessage
 from sdk.mqtt import MqttTransport
@@ -67,3 +71,48 @@ def test_device_runs_as_aarch64_under_qemu_through_a_real_broker(reference_bundl
     assert {a["answered_by"] for a in answers} == {"cloud"} and {a["cls"] for a in answers} == {5}
     assert sorted(seen) == [0, 1, 2]
     assert "qemu-aarch64" in done.stderr and '"frames": 3' in done.stderr
+
+
+def test_the_installed_wheel_runs_a_pi_profile_as_aarch64_and_measures_on_a_fake_pi(
+    reference_bundle, fresh_mosquitto, tmp_path, tmp_path_factory
+) -> None:
+    """The wheel (tests/wheelhouse.py) installed for aarch64 with the device extra and the recipe's numpy pin
+    (pip --target with the aarch64 tags: the aarch64 rootfs has no pip), run from a temp folder with only that
+    install on PYTHONPATH, with the shipped pi4 profile's [board] and a fake device-tree model "Raspberry Pi 4":
+    emulate_timing is switched off (aarch64 + model, sdk.hardware) and a real cloud tail answers."""
+    require_qemu()
+    wheel = build_wheel(tmp_path_factory)
+    site = tmp_path / "site"
+    pip_install([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *AARCH64, f"{wheel}[device]",
+                 NUMPY_PIN], what=f"{wheel.name}[device] for aarch64", cwd=tmp_path)  # fmt: skip
+    shipped = site / "share" / "splitedge" / "firmware_configs"
+    assert (shipped / "calibration" / "mobilenet_v2_224_int8.tflite").is_file()
+    # The pi4 profile as shipped, but with a deadline emulation can meet (QEMU is 150-600x slower than a Pi).
+    profile = tmp_path / "pi4.toml"
+    profile.write_text((shipped / "pi4.toml").read_text().replace("deadline_ms = 100\n", "deadline_ms = 60000\n"))
+    model = tmp_path / "model"
+    model.write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    manifest = load_manifest(reference_bundle)
+    split = max(c.index for c in manifest.cuts if c.kind is CutKind.SPLIT)
+    cwd = tmp_path / "pi"
+    cwd.mkdir()
+    out = cwd / "answers.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "SPLITEDGE_CONFIG_DIR", "SPLITEDGE_HOST_SCALE"}}
+    env |= {"PYTHON": os.environ.get("PYTHON", shutil.which("python3") or "python3"), MODEL_FILE_ENV: str(model)}
+    cloud = start_cloud_worker(fresh_mosquitto.url, reference_bundle)
+    try:
+        done = subprocess.run(
+            [str(SCRIPT), "--site", str(site), "--bundle", str(reference_bundle), "--config", str(profile),
+             "--broker", fresh_mosquitto.url, "--source", "synthetic", "--frames", "3", "--out", str(out),
+             "--cut", str(split), "--tau", "2", "--probe-every", "0"],
+            capture_output=True, text=True, timeout=170, env=env, cwd=cwd,
+        )  # fmt: skip
+    finally:
+        cloud.terminate()
+        cloud.wait(timeout=20)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["seq"] for a in answers] == [0, 1, 2]
+    assert {a["answered_by"] for a in answers} == {"cloud"}, answers
+    assert "board pi4, timings measured on this machine (Raspberry Pi 4 Model B Rev 1.4, aarch64, 4 threads)" in done.stderr
+    assert '"frames": 3' in done.stderr

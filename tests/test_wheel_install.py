@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from wheelhouse import NUMPY_PIN, REPO, build_wheel, data_prefix, pip_install, wheel_names
+from wheelhouse import NUMPY_PIN, REPO, build_wheel, data_prefix, pip_install, start_cloud_worker, wheel_names
 
 from sdk.manifest import CutKind, load_manifest
 
@@ -119,22 +118,6 @@ def test_the_installed_package_finds_its_profiles_and_calibration_outside_the_ch
     assert seen["pi4_emulates"] is True  # this host is no Raspberry Pi (tests/test_hardware.py: both branches)
 
 
-def _start_cloud(url: str, bundle: Path, tmp_path: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sdk.cli", "cloud", "--bundle", str(bundle), "--broker", url, "--group", "tails",
-         "--worker-id", "wheel-test-tail", "--max-batch", "1"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    line = proc.stdout.readline() if ready else ""
-    if not line.startswith("ready"):
-        proc.kill()
-        pytest.fail(f"the cloud worker did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return proc
-
-
 def test_the_installed_device_answers_frames_through_mosquitto_with_a_cloud_tail(
     device_venv, reference_bundle, fresh_mosquitto, tmp_path
 ) -> None:
@@ -144,7 +127,7 @@ def test_the_installed_device_answers_frames_through_mosquitto_with_a_cloud_tail
     cwd.mkdir()
     (cwd / "guard.py").write_text(GUARD, encoding="utf-8")
     out = cwd / "answers.jsonl"
-    cloud = _start_cloud(fresh_mosquitto.url, reference_bundle, tmp_path)
+    cloud = start_cloud_worker(fresh_mosquitto.url, reference_bundle)
     try:
         done = subprocess.run(
             [str(device_venv / "bin" / "python"), "guard.py", str(device_venv / "bin" / "splitedge"), "device",

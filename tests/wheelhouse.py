@@ -12,6 +12,8 @@ could not take the device extra's wheels from its cache), otherwise it fails wit
 
 from __future__ import annotations
 
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -26,6 +28,10 @@ WHEEL_SOURCES = ("pyproject.toml", "README.md", "sdk", "converter", "device_runn
                  "firmware_configs")
 #: The recipe's pin (firmware_configs/README.md, "Install on a Raspberry Pi"): apt's picamera2 needs numpy 1.x.
 NUMPY_PIN = "numpy<2"
+#: pip options that pick aarch64 wheels on this host (as scripts/qemu_device.sh; /work/shared/PLATFORM.md).
+AARCH64 = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+           "--platform", "manylinux_2_27_aarch64", "--platform", "manylinux_2_28_aarch64",
+           "--platform", "manylinux2014_aarch64", "--platform", "manylinux_2_17_aarch64"]
 _built: list[Path] = []
 
 
@@ -84,3 +90,20 @@ def pip_install(cmd: list[str], *, what: str, cwd: Path, timeout: float = 300.0)
     if not pypi_reachable():
         pytest.skip(f"PyPI (pypi.org:443) is unreachable and pip could not install {what} from its cache: {tail}")
     pytest.fail(f"pip install of {what} failed: {tail}")
+
+
+def start_cloud_worker(url: str, bundle: Path, group: str = "tails") -> subprocess.Popen[str]:
+    """A `splitedge cloud` tail worker from the main venv (the checkout), once it printed ``ready``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sdk.cli", "cloud", "--bundle", str(bundle), "--broker", url, "--group", group,
+         "--worker-id", "wheel-test-tail", "--max-batch", "1"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("ready"):
+        proc.kill()
+        pytest.fail(f"the cloud worker did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
+    return proc
