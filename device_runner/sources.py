@@ -167,19 +167,25 @@ class CameraSource:
         self._cv = None
         try:
             from picamera2 import Picamera2  # type: ignore[import-not-found]
-
+        except ImportError:
+            Picamera2 = None
+        except ValueError as exc:  # apt's simplejpeg (built on numpy 1.x) under a numpy 2 in the venv
+            raise MissingDependencyError(
+                f"source camera: picamera2 cannot be imported with numpy {np.__version__} ({exc}); apt's "
+                "picamera2 needs numpy 1.x: pip install 'numpy<2' in this venv (firmware_configs/README.md)"
+            ) from exc
+        if Picamera2 is not None:
             cam = Picamera2()
             cam.configure(cam.create_still_configuration(main={"size": (self.shape[1], self.shape[0]), "format": "RGB888"}))
             cam.start()
             self._picam = cam
             return
-        except ImportError:
-            pass
         try:
             import cv2  # type: ignore[import-not-found]
         except ImportError as exc:
             raise MissingDependencyError(
-                "source camera needs picamera2 (sudo apt install python3-picamera2 on Raspberry Pi OS) or "
+                "source camera needs picamera2 (sudo apt install python3-picamera2 on Raspberry Pi OS, and a venv "
+                "made with --system-site-packages to see it) or "
                 "OpenCV (pip install opencv-python-headless); or use source synthetic / npz:PATH / folder:PATH"
             ) from exc
         cap = cv2.VideoCapture(0)

@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-from sdk.errors import SplitEdgeError
+from sdk.errors import SplitEdgeError, install_hint
 
 #: command -> (module with `main(argv) -> int`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         print(
             f"splitedge {name}: cannot import {exc.name!r} ({exc}). "
-            "Install the extra this command needs, e.g. pip install 'splitedge[all]'",
+            f"Install the extra this command needs, e.g. {install_hint('all')}",
             file=sys.stderr,
         )
         return 2

@@ -53,6 +53,7 @@ __all__ = [
     "UnknownCodecError",
     "UnsupportedVersionError",
     "WireError",
+    "install_hint",
 ]
 
 
@@ -73,10 +74,13 @@ class MissingDependencyError(SplitEdgeError, ImportError):
 
     @classmethod
     def for_extra(cls, module: str, extra: str) -> MissingDependencyError:
-        return cls(
-            f"{module} is not installed, and this step needs it. "
-            f"Install it with: pip install 'splitedge[{extra}]'"
-        )
+        return cls(f"{module} is not installed, and this step needs it. Install {install_hint(extra)}")
+
+
+def install_hint(extra: str) -> str:
+    """How to install an extra: splitedge is not on PyPI, so from a checkout or a wheel built from one."""
+    return (f"the splitedge[{extra}] extra: pip install -e '.[{extra}]' in a checkout, or pip install 'splitedge-VERSION-py3-none-any.whl[{extra}]' "
+            "(build it with python -m build --wheel; firmware_configs/README.md, 'Install on a Raspberry Pi')")
 
 
 class ConversionError(SplitEdgeError):

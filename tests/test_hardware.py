@@ -82,3 +82,27 @@ def test_shipped_files_are_found_in_the_checkout_then_where_a_wheel_put_them(tmp
     installed.parent.mkdir(parents=True)
     installed.write_bytes(b"x")
     assert datafiles.shipped_path("calibration/only-installed.tflite") == installed
+
+
+# ------------------------------------------------------------------------- the install's one-line errors
+
+
+def test_picamera2_broken_by_numpy_2_in_the_venv_says_to_pin_numpy(tmp_path, monkeypatch):
+    from device_runner.sources import CameraSource
+    from sdk.errors import MissingDependencyError
+
+    fake = tmp_path / "picamera2"
+    fake.mkdir()  # what apt's picamera2 does when the venv's numpy 2 shadows apt's numpy 1.24 (simplejpeg)
+    (fake / "__init__.py").write_text('raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    with pytest.raises(MissingDependencyError, match=r"picamera2 cannot be imported with numpy .*pip install 'numpy<2'"):
+        CameraSource((8, 8, 3))
+
+
+def test_a_missing_extra_says_how_to_install_without_pypi():
+    from sdk.errors import MissingDependencyError
+
+    text = str(MissingDependencyError.for_extra("paho", "device"))
+    assert "splitedge[device]" in text and "pip install -e '.[device]'" in text and ".whl[device]" in text
+    assert "\n" not in text
