@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wheelhouse import AARCH64, NUMPY_PIN, build_wheel, pip_install, start_cloud_worker
+from wheelhouse import AARCH64, NUMPY_PIN, answered_by_cloud, build_wheel, pip_install
 
 from sdk import topics
 from sdk.hardware import MODEL_FILE_ENV
@@ -99,20 +99,11 @@ def test_the_installed_wheel_runs_a_pi_profile_as_aarch64_and_measures_on_a_fake
     out = cwd / "answers.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "SPLITEDGE_CONFIG_DIR", "SPLITEDGE_HOST_SCALE"}}
     env |= {"PYTHON": os.environ.get("PYTHON", shutil.which("python3") or "python3"), MODEL_FILE_ENV: str(model)}
-    cloud = start_cloud_worker(fresh_mosquitto.url, reference_bundle)
-    try:
-        done = subprocess.run(
-            [str(SCRIPT), "--site", str(site), "--bundle", str(reference_bundle), "--config", str(profile),
-             "--broker", fresh_mosquitto.url, "--source", "synthetic", "--frames", "3", "--out", str(out),
-             "--cut", str(split), "--tau", "2", "--probe-every", "0"],
-            capture_output=True, text=True, timeout=170, env=env, cwd=cwd,
-        )  # fmt: skip
-    finally:
-        cloud.terminate()
-        cloud.wait(timeout=20)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [a["seq"] for a in answers] == [0, 1, 2]
-    assert {a["answered_by"] for a in answers} == {"cloud"}, answers
+    done = answered_by_cloud(
+        [str(SCRIPT), "--site", str(site), "--bundle", str(reference_bundle), "--config", str(profile),
+         "--broker", fresh_mosquitto.url, "--source", "synthetic", "--frames", "3", "--out", str(out),
+         "--cut", str(split), "--tau", "2", "--probe-every", "0"],
+        fresh_mosquitto.url, reference_bundle, out, timeout=170, env=env, cwd=cwd,
+    )  # fmt: skip
     assert "board pi4, timings measured on this machine (Raspberry Pi 4 Model B Rev 1.4, aarch64, 4 threads)" in done.stderr
     assert '"frames": 3' in done.stderr

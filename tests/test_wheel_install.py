@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wheelhouse import NUMPY_PIN, REPO, build_wheel, data_prefix, pip_install, start_cloud_worker, wheel_names
+from wheelhouse import NUMPY_PIN, REPO, answered_by_cloud, build_wheel, data_prefix, pip_install, wheel_names
 
 from sdk.manifest import CutKind, load_manifest
 
@@ -127,22 +127,13 @@ def test_the_installed_device_answers_frames_through_mosquitto_with_a_cloud_tail
     cwd.mkdir()
     (cwd / "guard.py").write_text(GUARD, encoding="utf-8")
     out = cwd / "answers.jsonl"
-    cloud = start_cloud_worker(fresh_mosquitto.url, reference_bundle)
-    try:
-        done = subprocess.run(
-            [str(device_venv / "bin" / "python"), "guard.py", str(device_venv / "bin" / "splitedge"), "device",
-             "--bundle", str(reference_bundle), "--config", "pi4", "--broker", fresh_mosquitto.url,
-             "--source", "synthetic", "--frames", "3", "--out", str(out), "--cut", str(split), "--tau", "2",
-             "--probe-every", "0"],
-            capture_output=True, text=True, timeout=120, cwd=cwd, env=clean_env(),
-        )  # fmt: skip
-    finally:
-        cloud.terminate()
-        cloud.wait(timeout=20)
-    assert done.returncode == 0, done.stderr[-3000:]
-    answers = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [a["seq"] for a in answers] == [0, 1, 2]
-    assert {a["answered_by"] for a in answers} == {"cloud"}, answers
+    done = answered_by_cloud(
+        [str(device_venv / "bin" / "python"), "guard.py", str(device_venv / "bin" / "splitedge"), "device",
+         "--bundle", str(reference_bundle), "--config", "pi4", "--broker", fresh_mosquitto.url,
+         "--source", "synthetic", "--frames", "3", "--out", str(out), "--cut", str(split), "--tau", "2",
+         "--probe-every", "0"],
+        fresh_mosquitto.url, reference_bundle, out, timeout=120, cwd=cwd, env=clean_env(),
+    )  # fmt: skip
     guard = next(line for line in done.stderr.splitlines() if line.startswith("GUARD "))
     seen = json.loads(guard.removeprefix("GUARD "))
     assert seen["tried"] == [] and seen["loaded"] == [], seen

@@ -107,3 +107,22 @@ def start_cloud_worker(url: str, bundle: Path, group: str = "tails") -> subproce
         proc.kill()
         pytest.fail(f"the cloud worker did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
     return proc
+
+
+def answered_by_cloud(cmd: list[str], url: str, bundle: Path, out: Path, *, timeout: float, cwd: Path,
+                      env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run an installed device command (``--out out``, 3 frames) against a checkout tail worker; assert it
+    exits 0 and every frame was answered once, in order, by the cloud. Returns the finished process."""
+    import json
+
+    cloud = start_cloud_worker(url, bundle)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    finally:
+        cloud.terminate()
+        cloud.wait(timeout=20)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["seq"] for a in answers] == [0, 1, 2]
+    assert {a["answered_by"] for a in answers} == {"cloud"}, answers
+    return done
