@@ -13,6 +13,8 @@ B* = 1024 B / 3.12 ms = 328.2 kB/s; the device cut (20 ms) never does.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from fakes import fake_manifest
 
@@ -504,4 +506,9 @@ def test_under_an_escalation_cap_the_exit_budget_point_is_used_when_it_escalates
     # A target accuracy is the user's own choice: the budget point does not replace it.
     by_accuracy = device(target_accuracy=0.9)
     assert CutPolicy(with_budget(good), by_accuracy).tau(1, 8) == CutPolicy(m, by_accuracy).tau(1, 8)
+    # ... unless no tau reaches it: then every frame would escalate, and the budget point is used instead.
+    out_of_reach = device(target_accuracy=0.999)
+    assert CutPolicy(m, out_of_reach).tau(1, 8) == math.inf
+    assert CutPolicy(with_budget(good), out_of_reach).tau(1, 8) == 0.2
+    assert CutPolicy(with_budget(looser), out_of_reach).tau(1, 8) == math.inf
     assert cut.exit_budget == ()
