@@ -93,13 +93,20 @@ def _quiet_tensorflow() -> None:
 
 
 def board_settings(board: str | None) -> tuple[str, int, int | None]:
-    """(name, LiteRT threads, memory budget in bytes) of a board profile; no board: host, 2 threads, no budget."""
+    """(name, LiteRT threads, memory budget in bytes) of a board profile; no board: host, 1 thread, no budget.
+
+    Heads and exits are timed at 1 thread unless this host is the board itself: a board's speed factor is its
+    time over a 1-thread host time (firmware_configs/README.md), and the emulating device runner runs its heads
+    at 1 thread (device_runner/heads.py). Timed at 2 threads on 2 cores, MobileNetV2 planned at 22.8 ms on a
+    Zero 2 W where the device reported 35.4 ms.
+    """
     if board is None:
-        return "host", min(4, os.cpu_count() or 1), None
+        return "host", 1, None
     from sdk.config import load_board
 
     spec = load_board(board).board
-    return spec.name, int(spec.threads), int(spec.memory_budget_mb * 1024 * 1024)
+    threads = 1 if spec.emulate_timing else int(spec.threads)
+    return spec.name, threads, int(spec.memory_budget_mb * 1024 * 1024)
 
 
 def prepare_model(model: Any, *, preprocess: str | Preprocess | None = None,

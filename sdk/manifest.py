@@ -140,7 +140,7 @@ class CutSpec:
     tail_flops: int
     head_weight_bytes: int
     head_peak_activation_bytes: int
-    head_ms: float  # LiteRT on the converting host, batch 1, board threads
+    head_ms: float  # LiteRT on the converting host, batch 1, 1 thread (board threads on the board itself)
     tail_ms: float
     exit_ms: float
     float_accuracy: float
