@@ -24,13 +24,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD
+from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.manifest import CutKind, CutSpec, ExitBudget, Manifest, load_manifest
-from sdk.planner import cascade_latency, parse_rate
+from sdk.planner import breakeven_bandwidth, cascade_latency, parse_rate
 
 COMMAND = "python -m benchmarks.run exits"
 BANDWIDTH = "2Mbit/s"
 WORKLOADS = ("digits", "mobilenetv2-fashion", "resnet50-fashion")
+BREAKEVEN_BOARDS = ("pi4", "zero2w")  # a fast and a slow board
 FRESH_SEED = 4321  # --frames: the calibration frames use converter.reference.CALIB_SEED (1234)
 
 
@@ -144,10 +145,83 @@ def workload_section(name: str, *, bandwidth: str, rtt_ms: float, board: str, re
     return f"### {name}\n\n" + table(out, manifest, bandwidth=bandwidth, rtt_ms=rtt_ms, board=board, frames=frames)
 
 
+def breakeven_rows(manifest: Manifest, board: str, rtt_ms: float, budgets_by_cut: dict[int, tuple[ExitBudget, ...]]
+                   ) -> str:
+    """One row: the uplink above which the best split cut (its exit at q at 1 pp, or every frame sent) beats the
+    whole model on ``board`` at ``rtt_ms``; "never" with the floor E[T] at an unlimited uplink otherwise."""
+    from sdk.config import load_board
+    from sdk.families import model_family
+    from sdk.host_speed import board_factor
+
+    factor = board_factor(load_board(board).board, model_family(manifest.model_name))
+    device = next(c for c in manifest.cuts if c.kind is CutKind.DEVICE)
+    t_dev = device.head_ms * factor
+    best: tuple[float, str] | None = None
+    floor = (float("inf"), "")
+    for c in manifest.cuts:
+        if c.kind is not CutKind.SPLIT:
+            continue
+        choices = [(int(b), 1.0, c.head_ms * factor) for b in c.bytes_at_bits]  # no exit: every frame is sent
+        choices += [(p.bits, p.escalation_rate, (c.head_ms + c.exit_ms) * factor)
+                    for p in budgets_by_cut.get(c.index, ()) if p.met]
+        for bits, q, t_head in choices:
+            what = f"{c.index} {c.name} @{bits}, q {q:.2f}"
+            e_inf = t_head + q * (rtt_ms + c.tail_ms)
+            floor = min(floor, (e_inf, what))
+            rate = breakeven_bandwidth(t_dev, t_head, q, c.payload_bytes(bits), rtt_ms, c.tail_ms)
+            if rate is not None and (best is None or rate < best[0]):
+                best = (rate, what)
+    raw = next((c for c in manifest.cuts if c.kind is CutKind.RAW), None)
+    raw_rate = breakeven_bandwidth(t_dev, 0.0, 1.0, raw.payload_bytes(0), rtt_ms, raw.tail_ms) if raw else None
+    raw_cell = "never" if raw_rate is None else f"{raw_rate * 8 / 1e6:.1f}"
+    if best is None:
+        cell = f"never (best E[T] at an unlimited uplink {floor[0]:.1f} ms: {floor[1]})"
+    elif best[0] == 0.0:
+        cell = f"any: nothing is sent ({best[1]}: the exit answers every frame, sooner than the whole model)"
+    else:
+        cell = f"**{best[0] * 8 / 1e6:.2f}** ({best[1]})"
+    return f"| {board} | {t_dev:.1f} | {rtt_ms:g} | {cell} | {raw_cell} |"
+
+
+def breakeven_section(names: Sequence[str] = WORKLOADS) -> str:
+    """docs/BENCHMARKS.md: per workload, board and round trip, the uplink at which splitting starts to pay."""
+    from converter.reference import build_reference_bundle
+    from converter.workloads import get
+    from sdk.errors import BundleError
+    from sdk.traces import load_trace, shared_traces
+
+    means = [load_trace(p).mean_rate() * 8 / 1e6 for p in shared_traces()]
+    context = (f"The shared cellular uplink traces average {min(means):.2f}-{max(means):.2f} Mbit/s."
+               if means else "No shared traces here for context.")
+    out = ["### Where splitting pays: the uplink each split needs", "",
+           f"`{COMMAND}` - per workload and board, the uplink (Mbit/s) above which the best split cut beats running "
+           "the whole model on the device at each round trip (sdk.planner.breakeven_bandwidth): T_head + q (bytes / "
+           "rate + RTT + tail) < T_dev, with the cut's early exit at its q at 1 pp or without it (q = 1, every frame "
+           "sent), whichever needs less. `never`: even an unlimited uplink loses, the round trip (or the head) "
+           "alone costs more than the device saves. Raw frame: the same for sending the frame itself (boards with "
+           f"privacy on never do). Head times: this host's x the board's factor for the family. {context}", ""]
+    for name in names:
+        w = get(name)
+        try:
+            w.check_asset()
+        except BundleError as exc:
+            out += [f"{name}: skipped: {exc}", ""]
+            continue
+        bundle = w.bundle_dir()
+        manifest = build_reference_bundle(bundle, workload=name)
+        found, _how = budgets(bundle, manifest)
+        out += [f"`{name}` ({manifest.model_name}, {'x'.join(map(str, manifest.input.shape))}):", "",
+                "| board | T_dev ms | RTT ms | split pays above (Mbit/s) | raw frame pays above (Mbit/s) |",
+                "|---|---|---|---|---|"]
+        out += [breakeven_rows(manifest, board, rtt, found) for board in BREAKEVEN_BOARDS for rtt in BENCH_RTTS_MS]
+        out.append("")
+    return "\n".join(out)
+
+
 def run() -> str:
-    """docs/BENCHMARKS.md: every workload at the defaults."""
-    return "\n\n".join(workload_section(n, bandwidth=BANDWIDTH, rtt_ms=CELLULAR_RTT_MS, board=DEFAULT_BOARD)
-                       for n in WORKLOADS)
+    """docs/BENCHMARKS.md: every workload at the defaults, then where splitting pays."""
+    return "\n\n".join([*(workload_section(n, bandwidth=BANDWIDTH, rtt_ms=CELLULAR_RTT_MS, board=DEFAULT_BOARD)
+                          for n in WORKLOADS), breakeven_section()])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

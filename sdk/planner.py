@@ -25,6 +25,7 @@ __all__ = [
     "CutCost",
     "Option",
     "Plan",
+    "breakeven_bandwidth",
     "cascade_latency",
     "costs_from_manifest",
     "evaluate",
@@ -197,6 +198,26 @@ def cascade_latency(t_dev_ms: float, escalation_rate: float, t_esc_ms: float) ->
     if not 0.0 <= escalation_rate <= 1.0:
         raise ValueError(f"escalation rate must be in [0, 1], got {escalation_rate}")
     return t_dev_ms + escalation_rate * t_esc_ms
+
+
+def breakeven_bandwidth(t_device_ms: float, t_head_ms: float, escalation_rate: float, nbytes: int,
+                        rtt_ms: float, tail_ms: float) -> float | None:
+    """The uplink (bytes/s) above which a cut beats answering every frame on the device, or None if none does.
+
+    The cut runs its head (and exit) in ``t_head_ms`` and escalates a share ``escalation_rate`` (1 without an
+    exit) of ``nbytes`` each, paying ``rtt_ms`` and ``tail_ms``: it wins when t_head + q (nbytes / rate + rtt +
+    tail) < t_device, i.e. nbytes / rate < (t_device - t_head) / q - rtt - tail. When that right-hand side is
+    not positive no bandwidth is enough: the round trip (or the head) alone costs more than the device saves.
+    """
+    if not 0.0 <= escalation_rate <= 1.0:
+        raise ValueError(f"escalation rate must be in [0, 1], got {escalation_rate}")
+    saved = t_device_ms - t_head_ms
+    if escalation_rate == 0.0:
+        return 0.0 if saved > 0 else None
+    slack_ms = saved / escalation_rate - rtt_ms - tail_ms
+    if slack_ms <= 0.0:
+        return None
+    return nbytes / (slack_ms / 1000.0)
 
 
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z/]+)\s*$")

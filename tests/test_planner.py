@@ -123,3 +123,19 @@ def test_significant_drop_is_the_drop_beyond_its_paired_sampling_error() -> None
     # No evaluation recorded: the raw drop; never negative.
     assert significant_drop(0.9, 0.85, 0.9, 0) == pytest.approx(0.05)
     assert significant_drop(0.8, 0.9, 0.9, 100) == 0.0
+
+
+def test_breakeven_bandwidth_is_where_the_cut_starts_to_win() -> None:
+    from sdk.planner import breakeven_bandwidth
+
+    # Device 100 ms; head 20 ms, every frame sent: 10 kB must take under 100 - 20 - 50 - 5 = 25 ms -> 400 kB/s.
+    assert breakeven_bandwidth(100.0, 20.0, 1.0, 10_000, 50.0, 5.0) == pytest.approx(400_000.0)
+    # An exit keeping 90 % local: the 10 % escalated may take (100 - 20) / 0.1 - 55 = 745 ms.
+    assert breakeven_bandwidth(100.0, 20.0, 0.1, 10_000, 50.0, 5.0) == pytest.approx(10_000 / 0.745)
+    # The round trip alone costs more than the device saves: no bandwidth is enough.
+    assert breakeven_bandwidth(35.0, 20.0, 1.0, 3_000, 50.0, 1.0) is None
+    assert breakeven_bandwidth(35.0, 40.0, 0.1, 3_000, 50.0, 1.0) is None
+    # Nothing escalates: it wins outright when the head is cheaper than the whole model.
+    assert breakeven_bandwidth(35.0, 20.0, 0.0, 3_000, 50.0, 1.0) == 0.0
+    with pytest.raises(ValueError, match="escalation rate"):
+        breakeven_bandwidth(35.0, 20.0, 1.5, 3_000, 50.0, 1.0)
