@@ -193,15 +193,17 @@ def verdict(s: dict) -> list[str]:
     if not rivals:
         return lines
     best_name, best = min(rivals.items(), key=lambda kv: kv[1])
-    if live < best:
-        lines.append(f"  verdict           the live split run ({live:.1f} ms) beat {best_name} ({best:.1f} ms), the "
-                     f"better of edge-only and cloud-JPEG, by {1 - live / best:.0%}")
-    elif s["answered"]["cloud"] == 0:
+    cloud, frames = s["answered"]["cloud"], s.get("frames", 0)
+    if cloud == 0:  # checked first: a live mean below the replayed edge-only is then host noise, not a split
         why = (f"the round trip alone ({s.get('latency_ms', 0):g} ms) is longer than the whole model on the device "
                f"({edge:.1f} ms replayed)" if edge is not None and edge < s.get("latency_ms", 0)
                else f"no cut's bytes over this link plus the round trip beat the device ({edge or live:.1f} ms)")
         lines.append(f"  verdict           splitting did not pay here: every frame stayed on the device "
                      f"({live:.1f} ms live): {why}")
+    elif live < best:
+        lines.append(f"  verdict           the live split run ({live:.1f} ms) beat {best_name} ({best:.1f} ms), the "
+                     f"better of edge-only and cloud-JPEG, by {1 - live / best:.0%}, with {cloud} of {frames} "
+                     "frames answered by the cloud")
     else:
         lines.append(f"  verdict           the live run ({live:.1f} ms) did NOT beat {best_name} ({best:.1f} ms): "
                      "the broker and worker path (not replayed) and the policy's probes cost more than the split saved")

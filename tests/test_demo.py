@@ -153,7 +153,7 @@ def test_netns_tbf_follows_a_step_trace() -> None:
 
 
 def _summary(live: float, cloud: int, edge: float, jpeg: float) -> dict:
-    return {"latency_mean_ms": live, "answered": {"device": 10 - cloud, "cloud": cloud, "deadline": 0},
+    return {"latency_mean_ms": live, "frames": 10, "answered": {"device": 10 - cloud, "cloud": cloud, "deadline": 0},
             "latency_ms": 50.0,
             "replayed": {"edge-only": {"mean_ms": edge, "accuracy": 0.9, "route": "edge-only"},
                          "cloud-jpeg": {"mean_ms": jpeg, "accuracy": 0.88, "route": "cloud-jpeg"}}}
@@ -163,9 +163,12 @@ def test_verdict_says_whether_the_split_beat_edge_only_and_cloud_jpeg_and_why_no
     from cloud_tail.demo_report import verdict
 
     won = verdict(_summary(live=120.0, cloud=6, edge=400.0, jpeg=150.0))
-    assert "beat cloud-JPEG (150.0 ms), the better of edge-only and cloud-JPEG, by 20%" in won[-1]
+    assert "beat cloud-JPEG (150.0 ms), the better of edge-only and cloud-JPEG, by 20%, with 6 of 10 frames answered by the cloud" in won[-1]
     local = verdict(_summary(live=3.0, cloud=0, edge=2.5, jpeg=80.0))
     assert "did not pay here" in local[-1] and "round trip alone (50 ms) is longer" in local[-1]
+    # Every frame on the device but the live mean a little under the replayed edge-only: noise, not a split win.
+    noise = verdict(_summary(live=34.6, cloud=0, edge=35.4, jpeg=130.8))
+    assert "did not pay here" in noise[-1] and "beat" not in noise[-1]
     lost = verdict(_summary(live=200.0, cloud=6, edge=400.0, jpeg=150.0))
     assert "did NOT beat cloud-JPEG (150.0 ms)" in lost[-1]
 
