@@ -3,6 +3,7 @@
     splitedge cloud --bundle BUNDLE [--broker URL] [--group NAME] [--worker-id ID]
                     [--max-batch N] [--max-wait-ms MS] [--queue N] [--max-queue-ms MS] [--threads N]
                     [--metrics-port P [--metrics-host H]] [--metrics-json FILE] [--metrics-interval S]
+                    [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
 
 Start as many as you like with the same ``--group``: the broker splits the frames between them.
 Once subscribed it prints one line ``ready <worker_id> ...`` on stdout.
@@ -20,6 +21,7 @@ from cloud_tail.counters import serve_metrics, write_json
 from cloud_tail.tails import TailSet
 from cloud_tail.worker import TailWorker, WorkerConfig
 from sdk.signals import stop_on_signals
+from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
 
 __all__ = ["main", "parse_args"]
 
@@ -27,7 +29,7 @@ __all__ = ["main", "parse_args"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge cloud", description="Run a cloud tail worker.")
     p.add_argument("--bundle", required=True, help="bundle folder (the same one the devices run)")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
+    add_broker_arguments(p, default_url="mqtt://127.0.0.1:1883")
     p.add_argument("--group", default="tails", help="shared-subscription group (default %(default)s)")
     p.add_argument("--worker-id", default=None, help="id in results and reports (default host-pid)")
     p.add_argument(
@@ -64,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    from sdk.mqtt import MqttTransport
-
+    broker = broker_from_args(args)  # files checked before the tails load
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     config = WorkerConfig(
         worker_id=worker_id,
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     tails = TailSet(args.bundle, threads=args.threads)
     tails.load_all()
     with stop_on_signals() as stop:
-        transport = MqttTransport(args.broker, client_id=f"splitedge-cloud-{worker_id}")
+        transport = connect_transport(broker, client_id=f"splitedge-cloud-{worker_id}")
         worker = TailWorker(transport, tails, config)
         server = None
         try:

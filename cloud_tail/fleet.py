@@ -1,6 +1,7 @@
 """`splitedge fleet`: the last known state of every device, from its telemetry and status topics.
 
     splitedge fleet [--broker URL] [--json] [--once --timeout S] [--interval S]
+                    [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
 
 Subscribes to ``splitedge/v1/+/telemetry`` and ``splitedge/v1/+/status`` (retained, so devices seen
 before the command started show up at once). A device's ``online`` comes from its last status
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ from typing import Any
 from sdk.errors import WireError
 from sdk.messages import StatusMessage, TelemetryMessage, decode_message
 from sdk.signals import stop_on_signals
+from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
 from sdk.topics import TopicKind, filter_for, parse
 from sdk.transport import Message, Transport
 
@@ -152,7 +155,7 @@ def _rate(bytes_per_s: float | None) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge fleet", description="Live table of every device's telemetry.")
-    p.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="broker URL (default %(default)s)")
+    add_broker_arguments(p, default_url="mqtt://127.0.0.1:1883")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--once", action="store_true", help="listen for --timeout seconds, print once, exit")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to listen with --once (default 3)")
@@ -162,11 +165,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from sdk.mqtt import MqttTransport
-
+    broker = broker_from_args(args)
     view = FleetView()
     with stop_on_signals() as stop:
-        transport = MqttTransport(args.broker)
+        transport = connect_transport(broker, client_id=f"splitedge-fleet-{os.getpid()}")
         tty = sys.stdout.isatty()
         try:
             view.attach(transport)

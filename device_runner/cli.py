@@ -2,7 +2,11 @@
 
     splitedge device --bundle BUNDLE --config firmware_configs/pi4.toml \\
         [--source synthetic|npz:PATH|folder:PATH|camera] [--broker mqtt://HOST:PORT] [--frames N] \\
-        [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20]
+        [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20] \\
+        [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
+
+The broker flags override the profile's ``[broker]`` keys (sdk/tls.py); a missing credential file or a
+refused certificate stops the command with one line, a broker that is only away does not.
 
 Writes one JSON line per frame (stdout or ``--out``) and a summary on stderr. Imports LiteRT, numpy
 and paho only (never TensorFlow).
@@ -26,12 +30,13 @@ from device_runner.policy import CutPolicy
 from device_runner.runner import Answer, DeviceRunner, RunnerOptions
 from device_runner.sources import open_source
 from sdk import topics
-from sdk.config import BrokerSettings, load_board, with_overrides
+from sdk.config import load_board, with_overrides
 from sdk.hardware import this_host
 from sdk.host_speed import describe_factor
 from sdk.manifest import load_manifest
 from sdk.messages import StatusMessage
 from sdk.planner import parse_rate
+from sdk.tls import BrokerChoice, add_broker_arguments, broker_from_args, connect_transport
 from sdk.topics import TopicKind
 from sdk.transport import Transport, status_will
 
@@ -43,7 +48,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by splitedge convert")
     p.add_argument("--config", required=True, help="board profile: a name (pi4) or a .toml path")
     p.add_argument("--source", help="override the profile's source: synthetic, npz:PATH, folder:PATH, camera")
-    p.add_argument("--broker", help="override the broker URL (mqtt://HOST:PORT)")
     p.add_argument("--device-id", help="override the profile's device id")
     p.add_argument("--frames", type=int, help="stop after N frames (default: run until the source ends)")
     p.add_argument("--out", type=Path, help="write the answers as JSON lines here (default: stdout)")
@@ -58,6 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with emulated timing, sleep so wall time matches the board (default: report only)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    add_broker_arguments(p)
     args = p.parse_args(argv)
     if args.frames is not None and args.frames < 0:
         p.error(f"--frames must be >= 0, got {args.frames}")
@@ -66,27 +71,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _transport(b: BrokerSettings, device_id: str, connect_timeout: float) -> Transport:
-    from sdk.mqtt import MqttTransport, TlsConfig
-
-    tls = None
-    if b.tls:
-        tls = TlsConfig(
-            ca=str(b.ca_file) if b.ca_file else None,
-            certfile=str(b.cert_file) if b.cert_file else None,
-            keyfile=str(b.key_file) if b.key_file else None,
-        )
+def _transport(choice: BrokerChoice, device_id: str, connect_timeout: float) -> Transport:
+    """Connected, or still trying in the background (frames answered locally); a refusal is raised."""
     offline = StatusMessage(device_id, False, time.time()).to_bytes()
-    transport = MqttTransport(
-        b.url, client_id=device_id, username=b.username, password=b.read_password(), tls=tls,
-        will=status_will(device_id, offline), keepalive=b.keepalive_s, wait_connected=False,
-    )  # fmt: skip
-    deadline = time.monotonic() + connect_timeout
-    while not transport.connected and time.monotonic() < deadline:
-        time.sleep(0.02)
+    transport = connect_transport(
+        choice, client_id=device_id, will=status_will(device_id, offline), wait=False, connect_timeout=connect_timeout
+    )
     if not transport.connected:
         print(
-            f"splitedge device: broker {b.url} not reachable yet; frames are answered locally "
+            f"splitedge device: broker {choice.settings.url} not reachable yet; frames are answered locally "
             "until it is (retrying in the background)",
             file=sys.stderr,
         )
@@ -98,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
+    broker = broker_from_args(args, cfg.broker, where=str(cfg.path) if cfg.path else None)  # files checked now
     manifest = load_manifest(args.bundle)
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write(answer.to_json() + "\n")
             out.flush()
 
-        transport: Transport = _transport(cfg.broker, cfg.device.device_id, args.connect_timeout)
+        transport: Transport = _transport(broker, cfg.device.device_id, args.connect_timeout)
         if args.uplink_rate:
             shaper = ConstantRateShaper(args.uplink_rate, latency_s=args.uplink_latency_ms / 1000.0)
             transport = ShapedTransport(transport, shaper)

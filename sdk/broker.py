@@ -9,6 +9,11 @@ the same port (tests use that to pull the broker out from under a running client
   ``set_tcp_nodelay true``; optionally ``max_packet_size``, a TLS listener and a password file.
   Run as root, Mosquitto drops to the ``mosquitto`` user after reading its config and cannot read
   a password file in a private temp folder, so the folder is handed to that user.
+* **The shipped cloud broker** (``config="cloud-tls"``): ``firmware_configs/mosquitto/cloud-tls.conf``
+  itself, with only its ``listener 8883`` moved to a free loopback port, its ``/etc/mosquitto/splitedge``
+  files (CA, server certificate and key, the ACL ``firmware_configs/mosquitto/acl``) replaced by copies
+  in the broker's folder and ``log_dest syslog`` by ``stderr`` (plus ``log_type information``): mutual TLS, certificate CN as user name,
+  the shipped ACL. It has no plain listener, so :attr:`EmbeddedBroker.url` is its ``mqtts://`` URL.
 * **amqtt** (pure Python, ``pip install amqtt``): the fallback when Mosquitto is not installed.
   It speaks MQTT 3.1.1 only (no shared subscriptions: every worker gets every frame) and is
   several times slower; TLS, passwords and ``max_packet_size`` are Mosquitto-only here.
@@ -23,6 +28,7 @@ import importlib.util
 import json
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -34,12 +40,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sdk.errors import BrokerUnavailableError, MissingDependencyError
+from sdk.datafiles import shipped_path
+from sdk.errors import BrokerUnavailableError, ConfigError, MissingDependencyError
 from sdk.signals import stop_on_signals
 
 __all__ = ["BrokerTls", "EmbeddedBroker", "find_mosquitto", "free_port", "main", "parse_args"]
 
 Impl = Literal["auto", "mosquitto", "amqtt"]
+Config = Literal["embedded", "cloud-tls"]
 _MOSQUITTO_HINT = "install it with `apt-get install mosquitto` (Debian/Raspberry Pi OS) or `brew install mosquitto`"
 
 
@@ -73,6 +81,8 @@ class BrokerTls:
     certfile: Path
     keyfile: Path
     require_certificate: bool = False
+    #: The ACL of ``config="cloud-tls"`` (default: the shipped ``mosquitto/acl``); unused otherwise.
+    acl: Path | None = None
 
 
 class EmbeddedBroker:
@@ -88,10 +98,16 @@ class EmbeddedBroker:
         tls: BrokerTls | None = None,
         tls_port: int | None = None,
         password_file: Path | str | None = None,
+        config: Config = "embedded",
         startup_timeout: float = 10.0,
     ) -> None:
         if impl not in ("auto", "mosquitto", "amqtt"):
             raise ValueError(f"impl must be 'auto', 'mosquitto' or 'amqtt', got {impl!r}")
+        if config not in ("embedded", "cloud-tls"):
+            raise ValueError(f"config must be 'embedded' or 'cloud-tls', got {config!r}")
+        if config == "cloud-tls" and (tls is None or password_file is not None or max_packet_size is not None):
+            raise ValueError("config='cloud-tls' needs tls=BrokerTls(...) and takes no password_file/max_packet_size")
+        self.config: Config = config
         if max_packet_size is not None and max_packet_size < 20:
             raise ValueError(f"max_packet_size must be >= 20 bytes, got {max_packet_size}")
         self.host = host
@@ -99,6 +115,8 @@ class EmbeddedBroker:
         self.max_packet_size = max_packet_size
         self.tls = tls
         self.tls_port = (tls_port or free_port(host)) if tls is not None else None
+        if config == "cloud-tls":  # its one listener is the TLS one
+            self.port = self.tls_port or 0
         self.password_file = Path(password_file) if password_file is not None else None
         self.startup_timeout = startup_timeout
         self.impl: Literal["mosquitto", "amqtt"] = self._resolve(impl)
@@ -129,7 +147,8 @@ class EmbeddedBroker:
     # ------------------------------------------------------------------ addresses
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port``; with ``config="cloud-tls"`` (no plain listener) the ``mqtts://`` URL."""
+        return f"{'mqtts' if self.config == 'cloud-tls' else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def tls_url(self) -> str | None:
@@ -160,6 +179,8 @@ class EmbeddedBroker:
             path = self._dir / "amqtt.yaml"
             path.write_text(json.dumps(conf))  # JSON is YAML
             return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(path)]
+        if self.config == "cloud-tls":
+            return self._write_shipped_config()
         lines = [
             "# written by splitedge.sdk.broker.EmbeddedBroker",
             "persistence false",
@@ -199,6 +220,36 @@ class EmbeddedBroker:
             path.write_text("\n".join(lines) + "\n")
         return [str(find_mosquitto()), "-c", str(path)]
 
+    def _write_shipped_config(self) -> list[str]:
+        """``cloud-tls.conf`` as shipped, only its listener port and ``/etc`` paths moved into our folder."""
+        assert self._dir is not None and self.tls is not None
+        shipped = shipped_path("mosquitto/cloud-tls.conf")
+        text = shipped.read_text(encoding="utf-8")
+        acl = self.tls.acl or shipped_path("mosquitto/acl")
+        files = {"ca.crt": self.tls.ca, "server.crt": self.tls.certfile, "server.key": self.tls.keyfile, "acl": acl}
+        subs = {
+            "listener 8883": f"listener {self.tls_port} {self.host}",
+            "log_dest syslog": "log_dest stderr",
+            # "mosquitto ... running" (start()'s sign that the certificates are loaded) is an information line
+            "log_type notice": "log_type notice\nlog_type information",
+        }
+        for name, src in files.items():
+            dst = self._dir / name
+            shutil.copyfile(src, dst)
+            dst.chmod(0o600 if name.endswith(".key") else 0o644)
+            subs[f"/etc/mosquitto/splitedge/{name}"] = str(dst)
+        for old, new in subs.items():
+            if not re.search(rf"^[^#\n]*{re.escape(old)}", text, re.M):
+                raise ConfigError(f"{shipped} has no line with {old!r}; EmbeddedBroker(config='cloud-tls') adapts it")
+            text = text.replace(old, new)
+        lines = ["# firmware_configs/mosquitto/cloud-tls.conf, adapted by splitedge.sdk.broker.EmbeddedBroker",
+                 *text.splitlines()]  # fmt: skip
+        if os.geteuid() == 0:  # the ACL is read after the drop: hand our folder to the mosquitto user
+            lines.insert(1, self._drop_privileges_to())
+        path = self._dir / "mosquitto.conf"
+        path.write_text("\n".join(lines) + "\n")
+        return [str(find_mosquitto()), "-c", str(path)]
+
     def _drop_privileges_to(self) -> str:
         """As root, Mosquitto switches to ``mosquitto`` before reading the password file: let it read ours."""
         assert self._dir is not None
@@ -215,7 +266,7 @@ class EmbeddedBroker:
         """Start the broker and wait until it accepts TCP connections; ``BrokerUnavailableError`` if not."""
         if self.running:
             return self
-        ports = [self.port] + ([self.tls_port] if self.tls_port is not None else [])
+        ports = list(dict.fromkeys([self.port] + ([self.tls_port] if self.tls_port is not None else [])))
         busy = [p for p in ports if _accepts(self.host, p)]
         if busy:  # else "accepts connections" below would be someone else answering
             raise BrokerUnavailableError(

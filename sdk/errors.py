@@ -7,7 +7,8 @@ and what to do about it.
 
     SplitEdgeError                     base of everything below
     ├── ConfigError                    a board/broker TOML: unknown key, wrong type, missing file
-    │   └── TraceError                 a bandwidth trace file that is not a trace (also a ValueError)
+    │   ├── TraceError                 a bandwidth trace file that is not a trace (also a ValueError)
+    │   └── CredentialFileError        a CA/certificate/key/password file missing, unreadable or unusable (names file + flag/key)
     ├── MissingDependencyError         an optional extra is not installed (names the extra)
     ├── ConversionError                a Keras model the converter cannot split (names the layer)
     ├── BundleError                    a bundle that cannot be used
@@ -24,6 +25,7 @@ and what to do about it.
     │   └── MalformedMessageError      a result/report/error/telemetry/status message that is not well formed
     └── TransportError                 the MQTT side
         ├── BrokerUnavailableError     cannot connect / connection lost (names host:port)
+        │   └── BrokerAuthError        TLS or authentication refused: wrong CA, expired/refused certificate, bad password; not retried
         └── PayloadTooLargeError       larger than the broker accepts and cannot be chunked
 
     ConversionWarning (UserWarning)    the converter will do something the user may not mean (names the flag)
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadMagicError",
+    "BrokerAuthError",
     "BrokerUnavailableError",
     "BundleError",
     "ChecksumError",
@@ -40,6 +43,7 @@ __all__ = [
     "ConversionError",
     "ConversionWarning",
     "CorruptPayloadError",
+    "CredentialFileError",
     "IntegrityError",
     "MalformedMessageError",
     "ManifestError",
@@ -67,6 +71,10 @@ class ConfigError(SplitEdgeError):
 
 class TraceError(ConfigError, ValueError):
     """A bandwidth trace that cannot be read: names the file, the format expected and where traces are."""
+
+
+class CredentialFileError(ConfigError):
+    """A broker CA, certificate, key or password file is missing, unreadable or unusable: names it and its flag/key."""
 
 
 class MissingDependencyError(SplitEdgeError, ImportError):
@@ -145,6 +153,10 @@ class TransportError(SplitEdgeError):
 
 class BrokerUnavailableError(TransportError):
     """The broker cannot be reached or went away."""
+
+
+class BrokerAuthError(BrokerUnavailableError):
+    """The TLS handshake or the broker refused this client (which side and why in the message); retrying cannot help."""
 
 
 class PayloadTooLargeError(TransportError):

@@ -15,6 +15,12 @@ The only module of splitedge that imports paho. Decisions, documented in docs/TR
   subscription, so no worker could reassemble them.
 * Reconnects with exponential backoff in paho's network thread and re-subscribes on every
   connect; handler exceptions are caught, logged and counted, never allowed to kill that thread.
+* A refusal that retrying cannot cure raises :class:`~sdk.errors.BrokerAuthError`, and the
+  background connect (``wait_connected=False``) stops and keeps it in :attr:`MqttTransport.failure`:
+  the broker's certificate not signed by the given CA (or expired, or for another host name), a
+  client certificate the broker refuses (expired: said so, from its dates; else not signed by a CA it
+  trusts), no client certificate where one is required, a refused user name or password. A TLS file
+  that is missing or unusable raises :class:`~sdk.errors.CredentialFileError` naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -30,12 +37,15 @@ from urllib.parse import unquote, urlsplit
 
 from sdk import topics
 from sdk.errors import (
+    BrokerAuthError,
     BrokerUnavailableError,
     ConfigError,
+    CredentialFileError,
     MissingDependencyError,
     PayloadTooLargeError,
     TransportError,
 )
+from sdk.tls import client_certificate_refused, handshake_refusal
 from sdk.transport import ConnectionCallback, Handler, Message, Will, check_qos
 
 try:  # the one place paho is imported
@@ -63,7 +73,9 @@ Protocol = Literal["auto", "v5", "v311"]
 _UNSUPPORTED_PROTOCOL = (132, 1)  # v5 reason code 0x84; 3.1.1 CONNACK return code 1
 _CLOSED_BEFORE_CONNACK = -1  # some pre-v5 brokers just hang up on a v5 CONNECT
 _DEFAULT_PORTS = {"mqtt": 1883, "tcp": 1883, "mqtts": 8883, "ssl": 8883}
-
+#: CONNACK codes of a refused identity: 3.1.1 bad user name or password / not authorized; v5 bad user
+#: name or password, not authorized, banned, bad authentication method.
+_AUTH_REFUSED = (4, 5, 134, 135, 138, 140)
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
@@ -192,6 +204,7 @@ class MqttTransport:
         self._suback_codes: dict[int, list[int]] = {}
         self._warned_shared: set[str] = set()
         self._attempt: dict[str, Any] = {}
+        self._failure: BrokerAuthError | CredentialFileError | None = None
 
         if wait_connected:
             self._open()
@@ -227,6 +240,11 @@ class MqttTransport:
         return min(limits) if limits else None
 
     @property
+    def failure(self) -> BrokerAuthError | CredentialFileError | None:
+        """Why the background connect gave up for good (TLS or credentials refused); None while it may succeed."""
+        return self._failure
+
+    @property
     def handler_errors(self) -> int:
         """How many times a subscription handler raised (each logged with its traceback)."""
         return self._handler_errors
@@ -247,7 +265,7 @@ class MqttTransport:
         if self._username is not None:
             client.username_pw_set(self._username, self._password)
         if self._tls is not None:
-            client.tls_set(ca_certs=self._tls.ca, certfile=self._tls.certfile, keyfile=self._tls.keyfile)
+            self._set_tls(client, self._tls)
         if self._will is not None:
             w = self._will
             client.will_set(w.topic, bytes(w.payload), check_qos(w.qos), w.retain)
@@ -257,6 +275,27 @@ class MqttTransport:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         return client
+
+    @staticmethod
+    def _set_tls(client: Any, tls: TlsConfig) -> None:
+        """``tls_set``, with a missing or unusable file named (paho's FileNotFoundError names none)."""
+        for what, path in (("CA file", tls.ca), ("client certificate", tls.certfile), ("client key", tls.keyfile)):
+            if path is not None and not os.access(path, os.R_OK):
+                why = "no such file" if not os.path.exists(path) else "not readable by this user"
+                raise CredentialFileError(f"TLS {what} {path}: {why}; fix the path (or the file's permissions)")
+        try:
+            client.tls_set(ca_certs=tls.ca, certfile=tls.certfile, keyfile=tls.keyfile)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise CredentialFileError(
+                f"cannot use the TLS files (CA {tls.ca}, certificate {tls.certfile}, key {tls.keyfile}): "
+                f"{getattr(exc, 'reason', None) or exc}; expected PEM files, the key unencrypted and matching "
+                "the certificate"
+            ) from exc
+
+    def _tls_refusal(self, exc: ssl.SSLError) -> BrokerAuthError | None:
+        """The BrokerAuthError for a failed handshake, or None when it is no certificate matter."""
+        explained = handshake_refusal(exc, self._tls or TlsConfig(), self.address.host)
+        return BrokerAuthError(self._unreachable(*explained)) if explained else None
 
     def _open(self) -> None:
         """Connect (v5, then 3.1.1 if refused and ``protocol='auto'``); raise ``BrokerUnavailableError``."""
@@ -268,6 +307,13 @@ class MqttTransport:
             self._client = client
             try:
                 client.connect(self.address.host, self.address.port, self._keepalive)
+            except ssl.SSLError as exc:
+                self._client = None
+                refusal = self._tls_refusal(exc)
+                if refusal is not None:
+                    raise refusal from exc
+                raise BrokerUnavailableError(self._unreachable(
+                    f"TLS handshake failed: {exc}", "is it the broker's TLS port (8883)?")) from exc
             except (OSError, ValueError) as exc:
                 self._client = None
                 raise BrokerUnavailableError(self._unreachable(f"{type(exc).__name__}: {exc}")) from exc
@@ -289,14 +335,23 @@ class MqttTransport:
                 log.info("broker %s refused MQTT v5 (%s); retrying with 3.1.1",
                          self.address.hostport, self._attempt["reason"])
                 continue
+            if code == _CLOSED_BEFORE_CONNACK and self._tls is not None:
+                # After a TLS 1.3 handshake the broker checks the client certificate and just hangs up.
+                why = client_certificate_refused(self._tls, self._attempt["reason"])
+                raise BrokerAuthError(self._unreachable(*why))
+            if code in _AUTH_REFUSED:
+                who = f"user {self._username!r}" if self._username else "this client (no user name)"
+                raise BrokerAuthError(self._unreachable(
+                    f"the broker refused {who}: {self._attempt['reason']} (code {code})",
+                    "check --username/--password-file (or [broker] username/password_file), the client "
+                    "certificate and the broker's ACL; not retrying"))
             if code == _CLOSED_BEFORE_CONNACK:
                 raise BrokerUnavailableError(self._unreachable(
                     f"{self._attempt['reason']}", "a TLS client certificate the broker rejected, a TLS "
                     "listener reached without TLS, or not an MQTT port? Check the broker's log"))
-            hint = "check username/password or the client certificate" if code in (4, 5, 134, 135) else (
-                "check the broker's log")
             raise BrokerUnavailableError(self._unreachable(
-                f"the broker refused the connection: {self._attempt['reason']} (code {code})", hint))
+                f"the broker refused the connection: {self._attempt['reason']} (code {code})",
+                "check the broker's log"))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _open_in_background(self) -> None:
@@ -306,6 +361,10 @@ class MqttTransport:
                 self._open()
                 if self._closed:  # close() raced with the connect
                     self._abandon(self._client)
+                return
+            except (BrokerAuthError, CredentialFileError) as exc:  # retrying cannot help
+                self._failure = exc
+                log.error("%s", exc)
                 return
             except BrokerUnavailableError as exc:
                 log.info("%s; retrying in %.2f s", exc, delay)
