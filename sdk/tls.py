@@ -102,6 +102,12 @@ class BrokerChoice:
         """``--ca-file`` or ``[broker] ca_file in FILE``: where ``key``'s value was given."""
         return self.origins.get(key, f"[broker] {key}")
 
+    def label(self, key: str, value: object) -> str:
+        """``--ca-file PATH`` or ``[broker] ca_file = PATH in FILE``: a value and where it came from."""
+        origin = self.origin(key)
+        prefix = f"[broker] {key}"
+        return f"{prefix} = {value}{origin[len(prefix):]}" if origin.startswith(prefix) else f"{origin} {value}"
+
 
 def broker_from_args(
     args: argparse.Namespace, profile: BrokerSettings | None = None, *, where: str | None = None
@@ -222,7 +228,7 @@ def check_credential_files(choice: BrokerChoice, *, now: _dt.datetime | None = N
         path: Path | None = getattr(b, key)
         if path is None:
             continue
-        where = f"{choice.origin(key)} {path}"
+        where = choice.label(key, path)
         if not path.exists():
             clear = f" ({BROKER_FLAGS[key]} '' to connect without it)" if key == "password_file" else ""
             raise CredentialFileError(f"{where}: no such file; expected {_WHAT[key]}{clear}. {_PKI_HINT}")
@@ -239,7 +245,7 @@ def check_credential_files(choice: BrokerChoice, *, now: _dt.datetime | None = N
             ssl.create_default_context().load_verify_locations(cafile=str(b.ca_file))
         except ssl.SSLError as exc:
             raise CredentialFileError(
-                f"{choice.origin('ca_file')} {b.ca_file}: not a PEM CA certificate ({exc.reason or exc}); "
+                f"{choice.label('ca_file', b.ca_file)}: not a PEM CA certificate ({exc.reason or exc}); "
                 f"expected {_WHAT['ca_file']}"
             ) from exc
     if b.cert_file is not None and b.key_file is not None:
@@ -247,7 +253,7 @@ def check_credential_files(choice: BrokerChoice, *, now: _dt.datetime | None = N
 
 
 def _check_pair(choice: BrokerChoice, cert: Path, key: Path, now: _dt.datetime) -> None:
-    cert_where, key_where = f"{choice.origin('cert_file')} {cert}", f"{choice.origin('key_file')} {key}"
+    cert_where, key_where = choice.label("cert_file", cert), choice.label("key_file", key)
     try:
         ssl.create_default_context(ssl.Purpose.SERVER_AUTH).load_cert_chain(str(cert), str(key))
     except ssl.SSLError as exc:
@@ -341,7 +347,7 @@ def _read_password(choice: BrokerChoice) -> str | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialFileError(f"{choice.origin('password_file')} {path}: cannot read it ({exc})") from exc
+        raise CredentialFileError(f"{choice.label('password_file', path)}: cannot read it ({exc})") from exc
     return text.splitlines()[0] if text else ""
 
 

@@ -241,7 +241,7 @@ def test_a_missing_key_file_is_named_and_the_device_does_not_retry(
         f"{ours}/pi4-02.key", str(missing)))  # fmt: skip
     argv = ["device", "--bundle", str(reference_bundle), "--config", str(profile), "--frames", "1"]
     err = one_line_error(capsys, argv)
-    assert f"[broker] key_file in {profile} {missing}: no such file" in err, err
+    assert f"[broker] key_file = {missing} in {profile}: no such file" in err, err
     # ... and the flag overrides the profile: the right key on the command line makes it run.
     assert cli.main([*argv, "--key-file", str(ours / "pi4-02.key"), "--out", str(tmp_path / "a.jsonl")]) == 0
 
