@@ -148,10 +148,16 @@ class Estimates:
     miss_streak: int = 0
     #: cut -> mean deviation (ms) of its answers in time from the expected network time (module doc, "Jitter")
     jitter_ms: Mapping[int, float] = field(default_factory=dict)
+    #: the broker refused a publish and no answer has come back since (observe_unreachable)
+    unreachable: bool = False
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1.0 - alpha) * old + alpha * new
+
+
+#: The bandwidth cap while the broker is unreachable (bytes/s): a link of zero bandwidth, kept positive.
+UNREACHABLE_BYTES_PER_S = 1.0
 
 
 class Estimator:
@@ -230,6 +236,8 @@ class Estimator:
         self._snap: Estimates | None = None  # the published snapshot; None: stale, rebuilt on demand
         self.network_samples = 0
         self.censored_samples = 0
+        self.unreachable_samples = 0  # publishes the broker refused (observe_unreachable)
+        self._unreachable = False  # since the last refusal, no answer has come back
 
     # ---- what is known
     @property
@@ -285,6 +293,7 @@ class Estimator:
                 sampled_bandwidth_bytes_per_s=self._sampled_bw,
                 miss_streak=self._miss_streak,
                 jitter_ms=dict(self._jitter),
+                unreachable=self._unreachable,
             )
         return self._snap
 
@@ -360,6 +369,9 @@ class Estimator:
             return
         net_ms = max(net_ms, 0.0)
         self.network_samples += 1
+        if self._unreachable:  # an answer came back: the broker is there again
+            self._unreachable = False
+            self._changed()
         self._touch(cut)
         late = net_ms >= self._late_ms  # the late answer of a frame already counted as a miss
         if not late:
@@ -411,6 +423,38 @@ class Estimator:
             published = snap.jitter_ms.get(cut)
             if published is None or abs(new - published) > max(0.25 * published, 0.5):
                 self._changed()
+
+    def observe_unreachable(self) -> None:
+        """The broker refused a publish (disconnected): for now the link carries nothing.
+
+        The bandwidth is capped at :data:`UNREACHABLE_BYTES_PER_S`, a bound like a deadline miss's (module doc):
+        the plan then prices every escalation out and the policy serves from the device cut, and the first
+        answer that comes back faster - a shadow probe's, once the broker is back - lifts the cap. Before
+        this, a lost broker left the estimates as they were, and two of three demo devices answered a third
+        of their frames with cut 51's early exit for the 20 s the broker was away, though the full model
+        fitted the deadline (issue 14).
+        """
+        self.unreachable_samples += 1
+        if not self._unreachable:
+            self._unreachable = True
+            self._changed()
+        current = self._bandwidth if self._bandwidth is not None else self._prior_bandwidth
+        if current > UNREACHABLE_BYTES_PER_S or not self._capped:
+            self._bandwidth = min(current, UNREACHABLE_BYTES_PER_S)
+            self._capped = True
+            self._changed()
+
+    def observe_reachable(self) -> None:
+        """The transport is connected again: the zero-bandwidth cap of :meth:`observe_unreachable` is lifted
+        to the estimate as the last measurement left it (the answers that follow correct it). Without this, a
+        runner that does not probe would stay on the device cut after the broker came back."""
+        if not self._unreachable:
+            return
+        self._unreachable = False
+        if self._capped and self._bandwidth is not None and self._bandwidth <= UNREACHABLE_BYTES_PER_S:
+            self._capped = False
+            self._set_bandwidth(self._sampled_bw or self._prior_bandwidth)
+        self._changed()
 
     def observe_timeout(self, cut: int, nbytes: int, elapsed_ms: float) -> None:
         """A frame of ``nbytes`` got no answer within ``elapsed_ms``: cap the bandwidth accordingly."""

@@ -474,7 +474,7 @@ class CutPolicy:
             self.current, self._streak = best, 0
         elif verdict == _BETTER:
             self._streak += 1
-            if self._streak >= self.patience or est.miss_streak >= _MISSES_TO_LEAVE:
+            if self._streak >= self.patience or est.miss_streak >= _MISSES_TO_LEAVE or est.unreachable:
                 self.current, self._streak, switched = best, 0, True
         else:
             self._streak = 0

@@ -189,6 +189,11 @@ class DeviceRunner:
             self.estimator.observe_head(index, out.device_ms)
 
     def _on_connection(self, up: bool) -> None:
+        with self._lock:  # a lost broker is a link of zero bandwidth (Estimator.observe_unreachable)
+            if up:
+                self.estimator.observe_reachable()
+            else:
+                self.estimator.observe_unreachable()
         if up:
             self._publish_status(True)
         with self._wake:
@@ -329,12 +334,16 @@ class DeviceRunner:
                 else "payload_too_large" if isinstance(exc, PayloadTooLargeError)
                 else "uplink_full"
             )  # fmt: skip
+            unreachable = isinstance(exc, BrokerUnavailableError)
             with self._lock:
                 mine = self._inflight.pop(seq)
                 self._timings.pop(seq, None)
+                if unreachable:  # a link of zero bandwidth: the next frames are planned without the cloud
+                    self.estimator.observe_unreachable()
             if mine is not None:
-                self._answer_fallback(mine.fallback, mine.frame, reason, capture_ts, offset_ms, nbytes=0,
-                                      seq=seq, cut=cut.index, bits=bits, probe=probe)
+                self._answer_fallback(mine.fallback, frame if unreachable else mine.frame, reason, capture_ts,
+                                      offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe,
+                                      full_model=unreachable)
             return
         with self._lock:
             self.bytes_sent += len(payload)
@@ -387,10 +396,20 @@ class DeviceRunner:
         reason: str,
         capture_ts: float,
         offset_ms: float,
+        full_model: bool = False,
         **base: int,
     ) -> None:
-        """A local answer in place of the cloud's; runs the device cut's model when there is no exit prediction."""
+        """A local answer in place of the cloud's; runs the device cut's model when there is no exit prediction,
+        or with ``full_model`` (the broker is unreachable, the frame is still fresh) when the device cut's
+        expected time still fits the frame's deadline: the whole model answers, not a weak early exit."""
         device_cut = self.manifest.device_cut
+        if full_model and pred is not None and device_cut is not None and frame is not None:
+            with self._lock:
+                expected_ms = self.estimator.head_ms(device_cut.index)
+            if (self.clock() - capture_ts) * 1000.0 + offset_ms + expected_ms > self.settings.deadline_ms:
+                frame = None  # it would miss the deadline: the exit's answer now beats the full model's late
+            else:
+                pred = None
         if pred is None and frame is not None and device_cut is not None:
             out = self.executor.run(device_cut, frame)
             pred = out.prediction

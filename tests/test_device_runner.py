@@ -22,6 +22,7 @@ from device_runner.runner import Answer, AnsweredBy, DeviceRunner, RunnerOptions
 from device_runner.sources import FpsLimiter, NpzSource, SyntheticSource
 from sdk import topics
 from sdk.config import TauTarget, parse_config
+from sdk.errors import BrokerUnavailableError
 from sdk.manifest import (
     CutKind,
     CutSpec,
@@ -227,17 +228,64 @@ def test_an_overdue_answer_is_answered_locally_before_the_deadline_and_caps_the_
     assert off.policy.answer_within_ms(off.estimator.snapshot(), 1, 1) == 100
 
 
-def test_broker_gone_answers_locally_at_once_then_recovers() -> None:
-    runner, answers, hub, clock = make_runner(initial=Choice(1, 4))
+class RefusingTransport:
+    """The hub's transport, except that ``act`` publishes raise BrokerUnavailableError while ``refuse`` is set,
+    with no disconnect notice first (a publish racing the connection's loss)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.refuse = inner, False
+
+    def publish(self, topic: str, payload: bytes, **kw: object) -> None:
+        if self.refuse and topic.endswith("/act"):
+            raise BrokerUnavailableError("broker gone (test)")
+        self.inner.publish(topic, payload, **kw)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_refused_publish_is_answered_by_the_whole_model_and_the_link_counts_as_down() -> None:
+    clock = FakeClock()
+    hub = InMemoryHub(clock=clock)
+    transport = RefusingTransport(hub.transport(DEVICE))
+    runner, answers, hub, clock = make_runner(hub=hub, clock=clock, transport=transport, initial=Choice(1, 4))
     Responder(hub, clock)
-    hub.set_broker_up(False)
-    runner.process(FRAME)
-    assert answers[-1].answered_by is AnsweredBy.DEADLINE and answers[-1].reason == "broker_unavailable"
-    assert runner.inflight == 0
-    hub.set_broker_up(True)
     runner.process(FRAME)
     assert answers[-1].answered_by is AnsweredBy.CLOUD
-    assert_exactly_once(answers, 2)
+    transport.refuse = True
+    runner.executor.calls.clear()
+    runner.process(FRAME)
+    refused = answers[-1]
+    # still fresh: the whole model answers it (confidence 1.0), not cut 1's unsure exit (0.1); nothing in flight
+    assert refused.answered_by is AnsweredBy.DEADLINE and refused.reason == "broker_unavailable"
+    assert refused.confidence == 1.0 and runner.executor.calls == [1, 3] and runner.inflight == 0
+    assert runner.estimator.unreachable_samples == 1 and runner.estimator.bandwidth == pytest.approx(1.0)
+    runner.process(FRAME)  # planned without the cloud: the device cut, at once
+    assert answers[-1].reason == "device_cut" and runner.policy.current.cut == 3
+    assert_exactly_once(answers, 3)
+
+
+def test_a_lost_broker_is_a_link_of_zero_bandwidth_until_it_is_back() -> None:
+    # Exits never confident: every frame of cut 1 escalates while the broker is there.
+    runner, answers, hub, clock = make_runner(initial=Choice(1, 4))
+    Responder(hub, clock)
+    runner.process(FRAME)
+    assert answers[-1].answered_by is AnsweredBy.CLOUD
+    hub.set_broker_up(False)  # the transport reports the loss: the next frames are planned without the cloud
+    for _ in range(6):
+        runner.process(FRAME)
+        clock.advance(0.1)
+    outage = answers[1:]
+    # the policy left cut 1 at once: the device cut serves, no frame is bet on the link (nor lost to it)
+    assert runner.policy.current.cut == 3 and {a.reason for a in outage} == {"device_cut"}
+    assert runner.estimator.snapshot().unreachable
+    hub.set_broker_up(True)  # connected again: the cap is lifted, the split resumes (probing off here)
+    for _ in range(4):
+        runner.process(FRAME)
+        clock.advance(0.1)
+    assert answers[-1].answered_by is AnsweredBy.CLOUD and runner.policy.current.cut == 1
+    assert not runner.estimator.snapshot().unreachable
+    assert_exactly_once(answers, 11)
 
 
 def test_cloud_error_answers_locally_at_once() -> None:
