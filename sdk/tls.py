@@ -230,8 +230,9 @@ def check_credential_files(choice: BrokerChoice, *, now: _dt.datetime | None = N
             continue
         where = choice.label(key, path)
         if not path.exists():
-            clear = f" ({BROKER_FLAGS[key]} '' to connect without it)" if key == "password_file" else ""
-            raise CredentialFileError(f"{where}: no such file; expected {_WHAT[key]}{clear}. {_PKI_HINT}")
+            todo = (f"create it (chmod 600), or pass {BROKER_FLAGS[key]} '' to connect without a password"
+                    if key == "password_file" else _PKI_HINT)  # fmt: skip
+            raise CredentialFileError(f"{where}: no such file; expected {_WHAT[key]}; {todo}")
         try:
             with open(path, "rb") as f:
                 f.read(1)
