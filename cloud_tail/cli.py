@@ -30,6 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge cloud", description="Run a cloud tail worker.")
     p.add_argument("--bundle", required=True, help="bundle folder (the same one the devices run)")
     add_broker_arguments(p, default_url="mqtt://127.0.0.1:1883")
+    p.add_argument("--trust", metavar="PUB.pem", help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig is missing or not by this key")
     p.add_argument("--group", default="tails", help="shared-subscription group (default %(default)s)")
     p.add_argument("--worker-id", default=None, help="id in results and reports (default host-pid)")
     p.add_argument(
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_size=args.queue,
         max_queue_ms=args.max_queue_ms,
     )
-    tails = TailSet(args.bundle, threads=args.threads)
+    tails = TailSet(args.bundle, threads=args.threads, trust=args.trust)
     tails.load_all()
     with stop_on_signals() as stop:
         transport = connect_transport(broker, client_id=f"splitedge-cloud-{worker_id}")

@@ -69,9 +69,10 @@ def _fits(got: Sequence[int], spec: Sequence[int]) -> bool:
 class TailSet:
     """Every tail of one bundle; a cut's model is loaded on its first frame (thread-safe)."""
 
-    def __init__(self, bundle: str | Path, *, threads: int = 1, manifest: Manifest | None = None) -> None:
+    def __init__(self, bundle: str | Path, *, threads: int = 1, manifest: Manifest | None = None,
+                 trust: str | Path | None = None) -> None:
         self.bundle = Path(bundle)
-        self.manifest = manifest if manifest is not None else load_manifest(self.bundle)
+        self.manifest = manifest if manifest is not None else load_manifest(self.bundle, trust=trust)
         self.threads = threads
         self.bundle_id = self.manifest.wire_bundle_id
         self._cuts: dict[int, CutSpec] = {

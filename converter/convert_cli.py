@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-cut-reduction", type=float, default=0.25, metavar="F",
                    help="keep a cut only when it ships at most 1-F of the bytes of the last cut kept (default 0.25; "
                         "0 keeps every compressive boundary)")
+    p.add_argument("--sign-key", default=None, metavar="KEY.pem",
+                   help="Ed25519 private key (PEM): sign the manifest into BUNDLE/manifest.sig (splitedge sign)")
     p.add_argument("--force", action="store_true", help="write over an existing bundle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -136,6 +138,14 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.min_cut_reduction < 1.0:
         raise ConversionError(f"--min-cut-reduction {args.min_cut_reduction}: expected a fraction in [0, 1), e.g. "
                               "0.25 (a kept cut ships at most 75 % of the previous one's bytes) or 0 (every cut)")
+    if args.sign_key is not None:  # a bad key is refused now, not after a long conversion
+        from sdk.errors import ConfigError
+        from sdk.signing import load_private_key
+
+        try:
+            args.sign_key = load_private_key(args.sign_key)
+        except ConfigError as exc:
+            raise ConversionError(str(exc)) from None
     if args.board is not None:
         from sdk.config import load_board
         from sdk.errors import ConfigError
@@ -190,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     for index, why in result.dropped:
         print(f"dropped cut {index}: {why}")
     print(f"wrote {result.path}")
+    if args.sign_key is not None:
+        from sdk.signing import fingerprint, sign_bundle
+
+        sig = sign_bundle(result.path, args.sign_key)
+        print(f"signed: wrote {sig} (key {fingerprint(args.sign_key.public_key())})")
     return 0
 
 

@@ -20,6 +20,8 @@ from sdk.manifest import CutKind, Manifest, load_manifest
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge verify", description=__doc__)
     p.add_argument("bundle")
+    p.add_argument("--trust", metavar="PUB.pem",
+                   help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig is missing or not by this key")
     p.add_argument("--data", required=True, help=".npz with x (N,H,W,C uint8) and optional y")
     p.add_argument("--limit", type=int, default=500, help="frames to use (default 500)")
     p.add_argument("--json", action="store_true")
@@ -73,7 +75,7 @@ def verify(bundle: str | Path, x: np.ndarray, y: np.ndarray | None) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    manifest = load_manifest(args.bundle)
+    manifest = load_manifest(args.bundle, trust=args.trust)
     x, y = load_npz(args.data, manifest, args.limit)
     report = verify(args.bundle, x, y)
     if args.json:

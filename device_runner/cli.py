@@ -46,6 +46,7 @@ __all__ = ["main", "parse_args"]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge device", description="Run the camera side of a split model.")
     p.add_argument("--bundle", required=True, type=Path, help="bundle folder written by splitedge convert")
+    p.add_argument("--trust", type=Path, metavar="PUB.pem", help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig is missing or not by this key")
     p.add_argument("--config", required=True, help="board profile: a name (pi4) or a .toml path")
     p.add_argument("--source", help="override the profile's source: synthetic, npz:PATH, folder:PATH, camera")
     p.add_argument("--device-id", help="override the profile's device id")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
     broker = broker_from_args(args, cfg.broker, where=str(cfg.path) if cfg.path else None)  # files checked now
-    manifest = load_manifest(args.bundle)
+    manifest = load_manifest(args.bundle, trust=args.trust)
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
     timing = (f"emulated ({this_host().describe()}): measured on 1 host thread x the "

@@ -16,6 +16,7 @@ from sdk.errors import SplitEdgeError, install_hint
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("converter.convert_cli", "Keras model -> bundle of int8 heads, tails and early exits"),
     "verify": ("converter.verify_cli", "run every cut of a bundle and report agreement with the float model"),
+    "sign": ("sdk.sign_cli", "sign a bundle's manifest (Ed25519), or make a key pair for --trust"),
     "plan": ("sdk.plan_cli", "evaluate T(s) over every cut and bit width for a bandwidth; print the argmin"),
     "reference": ("converter.reference_cli", "build (or reuse) the reference model's bundle and print the plan"),
     "broker": ("sdk.broker", "start the embedded MQTT broker (Mosquitto if installed, else amqtt)"),

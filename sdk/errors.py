@@ -13,7 +13,8 @@ and what to do about it.
     ├── ConversionError                a Keras model the converter cannot split (names the layer)
     ├── BundleError                    a bundle that cannot be used
     │   ├── ManifestError              manifest.json malformed, wrong schema version, bad field
-    │   └── IntegrityError             a file missing, truncated or tampered (names file + sha256)
+    │   ├── IntegrityError             a file missing, truncated or tampered (names file + sha256)
+    │   └── BundleSignatureError       --trust: manifest.sig missing, malformed or not by the trusted key (names both)
     ├── WireError                      a frame or message that cannot be decoded
     │   ├── TruncatedError             fewer bytes than the header/tensors announce
     │   ├── BadMagicError              not a splitedge frame
@@ -37,6 +38,7 @@ __all__ = [
     "BadMagicError",
     "BrokerAuthError",
     "BrokerUnavailableError",
+    "BundleSignatureError",
     "BundleError",
     "ChecksumError",
     "ConfigError",
@@ -109,6 +111,10 @@ class ManifestError(BundleError):
 
 class IntegrityError(BundleError):
     """A bundle file is missing, truncated or tampered: names the file and the expected sha256."""
+
+
+class BundleSignatureError(BundleError):
+    """A bundle is unsigned, or manifest.sig is malformed or not by the trusted key: names the file and the key."""
 
 
 class WireError(SplitEdgeError):

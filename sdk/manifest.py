@@ -406,8 +406,13 @@ def verify_files(root: Path, files: tuple[FileRef, ...]) -> None:
             )
 
 
-def load_manifest(bundle: str | Path, *, verify: bool = True) -> Manifest:
-    """Read BUNDLE/manifest.json, validate its schema and (by default) every file's sha256."""
+def load_manifest(bundle: str | Path, *, verify: bool = True, trust: str | Path | None = None) -> Manifest:
+    """Read BUNDLE/manifest.json, validate its schema and (by default) every file's sha256.
+
+    With ``trust`` (an Ed25519 public key PEM: ``--trust``), BUNDLE/manifest.sig must first be that key's
+    signature of the manifest's exact bytes (sdk/signing.py), else BundleSignatureError; the bytes checked
+    are the bytes parsed. This is the one place device, cloud and verify load a bundle.
+    """
     root = Path(bundle)
     path = root / MANIFEST_NAME
     if not root.is_dir():
@@ -416,8 +421,13 @@ def load_manifest(bundle: str | Path, *, verify: bool = True) -> Manifest:
         )
     if not path.is_file():
         raise ManifestError(f"bundle {root} has no {MANIFEST_NAME}; it is not a splitedge bundle (re-convert it)")
+    raw = path.read_bytes()
+    if trust is not None:
+        from sdk.signing import verify_manifest_bytes
+
+        verify_manifest_bytes(root, raw, trust)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: not valid JSON ({exc}); the file is truncated or corrupt: re-convert") from exc
     manifest = Manifest.from_dict(data, where=str(path))
