@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
     broker = broker_from_args(args, cfg.broker, where=str(cfg.path) if cfg.path else None)  # files checked now
-    manifest = load_manifest(args.bundle, trust=args.trust)
+    manifest = load_manifest(args.bundle, trust=args.trust or cfg.device.trust)  # --trust overrides the profile
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
     timing = (f"emulated ({this_host().describe()}): measured on 1 host thread x the "

@@ -172,6 +172,8 @@ class DeviceSettings:
     #: deadline; 0 turns it off (docs/DEVICE.md, "Exactly one answer per frame")
     overdue_factor: float = 2.0
     overdue_slack_ms: float = 30.0
+    #: Ed25519 public key (PEM): only a bundle signed by it is run (``--trust`` overrides; sdk/signing.py)
+    trust: Path | None = None
 
     @property
     def tau_target(self) -> tuple[TauTarget, float]:
@@ -486,6 +488,7 @@ def _parse_device(s: _Section) -> DeviceSettings:
         target_escalation_rate=escalation,
         overdue_factor=s.number("overdue_factor", 2.0, low=0.0, high=1000.0),
         overdue_slack_ms=s.number("overdue_slack_ms", 30.0, low=0.0),
+        trust=s.path("trust"),
     )
 
 

@@ -81,14 +81,14 @@ def load_private_key(path: str | Path) -> Any:
 def load_public_key(path: str | Path) -> Any:
     """An Ed25519 public key from a PEM file (``--trust``); ConfigError naming the file otherwise."""
     serialization, ed25519 = _crypto()
-    data = _read_pem(Path(path), "trusted key (--trust)")
+    data = _read_pem(Path(path), "trusted key (--trust or [device] trust)")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"trusted key (--trust) {path} is not a PEM public key ({exc}); pass the KEY.pub.pem "
+        raise ConfigError(f"trusted key (--trust or [device] trust) {path} is not a PEM public key ({exc}); pass the KEY.pub.pem "
                           "written by 'splitedge sign --new-key KEY.pem'") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ConfigError(f"trusted key (--trust) {path} is a {type(key).__name__}, expected an Ed25519 public key "
+        raise ConfigError(f"trusted key (--trust or [device] trust) {path} is a {type(key).__name__}, expected an Ed25519 public key "
                           "(KEY.pub.pem from 'splitedge sign --new-key KEY.pem')")
     return key
 

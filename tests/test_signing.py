@@ -112,3 +112,19 @@ def test_a_malformed_signature_or_trust_file_is_one_line(signed, keys, tmp_path,
     assert code == 1 and "missing.pub.pem does not exist" in err
     code, err = _verify(signed, keys[0], capsys)  # the private key passed as the trusted one
     assert code == 1 and "not a PEM public key" in err
+
+
+def test_the_device_refuses_by_the_profiles_trust_key_before_loading_heads(signed, keys, tmp_path, capsys):
+    from sdk.config import load_config
+
+    profile = tmp_path / "cam.toml"
+    profile.write_text(
+        '[board]\nname = "t"\ncpu = "test"\nthreads = 1\nmemory_budget_mb = 256\nspeed_factor = 1.0\n'
+        'speed_factor_source = "test"\n'
+        '[device]\ndevice_id = "cam-01"\ntarget_accuracy = 0.9\ntrust = "keys/release.pub.pem"\n'
+        '[broker]\nurl = "mqtt://127.0.0.1:1"\n', encoding="utf-8")
+    assert load_config(profile).device.trust == keys[1]  # resolved against the profile's folder
+    (signed / SIGNATURE_NAME).unlink()
+    code = cli.main(["device", "--bundle", str(signed), "--config", str(profile), "--frames", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and f"no {SIGNATURE_NAME}" in err and "Traceback" not in err, err
