@@ -128,3 +128,16 @@ def test_the_device_refuses_by_the_profiles_trust_key_before_loading_heads(signe
     code = cli.main(["device", "--bundle", str(signed), "--config", str(profile), "--frames", "1"])
     err = capsys.readouterr().err
     assert code == 1 and f"no {SIGNATURE_NAME}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("which", ["missing", "not ed25519"])
+def test_convert_refuses_a_bad_sign_key_before_converting(which, tmp_path, tls_certs, capsys):
+    model = Path(__file__).resolve().parents[1] / "converter" / "assets" / "reference.keras"
+    calib = tmp_path / "calib.npz"
+    calib.write_bytes(b"")
+    key = tmp_path / "missing.pem" if which == "missing" else tls_certs.client_key  # an EC P-256 key
+    out = tmp_path / "out"
+    code = cli.main(["convert", str(model), "--calib", str(calib), "--out", str(out), "--sign-key", str(key)])
+    err = capsys.readouterr().err
+    assert code == 1 and str(key) in err and "--sign-key" in err and "Traceback" not in err, err
+    assert not out.exists()
