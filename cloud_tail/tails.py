@@ -67,7 +67,11 @@ def _fits(got: Sequence[int], spec: Sequence[int]) -> bool:
 
 
 class TailSet:
-    """Every tail of one bundle; a cut's model is loaded on its first frame (thread-safe)."""
+    """Every tail of one bundle; a cut's model is loaded on its first frame (thread-safe).
+
+    ``trust`` (an Ed25519 public key PEM, ``splitedge cloud --trust``) is checked when the manifest is loaded
+    here (sdk.manifest.load_manifest); a ``manifest`` passed in was loaded, and checked or not, by the caller.
+    """
 
     def __init__(self, bundle: str | Path, *, threads: int = 1, manifest: Manifest | None = None,
                  trust: str | Path | None = None) -> None:
