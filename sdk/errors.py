@@ -8,7 +8,8 @@ and what to do about it.
     SplitEdgeError                     base of everything below
     ├── ConfigError                    a board/broker TOML: unknown key, wrong type, missing file
     │   ├── TraceError                 a bandwidth trace file that is not a trace (also a ValueError)
-    │   └── CredentialFileError        a CA/certificate/key/password file missing, unreadable or unusable (names file + flag/key)
+    │   ├── CredentialFileError        a CA/certificate/key/password file missing, unreadable or unusable (names file + flag/key)
+    │   └── ListenError                --metrics-port / --web-port cannot be bound (names address, port and flag)
     ├── MissingDependencyError         an optional extra is not installed (names the extra)
     ├── ConversionError                a Keras model the converter cannot split (names the layer)
     ├── BundleError                    a bundle that cannot be used
@@ -47,6 +48,7 @@ __all__ = [
     "CorruptPayloadError",
     "CredentialFileError",
     "IntegrityError",
+    "ListenError",
     "MalformedMessageError",
     "ManifestError",
     "MissingDependencyError",
@@ -77,6 +79,10 @@ class TraceError(ConfigError, ValueError):
 
 class CredentialFileError(ConfigError):
     """A broker CA, certificate, key or password file is missing, unreadable or unusable: names it and its flag/key."""
+
+
+class ListenError(ConfigError):
+    """An HTTP port (--metrics-port, --web-port) cannot be bound: names the address, the port and the flag."""
 
 
 class MissingDependencyError(SplitEdgeError, ImportError):
