@@ -1,4 +1,4 @@
-"""Small control messages: results, reports, errors, telemetry and status (docs/WIRE.md, "Messages").
+"""Small control messages: results, reports, errors, telemetry, status and bundle announces (docs/WIRE.md, "Messages").
 
 Each message is one UTF-8 JSON object with two envelope keys, ``"type"`` (which message) and
 ``"v"`` (schema version, 1), plus its fields. Rules a reader follows:
@@ -28,12 +28,14 @@ from sdk.errors import MalformedMessageError, UnsupportedVersionError, WireError
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "SCHEMA_VERSION",
+    "AnnounceMessage",
     "AnsweredBy",
     "ErrorCode",
     "ErrorMessage",
     "Message",
     "ReportMessage",
     "ResultMessage",
+    "RolloutState",
     "StatusMessage",
     "TelemetryMessage",
     "decode_message",
@@ -58,6 +60,14 @@ class ErrorCode(enum.StrEnum):
     BUNDLE_MISMATCH = "bundle_mismatch"  # the frame's bundle id is not the worker's bundle
     OVERLOADED = "overloaded"  # queue full / deadline missed: answer locally
     INTERNAL = "internal"  # the tail failed
+
+
+class RolloutState(enum.StrEnum):
+    """Where a device is with the last bundle announced to its group (TelemetryMessage.rollout)."""
+
+    DOWNLOADING = "downloading"  # chunks of the announced bundle are arriving
+    ACTIVE = "active"  # the announced bundle verified, loaded and serves frames now
+    ROLLED_BACK = "rolled_back"  # it failed to verify or load: the previous bundle still serves (rollout_detail: why)
 
 
 # ---- field checkers: (value, field name) -> value, raising WireError ------------------------------
@@ -286,12 +296,18 @@ class TelemetryMessage(_Message):
     queue_depth: int
     emulated: bool
     bits: int | None = None
+    bundle_id: str | None = None  # the bundle serving frames: 8 hex digits, the frame header's bundle id
+    bundle_version: str | None = None  # its manifest's extra["version"], when it has one
+    rollout: str | None = None  # a RolloutState value: the last announced bundle's fate (None: none announced)
+    rollout_bundle: str | None = None  # which bundle ``rollout`` is about (8 hex digits)
+    rollout_detail: str | None = None  # why it rolled back (the loader's one-line error)
 
     CHECKS: ClassVar[Mapping[str, Check]] = {
         "device_id": _str, "ts": _float, "cut": _int, "fps": _float, "exit_rate": _float,
         "bytes_per_s": _float, "bandwidth_estimate": _optional(_float), "p50_ms": _optional(_float),
         "p95_ms": _optional(_float), "errors": _nonneg_int, "queue_depth": _nonneg_int, "emulated": _bool,
-        "bits": _optional(_int),
+        "bits": _optional(_int), "bundle_id": _optional(_str), "bundle_version": _optional(_str),
+        "rollout": _optional(_str), "rollout_bundle": _optional(_str), "rollout_detail": _optional(_str),
     }  # fmt: skip
 
     def __getitem__(self, key: str) -> Any:
@@ -313,9 +329,63 @@ class StatusMessage(_Message):
     CHECKS: ClassVar[Mapping[str, Check]] = {"device_id": _str, "online": _bool, "ts": _float}
 
 
-Message = ResultMessage | ReportMessage | ErrorMessage | TelemetryMessage | StatusMessage
+def _files(value: Any, name: str) -> tuple[tuple[str, str, int], ...]:
+    if not isinstance(value, list):
+        raise _bad(name, value, "a list of [path, sha256, size] triples")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list) or len(item) != 3:
+            raise _bad(f"{name}[{i}]", item, "a [path, sha256, size] triple")
+        out.append((_str(item[0], f"{name}[{i}][0]"), _str(item[1], f"{name}[{i}][1]"),
+                    _nonneg_int(item[2], f"{name}[{i}][2]")))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceMessage(_Message):
+    """A bundle offered to a device group (retained on ``splitedge/v1/_rollout/<group>/announce``).
+
+    It is only a transfer plan: what is trusted is ``manifest.json`` (hashing every model file) and its
+    signature ``signature`` (the text of ``manifest.sig``), both checked on the device with ``--trust``.
+    ``files`` are the files sent, in chunk order: ``[path, sha256, size]``, manifest.json first; file ``i``
+    travels in ``ceil(size / chunk_size)`` chunks, numbered on from the previous file's (:meth:`chunk_count`).
+    """
+
+    TYPE: ClassVar[str] = "announce"
+    group: str
+    bundle_id: str  # the manifest's bundle_id (64 hex digits)
+    version: str  # a label for people (manifest extra["version"], or --version)
+    manifest_sha256: str
+    signature: str | None  # manifest.sig's text; None: an unsigned bundle (a device with --trust refuses it)
+    chunk_size: int
+    files: tuple[tuple[str, str, int], ...]
+    ts: float = 0.0
+
+    CHECKS: ClassVar[Mapping[str, Check]] = {
+        "group": _str, "bundle_id": _str, "version": _str, "manifest_sha256": _str,
+        "signature": _optional(_str), "chunk_size": _nonneg_int, "files": _files, "ts": _float,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", tuple((str(p), str(h), int(n)) for p, h, n in self.files))
+
+    @property
+    def wire_bundle_id(self) -> int:
+        """The u32 the frames of this bundle carry (Manifest.wire_bundle_id)."""
+        return int(self.bundle_id[:8], 16)
+
+    def chunk_count(self, file_index: int) -> int:
+        size = self.files[file_index][2]
+        return -(-size // self.chunk_size) if self.chunk_size else 0
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(self.chunk_count(i) for i in range(len(self.files)))
+
+
+Message = ResultMessage | ReportMessage | ErrorMessage | TelemetryMessage | StatusMessage | AnnounceMessage
 _BY_TYPE: dict[str, type[Message]] = {
-    c.TYPE: c for c in (ResultMessage, ReportMessage, ErrorMessage, TelemetryMessage, StatusMessage)
+    c.TYPE: c for c in (ResultMessage, ReportMessage, ErrorMessage, TelemetryMessage, StatusMessage, AnnounceMessage)
 }
 
 

@@ -9,11 +9,13 @@ import pytest
 from sdk import messages
 from sdk.errors import UnsupportedVersionError, WireError
 from sdk.messages import (
+    AnnounceMessage,
     AnsweredBy,
     ErrorCode,
     ErrorMessage,
     ReportMessage,
     ResultMessage,
+    RolloutState,
     StatusMessage,
     TelemetryMessage,
     decode_message,
@@ -46,14 +48,25 @@ TELEMETRY = TelemetryMessage(
     bandwidth_estimate=None, p50_ms=21.0, p95_ms=48.5, errors=0, queue_depth=1, emulated=True,
 )  # fmt: skip
 STATUS = StatusMessage(device_id="cam-01", online=False, ts=1.7e9)
-ALL = [RESULT, REPORT, ERROR, TELEMETRY, STATUS]
+TELEMETRY_ROLLOUT = TelemetryMessage(
+    device_id="cam-01", ts=1.7e9, cut=2, fps=14.5, exit_rate=0.62, bytes_per_s=51200.0,
+    bandwidth_estimate=None, p50_ms=21.0, p95_ms=48.5, errors=0, queue_depth=1, emulated=True,
+    bundle_id="1a2b3c4d", bundle_version="2", rollout=RolloutState.ROLLED_BACK, rollout_bundle="99aa00ff",
+    rollout_detail="bundle B: manifest.sig does not verify",
+)  # fmt: skip
+ANNOUNCE = AnnounceMessage(
+    group="lobby", bundle_id="1a2b3c4d" + "0" * 56, version="2", manifest_sha256="ab" * 32, signature='{"k": 1}',
+    chunk_size=4, files=(("manifest.json", "cd" * 32, 9), ("cut_001/head.tflite", "ef" * 32, 4)), ts=1.7e9,
+)  # fmt: skip
+ALL = [RESULT, REPORT, ERROR, TELEMETRY, STATUS, TELEMETRY_ROLLOUT]  # every message of one device
 
 
 def test_public_api_is_pinned():
     assert sorted(messages.__all__) == sorted(
         [
-            "MAX_MESSAGE_BYTES", "SCHEMA_VERSION", "AnsweredBy", "ErrorCode", "ErrorMessage", "Message",
-            "ReportMessage", "ResultMessage", "StatusMessage", "TelemetryMessage", "decode_message",
+            "MAX_MESSAGE_BYTES", "SCHEMA_VERSION", "AnnounceMessage", "AnsweredBy", "ErrorCode", "ErrorMessage",
+            "Message", "ReportMessage", "ResultMessage", "RolloutState", "StatusMessage", "TelemetryMessage",
+            "decode_message",
         ]
     )  # fmt: skip
 
@@ -165,3 +178,32 @@ def test_unknown_error_codes_are_kept():
 def test_messages_are_frozen():
     with pytest.raises(AttributeError):
         RESULT.cls = 4  # type: ignore[misc]
+
+
+def test_telemetry_without_the_bundle_fields_still_reads():
+    # Devices before the rollout fields: the fields default to None (unknown), nothing is refused.
+    body = json.loads(TELEMETRY.to_bytes())
+    for key in ("bundle_id", "bundle_version", "rollout", "rollout_bundle", "rollout_detail"):
+        body.pop(key)
+    got = TelemetryMessage.from_bytes(json.dumps(body).encode())
+    assert got.bundle_id is None and got.rollout is None
+
+
+def test_announce_round_trip_and_missing_field():
+    assert decode_message(ANNOUNCE.to_bytes()) == ANNOUNCE
+    body = json.loads(ANNOUNCE.to_bytes())
+    del body["manifest_sha256"]
+    with pytest.raises(WireError, match="announce message is missing field 'manifest_sha256'"):
+        AnnounceMessage.from_bytes(json.dumps(body).encode())
+
+
+def test_announce_counts_chunks_per_file_and_in_all():
+    assert ANNOUNCE.wire_bundle_id == 0x1A2B3C4D
+    assert [ANNOUNCE.chunk_count(i) for i in range(2)] == [3, 1]  # 9 bytes in chunks of 4: 4 + 4 + 1
+    assert ANNOUNCE.total_chunks == 4
+
+
+def test_announce_files_are_checked_by_field():
+    body = json.loads(ANNOUNCE.to_bytes())
+    with pytest.raises(WireError, match=r"files\[1\]"):
+        AnnounceMessage.from_bytes(json.dumps(body | {"files": [body["files"][0], ["x", "y"]]}).encode())
