@@ -1,12 +1,13 @@
 """`splitedge cloud`: run one tail worker until Ctrl-C / SIGTERM (exit code 0). See docs/CLOUD.md.
 
-    splitedge cloud --bundle BUNDLE [--broker URL] [--group NAME] [--worker-id ID]
+    splitedge cloud --bundle BUNDLE [--bundle BUNDLE2 ...] [--broker URL] [--group NAME] [--worker-id ID]
                     [--max-batch N] [--max-wait-ms MS] [--queue N] [--max-queue-ms MS] [--threads N]
                     [--metrics-port P [--metrics-host H]] [--metrics-json FILE] [--metrics-interval S]
                     [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
 
 Start as many as you like with the same ``--group``: the broker splits the frames between them.
-Once subscribed it prints one line ``ready <worker_id> ...`` on stdout.
+Once subscribed it prints one line ``ready <worker_id> ...`` on stdout. Several ``--bundle``: the worker
+serves them all, each frame by its header's bundle id (a rollout in progress, docs/CLOUD.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import socket
 import sys
 
 from cloud_tail.counters import serve_metrics, write_json
-from cloud_tail.tails import TailSet
+from cloud_tail.tails import BundleTails
 from cloud_tail.worker import TailWorker, WorkerConfig
 from sdk.signals import stop_on_signals
 from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
@@ -28,7 +29,8 @@ __all__ = ["main", "parse_args"]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="splitedge cloud", description="Run a cloud tail worker.")
-    p.add_argument("--bundle", required=True, help="bundle folder (the same one the devices run)")
+    p.add_argument("--bundle", required=True, action="append",
+                   help="bundle folder (the same one the devices run); repeat it to serve several bundles at once")
     add_broker_arguments(p, default_url="mqtt://127.0.0.1:1883")
     p.add_argument("--trust", metavar="PUB.pem", help="Ed25519 public key (PEM): refuse a bundle whose manifest.sig is missing or not by this key")
     p.add_argument("--group", default="tails", help="shared-subscription group (default %(default)s)")
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         queue_size=args.queue,
         max_queue_ms=args.max_queue_ms,
     )
-    tails = TailSet(args.bundle, threads=args.threads, trust=args.trust)
+    tails = BundleTails(args.bundle, threads=args.threads, trust=args.trust)
     tails.load_all()
     with stop_on_signals() as stop:
         transport = connect_transport(broker, client_id=f"splitedge-cloud-{worker_id}")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = f" metrics http://{args.metrics_host}:{server.server_port}/metrics" if server else ""
             print(
                 f"ready {worker_id} broker {args.broker} group {args.group} bundle "
-                f"0x{tails.bundle_id:08x} cuts {cuts}{metrics}",
+                f"{tails.describe()} cuts {cuts}{metrics}",
                 flush=True,
             )
             while not stop.wait(args.metrics_interval):

@@ -10,6 +10,13 @@ Raw frames (cut 0) run the raw cut's *float* model (the whole network, uint8 fra
 run their tail on the dequantized activation (``Frame.dequantized()``). :meth:`TailSet.run` takes a
 batch of admitted frames of one cut and returns their logits (the LiteRT signature runner resizes
 the batch dimension).
+
+**Several bundles at once** (:class:`BundleTails`, ``splitedge cloud --bundle A --bundle B``): during a
+rollout (docs/CLOUD.md, "Rolling out a bundle") devices switch bundles one by one, and a frame sent just
+before its device switched still arrives after; each frame's header names its bundle, so the worker
+routes it by that id to that bundle's :class:`TailSet`. An id no loaded bundle has is refused
+(``bundle_mismatch``, naming the ids served), never a crash. Batches never mix bundles: the worker keys
+them by (bundle id, cut), and :meth:`BundleTails.run` takes frames of one bundle.
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from typing import Protocol
 
 import numpy as np
 
+from sdk.errors import ConfigError
 from sdk.litert import LiteRTModel
 from sdk.manifest import CutKind, CutSpec, Manifest, load_manifest
 from sdk.messages import ErrorCode
 from sdk.wire import Frame
 
-__all__ = ["Refusal", "Tails", "TailSet", "softmax", "topk"]
+__all__ = ["BundleTails", "Refusal", "Tails", "TailSet", "softmax", "topk"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +171,75 @@ class TailSet:
         model = self.model(cut_id)
         out = model.run(self.feeds(cut_id, frames))
         return np.asarray(next(iter(out.values())), dtype=np.float32).reshape(len(frames), -1)
+
+
+class BundleTails:
+    """The tails of several bundles, each frame routed by its header's bundle id (module doc).
+
+    ``bundles``: the folders (each loaded and, with ``trust``, signature-checked as :class:`TailSet` does).
+    Two folders of one bundle id are refused (:class:`~sdk.errors.ConfigError` naming both): the frames
+    could not tell them apart. :meth:`add` loads one more while frames are served (thread-safe).
+    """
+
+    def __init__(self, bundles: Sequence[str | Path] = (), *, threads: int = 1,
+                 trust: str | Path | None = None) -> None:
+        self.threads = threads
+        self.trust = trust
+        self._sets: dict[int, TailSet] = {}
+        self._lock = threading.Lock()
+        for b in bundles:
+            self.add(b)
+
+    def add(self, bundle: str | Path | TailSet) -> TailSet:
+        """Serve one more bundle (a folder, or a TailSet already loaded); returns its TailSet."""
+        tails = bundle if isinstance(bundle, TailSet) else TailSet(bundle, threads=self.threads, trust=self.trust)
+        with self._lock:
+            known = self._sets.get(tails.bundle_id)
+            if known is not None and known.manifest.bundle_id != tails.manifest.bundle_id:
+                raise ConfigError(
+                    f"bundles {known.bundle} and {tails.bundle} share the wire bundle id 0x{tails.bundle_id:08x} "
+                    "(the first 8 hex digits of their bundle_id) but differ: frames could not tell them apart; "
+                    "serve one of them only"
+                )
+            if known is not None:
+                return known
+            self._sets = {**self._sets, tails.bundle_id: tails}  # copy on write: admit/run read without the lock
+        return tails
+
+    @property
+    def bundle_ids(self) -> tuple[int, ...]:
+        return tuple(self._sets)
+
+    @property
+    def cut_ids(self) -> tuple[int, ...]:
+        """Every cut some served bundle has a tail for."""
+        return tuple(sorted({c for t in self._sets.values() for c in t.cut_ids}))
+
+    def get(self, bundle_id: int) -> TailSet | None:
+        return self._sets.get(bundle_id)
+
+    def load_all(self) -> None:
+        for tails in self._sets.values():
+            tails.load_all()
+
+    def describe(self) -> str:
+        """``0x1a2b3c4d,0x99aa00ff``: the bundle ids served, in the order they were added."""
+        return ",".join(f"0x{b:08x}" for b in self._sets)
+
+    def admit(self, frame: Frame) -> Refusal | None:
+        tails = self._sets.get(frame.header.bundle_id)
+        if tails is None:
+            served = ", ".join(f"0x{b:08x} ({t.manifest.model_name} {t.manifest.extra.get('version', '')})".rstrip()
+                               for b, t in self._sets.items())
+            return Refusal(
+                ErrorCode.BUNDLE_MISMATCH,
+                f"frame bundle id 0x{frame.header.bundle_id:08x}; this worker serves bundles {served or 'none'}: "
+                "start the workers with every bundle a device may run (splitedge cloud --bundle OLD --bundle NEW) "
+                "before rolling a new one out",
+            )
+        return tails.admit(frame)
+
+    def run(self, cut_id: int, frames: Sequence[Frame]) -> np.ndarray:
+        """Logits of admitted frames of one bundle and one cut (the worker batches by both)."""
+        tails = self._sets[frames[0].header.bundle_id]
+        return tails.run(cut_id, frames)

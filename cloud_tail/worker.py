@@ -101,7 +101,8 @@ class TailWorker:
         self.clock = clock
         self.counters = counters if counters is not None else Counters(config.worker_id, clock=clock)
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=config.queue_size)
-        self._pending: dict[int, list[_Job]] = {}  # cut id -> admitted jobs (inference thread only)
+        # (bundle id, cut id) -> admitted jobs (inference thread only): a batch never mixes bundles (tails.BundleTails)
+        self._pending: dict[tuple[int, int], list[_Job]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._filter = shared_filter(config.group)
@@ -194,8 +195,8 @@ class TailWorker:
         total = 0
         while self._queue.qsize() or self._pending:
             total += self._fill(0.0)
-            for cut in list(self._pending):
-                total += self._run(cut)
+            for key in list(self._pending):
+                total += self._run(key)
         self._update_depth()
         return total
 
@@ -249,11 +250,11 @@ class TailWorker:
         if refusal is not None:
             self._refuse(job, refusal.code, refusal.detail)
             return 1
-        self._pending.setdefault(frame.header.cut_id, []).append(job)
+        self._pending.setdefault((frame.header.bundle_id, frame.header.cut_id), []).append(job)
         return 0
 
-    def _ready_cut(self) -> int | None:
-        """The cut whose batch should run now: full, waited max_wait_ms, the pending area is full, or no
+    def _ready_cut(self) -> tuple[int, int] | None:
+        """The (bundle, cut) whose batch should run now: full, waited max_wait_ms, the pending area is full, or no
         other frame is expected within the wait (module doc, "Batching wait")."""
         if not self._pending:
             return None
@@ -269,11 +270,12 @@ class TailWorker:
             return cut
         return None
 
-    def _run(self, cut: int) -> int:
-        jobs = self._pending.pop(cut, [])
+    def _run(self, key: tuple[int, int]) -> int:
+        jobs = self._pending.pop(key, [])
+        cut = key[1]
         batch, rest = jobs[: self.config.max_batch], jobs[self.config.max_batch :]
         if rest:
-            self._pending[cut] = rest
+            self._pending[key] = rest
         start = self.clock()
         live = []
         for job in batch:  # shedding rule 2: the device has given up on a frame this old
