@@ -92,6 +92,15 @@ class TraceShaper:
         """The trace's rate (bytes/s) at clock time ``now``."""
         return self.trace.rate_at(now - (self.t0 if self.t0 is not None else now) + self.offset)
 
+    @property
+    def free_at(self) -> float:
+        """Trace time at which the FIFO is next free (``-inf`` before the first payload)."""
+        return self._free_at
+
+    def trace_time(self, now: float) -> float:
+        """The trace time of clock time ``now`` (``offset`` until ``t0`` is set)."""
+        return now - (self.t0 if self.t0 is not None else now) + self.offset
+
     def delay_s(self, nbytes: int, now: float) -> float:
         with self._lock:
             if self.t0 is None:

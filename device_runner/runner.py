@@ -117,6 +117,7 @@ class DeviceRunner:
         on_answer: Callable[[Answer], None] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        wait: Callable[[threading.Condition, float], object] | None = None,
         options: RunnerOptions | None = None,
     ) -> None:
         self.manifest = manifest
@@ -131,6 +132,9 @@ class DeviceRunner:
         self.on_answer = on_answer or (lambda a: None)
         self.clock = clock
         self.sleep = sleep
+        #: how the loop waits for a message or a timeout (``Condition.wait``); with ``clock`` and ``sleep`` the
+        #: one seam for time: a simulated clock (benchmarks/sim_clock.py) advances instead of blocking
+        self.wait = wait or (lambda cond, timeout: cond.wait(timeout=timeout))
         self.codec = codec_for(config.device.codec)
         self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
         self.emulated = bool(getattr(executor, "emulated", False))
@@ -576,7 +580,7 @@ class DeviceRunner:
             with self._wake:
                 if self._inflight.has_refused or (stop is not None and stop()):
                     continue
-                self._wake.wait(timeout=max(0.0, wake - now))
+                self.wait(self._wake, max(0.0, wake - now))
 
     def drain(self) -> None:
         """Wait until every in-flight frame has its answer (each is bounded by its deadline)."""
