@@ -2,7 +2,7 @@
 
     splitedge cloud --bundle BUNDLE [--bundle BUNDLE2 ...] [--broker URL] [--group NAME] [--worker-id ID]
                     [--max-batch N] [--max-wait-ms MS] [--queue N] [--max-queue-ms MS] [--threads N]
-                    [--metrics-port P [--metrics-host H]] [--metrics-json FILE] [--metrics-interval S]
+                    [--metrics-port P [--metrics-addr A]] [--metrics-json FILE] [--metrics-interval S]
                     [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
 
 Start as many as you like with the same ``--group``: the broker splits the frames between them.
@@ -18,7 +18,8 @@ import os
 import socket
 import sys
 
-from cloud_tail.counters import serve_metrics, write_json
+from cloud_tail.counters import write_json
+from cloud_tail.httpd import port_number
 from cloud_tail.tails import BundleTails
 from cloud_tail.worker import TailWorker, WorkerConfig
 from sdk.signals import stop_on_signals
@@ -50,11 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="LiteRT threads per tail")
     p.add_argument(
-        "--metrics-port", type=int, default=None, help="serve /metrics (Prometheus) and /metrics.json"
-    )
+        "--metrics-port", type=port_number, default=None, metavar="P",
+        help="serve /metrics (Prometheus) and /metrics.json on port P (0: a free one, printed; off unless given)",
+    )  # fmt: skip
     p.add_argument(
-        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (default %(default)s)"
-    )
+        "--metrics-addr", "--metrics-host", dest="metrics_addr", default="127.0.0.1", metavar="A",
+        help="address for --metrics-port (default %(default)s; 0.0.0.0: every interface)",
+    )  # fmt: skip
     p.add_argument("--metrics-json", default=None, help="write the counters' JSON snapshot to this file")
     p.add_argument(
         "--metrics-interval", type=float, default=1.0, help="seconds between --metrics-json writes"
@@ -88,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             worker.start()
             if args.metrics_port is not None:
-                server = serve_metrics(worker.counters, args.metrics_port, host=args.metrics_host)
+                from cloud_tail.metrics import serve_registry, worker_registry
+
+                registry = worker_registry(worker.counters, bundles=lambda: _bundle_infos(tails))
+                server = serve_registry(registry, args.metrics_port, host=args.metrics_addr,
+                                        json_snapshot=worker.counters.snapshot)  # fmt: skip
             cuts = ",".join(str(c) for c in tails.cut_ids)
-            metrics = f" metrics http://{args.metrics_host}:{server.server_port}/metrics" if server else ""
+            metrics = f" metrics http://{args.metrics_addr}:{server.server_port}/metrics" if server else ""
             print(
                 f"ready {worker_id} broker {args.broker} group {args.group} bundle "
                 f"{tails.describe()} cuts {cuts}{metrics}",
@@ -114,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     return 0
+
+
+def _bundle_infos(tails: BundleTails) -> list[dict[str, str]]:
+    """The labels of ``splitedge_cloud_bundle_info``: one set per bundle served (read at each scrape)."""
+    out = []
+    for bundle_id in tails.bundle_ids:
+        t = tails.get(bundle_id)
+        if t is not None:
+            version = t.manifest.extra.get("version", "")
+            out.append({"bundle_id": f"0x{bundle_id:08x}", "model": t.manifest.model_name, "version": str(version)})
+    return out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What a cloud worker counts, per device and per cut, and how it is exposed.
+"""What a cloud worker counts, per device and cut, and the JSON snapshot of it.
 
 Every frame the worker receives ends in exactly one of: ``answered`` (a result was published),
 ``errors[code]`` (an ErrorMessage was published: malformed, unknown_cut, bundle_mismatch, internal),
@@ -6,47 +6,99 @@ or ``shed`` (an ErrorMessage with code ``overloaded``). So ``received == answere
 shed`` once the queue is empty — the invariant the tests check. ``publish_failed`` counts replies
 that could not be sent (broker down); those frames are still counted where they ended.
 
-Exposed two ways (docs/CLOUD.md): :meth:`Counters.snapshot` (a JSON-ready dict, written to
-``--metrics-json FILE``) and :meth:`Counters.prometheus` (text exposition format 0.0.4, served on
-``--metrics-port``).
+One :class:`Tally` per (device, cut) pair — the cut is ``None`` for a frame whose header could not be
+read — holds the counts, the bytes received, the tail-time window for the percentiles and two
+cumulative histograms (tail time and queue wait, :data:`BUCKETS_S`). :meth:`Counters.snapshot` sums
+the pairs per device and per cut (a JSON-ready dict, written to ``--metrics-json FILE``);
+:meth:`Counters.series` hands the pairs themselves to the Prometheus collector
+(:mod:`cloud_tail.metrics`, served on ``--metrics-port``).
 """
 
 from __future__ import annotations
 
+import bisect
+import copy
 import json
 import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Counters", "Tally", "serve_metrics", "write_json"]
+__all__ = ["BUCKETS_S", "Counters", "Histogram", "Tally", "write_json"]
 
 #: tail-time samples kept per key for the percentiles (a sliding window).
 WINDOW = 1024
 
+#: upper bounds (seconds) of the tail-time and queue-wait histograms; a last +Inf bucket is implied.
+#: A digits tail takes ~0.005-0.3 ms here, MobileNetV2's ~5-10 ms, a loaded worker queues up to 1 s.
+BUCKETS_S: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Counts per bucket of :data:`BUCKETS_S` (the last one is +Inf) and the sum, in seconds."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_S) + 1))
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS_S, seconds)] += 1  # bucket i holds v <= BUCKETS_S[i]
+        self.sum_s += seconds
+
+    def add(self, other: Histogram) -> None:
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum_s += other.sum_s
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` per bucket, the last bound ``inf``."""
+        out, running = [], 0
+        for bound, n in zip((*BUCKETS_S, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
 
 @dataclass(slots=True)
 class Tally:
-    """The counts of one device or one cut."""
+    """The counts of one (device, cut) pair, or their sum over a device or a cut."""
 
     received: int = 0
     answered: int = 0
     shed: int = 0
+    bytes_received: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     tail_ms: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    tail_hist: Histogram = field(default_factory=Histogram)
+    queue_hist: Histogram = field(default_factory=Histogram)
+
+    def add(self, other: Tally) -> None:
+        self.received += other.received
+        self.answered += other.answered
+        self.shed += other.shed
+        self.bytes_received += other.bytes_received
+        self.errors.update(other.errors)
+        self.tail_ms.extend(other.tail_ms)
+        self.tail_hist.add(other.tail_hist)
+        self.queue_hist.add(other.queue_hist)
 
     def to_dict(self) -> dict[str, Any]:
         p50, p95 = _percentiles(self.tail_ms)
         return {
             "received": self.received, "answered": self.answered, "shed": self.shed,
-            "errors": dict(sorted(self.errors.items())), "tail_ms_p50": p50, "tail_ms_p95": p95,
+            "bytes_received": self.bytes_received, "errors": dict(sorted(self.errors.items())),
+            "tail_ms_p50": p50, "tail_ms_p95": p95,
         }  # fmt: skip
 
 
@@ -57,6 +109,13 @@ def _percentiles(samples: deque[float]) -> tuple[float | None, float | None]:
     return round(float(np.percentile(a, 50)), 4), round(float(np.percentile(a, 95)), 4)
 
 
+def _sum(tallies: Iterable[Tally]) -> Tally:
+    total = Tally(tail_ms=deque())  # unbounded: the sum keeps every pair's window
+    for t in tallies:
+        total.add(t)
+    return total
+
+
 class Counters:
     """Thread-safe counters of one worker (the paho thread and the inference thread both write)."""
 
@@ -65,8 +124,7 @@ class Counters:
         self._clock = clock
         self._started = clock()
         self._lock = threading.Lock()
-        self._devices: dict[str, Tally] = {}
-        self._cuts: dict[int, Tally] = {}
+        self._pairs: dict[tuple[str, int | None], Tally] = {}
         self.queue_depth = 0
         self.max_queue_depth = 0
         self.publish_failed = 0
@@ -74,34 +132,31 @@ class Counters:
         self.connected = False
         self.disconnects = 0
 
-    def _tallies(self, device: str | None, cut: int | None) -> list[Tally]:
-        out = []
-        if device is not None:
-            out.append(self._devices.setdefault(device, Tally()))
-        if cut is not None:
-            out.append(self._cuts.setdefault(cut, Tally()))
-        return out
+    def _tally(self, device: str, cut: int | None) -> Tally:
+        return self._pairs.setdefault((device, cut), Tally())
 
-    def received(self, device: str | None, cut: int | None) -> None:
+    def received(self, device: str, cut: int | None, nbytes: int = 0) -> None:
         with self._lock:
-            for t in self._tallies(device, cut):
-                t.received += 1
+            t = self._tally(device, cut)
+            t.received += 1
+            t.bytes_received += nbytes
 
-    def answered(self, device: str, cut: int, tail_ms: float) -> None:
+    def answered(self, device: str, cut: int, tail_ms: float, *, queue_ms: float | None = None) -> None:
         with self._lock:
-            for t in self._tallies(device, cut):
-                t.answered += 1
-                t.tail_ms.append(tail_ms)
+            t = self._tally(device, cut)
+            t.answered += 1
+            t.tail_ms.append(tail_ms)
+            t.tail_hist.observe(tail_ms / 1000.0)
+            if queue_ms is not None:
+                t.queue_hist.observe(max(0.0, queue_ms) / 1000.0)
 
-    def error(self, device: str | None, cut: int | None, code: str) -> None:
+    def error(self, device: str, cut: int | None, code: str) -> None:
         with self._lock:
-            for t in self._tallies(device, cut):
-                t.errors[code] += 1
+            self._tally(device, cut).errors[code] += 1
 
     def shed(self, device: str, cut: int | None) -> None:
         with self._lock:
-            for t in self._tallies(device, cut):
-                t.shed += 1
+            self._tally(device, cut).shed += 1
 
     def batch(self, size: int) -> None:
         with self._lock:
@@ -122,86 +177,48 @@ class Counters:
                 self.disconnects += 1
             self.connected = up
 
+    def series(self) -> dict[tuple[str, int | None], Tally]:
+        """A copy of every (device, cut) pair's tally, taken under the lock (for the metrics collector)."""
+        with self._lock:
+            return {k: copy.deepcopy(t) for k, t in sorted(self._pairs.items(), key=lambda kv: _order(kv[0]))}
+
     def snapshot(self) -> dict[str, Any]:
         """Everything, JSON-ready: totals, per device, per cut, queue, batches, connection."""
+        pairs = self.series()
+        by_device: dict[str, list[Tally]] = {}
+        by_cut: dict[int, list[Tally]] = {}
+        for (device, cut), t in pairs.items():
+            by_device.setdefault(device, []).append(t)
+            if cut is not None:
+                by_cut.setdefault(cut, []).append(t)
+        state = self.state()
+        return {
+            "worker_id": self.worker_id,
+            "ts": self._clock(),
+            **state,
+            "uptime_s": round(state["uptime_s"], 3),
+            "batches": {str(k): v for k, v in sorted(state["batches"].items())},
+            "totals": _sum(pairs.values()).to_dict(),
+            "devices": {d: _sum(ts).to_dict() for d, ts in sorted(by_device.items())},
+            "cuts": {str(c): _sum(ts).to_dict() for c, ts in sorted(by_cut.items())},
+        }
+
+    def state(self) -> dict[str, Any]:
+        """The per-worker numbers (queue, batches, connection), taken under the lock."""
         with self._lock:
-            devices = {d: t.to_dict() for d, t in sorted(self._devices.items())}
-            cuts = {str(c): t.to_dict() for c, t in sorted(self._cuts.items())}
-            all_ms: deque[float] = deque()
-            for t in self._cuts.values():
-                all_ms.extend(t.tail_ms)
-            totals = Tally(
-                received=sum(t.received for t in self._devices.values()),
-                answered=sum(t.answered for t in self._devices.values()),
-                shed=sum(t.shed for t in self._devices.values()),
-                errors=sum((t.errors for t in self._devices.values()), Counter()),
-                tail_ms=all_ms,
-            )
             return {
-                "worker_id": self.worker_id,
-                "ts": self._clock(),
-                "uptime_s": round(self._clock() - self._started, 3),
+                "uptime_s": self._clock() - self._started,
                 "connected": self.connected,
                 "disconnects": self.disconnects,
                 "queue_depth": self.queue_depth,
                 "max_queue_depth": self.max_queue_depth,
                 "publish_failed": self.publish_failed,
-                "batches": {str(k): v for k, v in sorted(self.batches.items())},
-                "totals": totals.to_dict(),
-                "devices": devices,
-                "cuts": cuts,
+                "batches": dict(self.batches),
             }
 
-    def prometheus(self) -> str:
-        """The snapshot in Prometheus text format (counters ``_total``, gauges, tail-time quantiles)."""
-        snap = self.snapshot()
-        w = _label_value(self.worker_id)
-        lines = [
-            "# HELP splitedge_cloud_frames_total Frames by outcome, per device and per cut.",
-            "# TYPE splitedge_cloud_frames_total counter",
-        ]
-        for scope, table in (("device", snap["devices"]), ("cut", snap["cuts"])):
-            for key, t in table.items():
-                base = f'worker="{w}",{scope}="{_label_value(str(key))}"'
-                for outcome in ("received", "answered", "shed"):
-                    lines.append(f'splitedge_cloud_frames_total{{{base},outcome="{outcome}"}} {t[outcome]}')
-                for code, n in t["errors"].items():
-                    lines.append(
-                        f'splitedge_cloud_frames_total{{{base},outcome="error",code="{_label_value(code)}"}} {n}'
-                    )
-        lines += [
-            "# HELP splitedge_cloud_tail_ms Tail time per cut (sliding window of the last frames).",
-            "# TYPE splitedge_cloud_tail_ms summary",
-        ]
-        for key, t in snap["cuts"].items():
-            for q, name in (("0.5", "tail_ms_p50"), ("0.95", "tail_ms_p95")):
-                if t[name] is not None:
-                    lines.append(
-                        f'splitedge_cloud_tail_ms{{worker="{w}",cut="{key}",quantile="{q}"}} {t[name]}'
-                    )
-        gauges = (
-            ("queue_depth", "Frames waiting for the tail."),
-            ("max_queue_depth", "Highest queue depth seen."),
-            ("publish_failed", "Replies that could not be published (broker down)."),
-            ("disconnects", "Broker connections lost."),
-        )
-        for name, help_ in gauges:
-            kind = "counter" if name in ("publish_failed", "disconnects") else "gauge"
-            lines += [
-                f"# HELP splitedge_cloud_{name} {help_}",
-                f"# TYPE splitedge_cloud_{name} {kind}",
-                f'splitedge_cloud_{name}{{worker="{w}"}} {snap[name]}',
-            ]
-        lines += [
-            "# HELP splitedge_cloud_connected 1 while connected to the broker.",
-            "# TYPE splitedge_cloud_connected gauge",
-            f'splitedge_cloud_connected{{worker="{w}"}} {int(snap["connected"])}',
-        ]
-        return "\n".join(lines) + "\n"
 
-
-def _label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _order(key: tuple[str, int | None]) -> tuple[str, int]:
+    return key[0], -1 if key[1] is None else key[1]
 
 
 def write_json(counters: Counters, path: str | Path) -> None:
@@ -210,33 +227,3 @@ def write_json(counters: Counters, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(counters.snapshot(), indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def serve_metrics(counters: Counters, port: int, *, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve ``/metrics`` (Prometheus text) and ``/metrics.json`` in a daemon thread; port 0 picks one.
-
-    Call ``.shutdown()`` then ``.server_close()`` to stop it; ``.server_port`` is the bound port.
-    """
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path.split("?")[0] == "/metrics":
-                body, ctype = counters.prometheus().encode(), "text/plain; version=0.0.4; charset=utf-8"
-            elif self.path.split("?")[0] == "/metrics.json":
-                body, ctype = json.dumps(counters.snapshot()).encode(), "application/json"
-            else:
-                self.send_error(404, "try /metrics or /metrics.json")
-                return
-            self.send_response(200)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence access logs
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server

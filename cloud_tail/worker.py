@@ -169,7 +169,7 @@ class TailWorker:
             job.header = header
         except WireError:
             pass  # the inference thread decodes it again and answers 'malformed'
-        self.counters.received(device_id, job.header.cut_id if job.header else None)
+        self.counters.received(device_id, job.header.cut_id if job.header else None, len(job.payload))
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -341,7 +341,7 @@ class TailWorker:
             worker_id=wid,
             decode_ms=job.decode_ms,
         )
-        self.counters.answered(job.device_id, cut, tail_ms)
+        self.counters.answered(job.device_id, cut, tail_ms, queue_ms=queue_ms)
         self._publish(job.device_id, TopicKind.RESULT, result.to_bytes())
         self._publish(job.device_id, TopicKind.REPORT, report.to_bytes())
 

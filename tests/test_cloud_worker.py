@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from cloud_tail.counters import serve_metrics
+from cloud_tail.metrics import serve_registry, worker_registry
 from cloud_tail.tails import Refusal
 from cloud_tail.worker import TailWorker, WorkerConfig
 from sdk.messages import ErrorCode, ErrorMessage, ReportMessage, ResultMessage, decode_message
@@ -148,6 +148,7 @@ def test_full_queue_sheds_at_once_with_overloaded(setup) -> None:
     snap = w.counters.snapshot()
     assert snap["devices"]["a"] | {"tail_ms_p50": None, "tail_ms_p95": None} == {
         "received": 5, "answered": 2, "shed": 3, "errors": {}, "tail_ms_p50": None, "tail_ms_p95": None,
+        "bytes_received": 5 * len(frame("a", 0)),
     }  # fmt: skip
     assert snap["max_queue_depth"] == 2 and snap["queue_depth"] == 0
 
@@ -233,7 +234,7 @@ def test_threaded_worker_answers_and_metrics_are_served(setup) -> None:
     )
     w = TailWorker(hub_t.transport("w"), tails, WorkerConfig("wt", max_wait_ms=1))
     w.start()
-    server = serve_metrics(w.counters, 0)
+    server = serve_registry(worker_registry(w.counters), 0, json_snapshot=w.counters.snapshot)
     try:
         for s in range(5):
             hub_t.transport(f"d{s}").publish(topic("a", TopicKind.ACT), frame("a", s))
@@ -245,8 +246,8 @@ def test_threaded_worker_answers_and_metrics_are_served(setup) -> None:
         assert sorted(r.seq for r in got) == list(range(5))
         base = f"http://127.0.0.1:{server.server_port}"
         text = urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode()
-        assert 'splitedge_cloud_frames_total{worker="wt",device="a",outcome="answered"} 5' in text
-        assert 'splitedge_cloud_tail_ms{worker="wt",cut="1",quantile="0.95"}' in text
+        assert 'splitedge_cloud_frames_answered_total{cut="1",device="a",worker="wt"} 5.0' in text
+        assert 'splitedge_cloud_tail_seconds_count{cut="1",device="a",worker="wt"} 5.0' in text
         snap = json.loads(urllib.request.urlopen(f"{base}/metrics.json", timeout=5).read())
         assert snap["totals"]["answered"] == 5 and snap["cuts"]["1"]["tail_ms_p50"] is not None
     finally:
