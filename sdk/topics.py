@@ -9,6 +9,13 @@ Every device owns one subtree::
     splitedge/v1/<device_id>/status      online/offline (a status message, docs/WIRE.md), retained;
                                          the offline one is also the device's last will
 
+Bundle rollouts (``splitedge rollout``, docs/CLOUD.md "Rolling out a bundle") use one subtree per device
+group, under a segment no device id can take (:data:`ROLLOUT_SEGMENT`, refused by :func:`validate_device_id`)::
+
+    splitedge/v1/_rollout/<group>/announce                  the bundle offered (AnnounceMessage), retained
+    splitedge/v1/_rollout/<group>/chunk/<bundle>/<n>        chunk n of its files (sdk.chunks), retained;
+                                                            <bundle> = the first 16 hex digits of its bundle_id
+
 Cloud workers share the load with an MQTT v5 shared subscription
 ``$share/<group>/splitedge/v1/+/act`` (:func:`shared_filter`): the broker hands each frame to exactly
 one member of the group.
@@ -21,7 +28,11 @@ from enum import StrEnum
 __all__ = [
     "MAX_DEVICE_ID_LENGTH",
     "PREFIX",
+    "ROLLOUT_SEGMENT",
     "TopicKind",
+    "announce_topic",
+    "chunk_filter",
+    "chunk_topic",
     "filter_for",
     "is_shared",
     "matches",
@@ -31,11 +42,14 @@ __all__ = [
     "topic",
     "validate_device_id",
     "validate_filter",
+    "validate_group",
 ]
 
 #: Every splitedge topic starts with this; the version segment changes only with an incompatible layout.
 PREFIX = "splitedge/v1"
 MAX_DEVICE_ID_LENGTH = 64
+#: the topic level under PREFIX that holds the rollout subtrees; a device may not take it as its id.
+ROLLOUT_SEGMENT = "_rollout"
 _FORBIDDEN_ID_CHARS = ("/", "+", "#", "\x00")
 
 
@@ -68,6 +82,8 @@ def validate_device_id(device_id: str) -> str:
         )
     if device_id.startswith("$"):
         raise ValueError(f"device_id {device_id!r} starts with '$', which MQTT reserves for broker topics")
+    if device_id == ROLLOUT_SEGMENT:
+        raise ValueError(f"device_id {device_id!r} is reserved for the bundle rollout topics; pick another id")
     return device_id
 
 
@@ -159,3 +175,35 @@ def matches(topic_filter: str, topic_name: str) -> bool:
         if f != "+" and f != t_levels[i]:
             return False
     return len(f_levels) == len(t_levels)
+
+
+def validate_group(group: str) -> str:
+    """Return ``group`` if it can name a device group (the same rule as a device id); else ``ValueError``."""
+    try:
+        return validate_device_id(group)
+    except ValueError as exc:
+        raise ValueError(f"device group: {exc}".replace("device_id", "group")) from None
+
+
+def announce_topic(group: str) -> str:
+    """``splitedge/v1/_rollout/<group>/announce``: the retained AnnounceMessage of the group's bundle."""
+    return f"{PREFIX}/{ROLLOUT_SEGMENT}/{validate_group(group)}/announce"
+
+
+def _bundle_segment(bundle_id: str) -> str:
+    seg = bundle_id[:16].lower()
+    if len(seg) != 16 or any(c not in "0123456789abcdef" for c in seg):
+        raise ValueError(f"bundle id {bundle_id!r}: expected the manifest's hex bundle_id (at least 16 hex digits)")
+    return seg
+
+
+def chunk_topic(group: str, bundle_id: str, n: int) -> str:
+    """``splitedge/v1/_rollout/<group>/chunk/<first 16 hex of bundle_id>/<n>``."""
+    if n < 0:
+        raise ValueError(f"chunk number {n}: expected >= 0")
+    return f"{PREFIX}/{ROLLOUT_SEGMENT}/{validate_group(group)}/chunk/{_bundle_segment(bundle_id)}/{n}"
+
+
+def chunk_filter(group: str, bundle_id: str) -> str:
+    """Every chunk of one bundle of one group: ``.../chunk/<bundle>/+``."""
+    return f"{PREFIX}/{ROLLOUT_SEGMENT}/{validate_group(group)}/chunk/{_bundle_segment(bundle_id)}/+"

@@ -132,6 +132,33 @@ def test_valid_filters(good):
 
 def test_public_api_is_pinned():
     assert sorted(topics.__all__) == sorted([
-        "MAX_DEVICE_ID_LENGTH", "PREFIX", "TopicKind", "filter_for", "is_shared", "matches", "parse",
-        "shared_filter", "split_shared", "topic", "validate_device_id", "validate_filter",
+        "MAX_DEVICE_ID_LENGTH", "PREFIX", "ROLLOUT_SEGMENT", "TopicKind", "announce_topic", "chunk_filter",
+        "chunk_topic", "filter_for", "is_shared", "matches", "parse", "shared_filter", "split_shared", "topic",
+        "validate_device_id", "validate_filter", "validate_group",
     ])
+
+
+BUNDLE = "1a2b3c4d5e6f7a8b" + "0" * 48
+
+
+def test_rollout_topics_live_in_their_own_subtree():
+    assert topics.announce_topic("lobby") == "splitedge/v1/_rollout/lobby/announce"
+    assert topics.chunk_topic("lobby", BUNDLE, 7) == "splitedge/v1/_rollout/lobby/chunk/1a2b3c4d5e6f7a8b/7"
+    assert topics.matches(topics.chunk_filter("lobby", BUNDLE), topics.chunk_topic("lobby", BUNDLE, 7))
+    assert not topics.matches(topics.chunk_filter("hall", BUNDLE), topics.chunk_topic("lobby", BUNDLE, 7))
+    for kind in topics.TopicKind:  # no device filter of the cloud or the fleet reaches them
+        assert not topics.matches(topics.filter_for(kind), topics.announce_topic("lobby"))
+        assert not topics.matches(topics.filter_for(kind), topics.chunk_topic("lobby", BUNDLE, 0))
+
+
+@pytest.mark.parametrize(("bad", "why"), [("_rollout", "reserved"), ("a/b", "'/'"), ("", "empty")])
+def test_the_rollout_segment_and_bad_groups_are_refused(bad, why):
+    with pytest.raises(ValueError, match=why):
+        topics.validate_group(bad)
+    with pytest.raises(ValueError, match=why):
+        topics.validate_device_id(bad)
+
+
+def test_a_chunk_topic_needs_a_hex_bundle_id():
+    with pytest.raises(ValueError, match="hex bundle_id"):
+        topics.chunk_topic("lobby", "v2", 0)
