@@ -9,7 +9,8 @@ and what to do about it.
     ├── ConfigError                    a board/broker TOML: unknown key, wrong type, missing file
     │   ├── TraceError                 a bandwidth trace file that is not a trace (also a ValueError)
     │   ├── CredentialFileError        a CA/certificate/key/password file missing, unreadable or unusable (names file + flag/key)
-    │   └── ListenError                --metrics-port / --web-port cannot be bound (names address, port and flag)
+    │   ├── ListenError                --metrics-port / --web-port cannot be bound (names address, port and flag)
+    │   └── SpoolError                 the outbox spool folder cannot be used, or another process holds its file (names it)
     ├── MissingDependencyError         an optional extra is not installed (names the extra)
     ├── ConversionError                a Keras model the converter cannot split (names the layer)
     ├── BundleError                    a bundle that cannot be used
@@ -54,6 +55,7 @@ __all__ = [
     "MissingDependencyError",
     "PayloadTooLargeError",
     "ShapeMismatchError",
+    "SpoolError",
     "SplitEdgeError",
     "TraceError",
     "TransportError",
@@ -83,6 +85,10 @@ class CredentialFileError(ConfigError):
 
 class ListenError(ConfigError):
     """An HTTP port (--metrics-port, --web-port) cannot be bound: names the address, the port and the flag."""
+
+
+class SpoolError(ConfigError):
+    """The outbox spool ([outbox] spool_dir, --outbox-dir) cannot be created or written, or another process holds it."""
 
 
 class MissingDependencyError(SplitEdgeError, ImportError):
