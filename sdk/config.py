@@ -47,6 +47,7 @@ __all__ = [
     "CONFIG_DIR_ENV",
     "BoardSpec",
     "BrokerSettings",
+    "OutboxSettings",
     "CodecChoice",
     "DeviceConfig",
     "DeviceSettings",
@@ -225,6 +226,19 @@ class BrokerSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    """Store-and-forward (sdk/outbox.py): results, reports and telemetry kept while the broker is away.
+
+    At most ``max_messages`` messages and ``max_bytes`` bytes (topic + payload) wait; beyond, the oldest is
+    dropped and counted. ``max_messages = 0`` keeps nothing. ``spool_dir``: also keep them on disk there
+    (one ``<id>.outbox`` file per device or worker), so they survive a restart."""
+
+    max_messages: int = 1000
+    max_bytes: int = 1_000_000
+    spool_dir: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """One board profile, fully validated. `path` is the file it came from (None if built in code)."""
 
@@ -232,11 +246,15 @@ class DeviceConfig:
     device: DeviceSettings
     broker: BrokerSettings
     path: Path | None = None
+    outbox: OutboxSettings = OutboxSettings()  # the optional [outbox] section
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped dict (paths as absolute strings); `parse_config` reads it back unchanged."""
         out: dict[str, dict[str, Any]] = {}
-        for section, value in (("board", self.board), ("device", self.device), ("broker", self.broker)):
+        sections = [("board", self.board), ("device", self.device), ("broker", self.broker)]
+        if self.outbox != OutboxSettings():
+            sections.append(("outbox", self.outbox))
+        for section, value in sections:
             table: dict[str, Any] = {}
             for field in dataclasses.fields(value):
                 item = getattr(value, field.name)
@@ -374,7 +392,8 @@ def _resolve(value: str, base_file: Path | None) -> Path:
 _BOARD_KEYS = tuple(f.name for f in dataclasses.fields(BoardSpec))
 _DEVICE_KEYS = tuple(f.name for f in dataclasses.fields(DeviceSettings))
 _BROKER_KEYS = tuple(f.name for f in dataclasses.fields(BrokerSettings))
-_SECTIONS = ("board", "device", "broker")
+_OUTBOX_KEYS = tuple(f.name for f in dataclasses.fields(OutboxSettings))
+_SECTIONS = ("board", "device", "broker", "outbox")
 
 
 _FAMILY_KEYS = tuple(f.value for f in ModelFamily)
@@ -521,6 +540,14 @@ def _parse_broker(s: _Section) -> BrokerSettings:
     return settings
 
 
+def _parse_outbox(s: _Section) -> OutboxSettings:
+    return OutboxSettings(
+        max_messages=s.integer("max_messages", 1000, low=0),
+        max_bytes=s.integer("max_bytes", 1_000_000, low=1),
+        spool_dir=s.path("spool_dir"),
+    )
+
+
 def _check_broker(b: BrokerSettings, where: str) -> None:
     if (b.cert_file is None) != (b.key_file is None):
         raise ConfigError(
@@ -557,11 +584,15 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> DeviceCon
                 f"expected a [{name}] table with keys: {', '.join(keys)}."
             )
         tables[name] = _Section(name, table, file, keys)
+    outbox = data.get("outbox", {})
+    if not isinstance(outbox, Mapping):
+        raise ConfigError(f"[outbox] in {where} is not a table; expected keys: {', '.join(_OUTBOX_KEYS)}.")
     return DeviceConfig(
         board=_parse_board(tables["board"]),
         device=_parse_device(tables["device"]),
         broker=_parse_broker(tables["broker"]),
         path=file,
+        outbox=_parse_outbox(_Section("outbox", outbox, file, _OUTBOX_KEYS)),
     )
 
 
@@ -640,6 +671,7 @@ def with_overrides(
     broker_url: str | None = None,
     source: str | None = None,
     device_id: str | None = None,
+    outbox_dir: str | os.PathLike[str] | None = None,
 ) -> DeviceConfig:
     """A copy with command-line overrides applied and re-validated (relative paths: against the cwd).
 
@@ -662,4 +694,7 @@ def with_overrides(
                 "A-Z a-z 0-9 . _ - (it becomes an MQTT topic level)."
             )
         device = dataclasses.replace(device, device_id=device_id)
-    return dataclasses.replace(cfg, broker=broker, device=device)
+    outbox = cfg.outbox
+    if outbox_dir is not None:
+        outbox = dataclasses.replace(outbox, spool_dir=_resolve(os.fspath(outbox_dir), None))
+    return dataclasses.replace(cfg, broker=broker, device=device, outbox=outbox)

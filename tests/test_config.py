@@ -211,6 +211,7 @@ def test_public_api_is_pinned():
             "CONFIG_DIR_ENV",
             "BoardSpec",
             "BrokerSettings",
+            "OutboxSettings",
             "CodecChoice",
             "DeviceConfig",
             "DeviceSettings",
