@@ -301,6 +301,8 @@ class TelemetryMessage(_Message):
     rollout: str | None = None  # a RolloutState value: the last announced bundle's fate (None: none announced)
     rollout_bundle: str | None = None  # which bundle ``rollout`` is about (8 hex digits)
     rollout_detail: str | None = None  # why it rolled back (the loader's one-line error)
+    outbox_queued: int = 0  # results/reports/telemetry waiting for the broker (sdk/outbox.py)
+    outbox_dropped: int = 0  # of those, dropped at the outbox's bound since the start (never silent)
 
     CHECKS: ClassVar[Mapping[str, Check]] = {
         "device_id": _str, "ts": _float, "cut": _int, "fps": _float, "exit_rate": _float,
@@ -308,6 +310,7 @@ class TelemetryMessage(_Message):
         "p95_ms": _optional(_float), "errors": _nonneg_int, "queue_depth": _nonneg_int, "emulated": _bool,
         "bits": _optional(_int), "bundle_id": _optional(_str), "bundle_version": _optional(_str),
         "rollout": _optional(_str), "rollout_bundle": _optional(_str), "rollout_detail": _optional(_str),
+        "outbox_queued": _nonneg_int, "outbox_dropped": _nonneg_int,
     }  # fmt: skip
 
     def __getitem__(self, key: str) -> Any:
