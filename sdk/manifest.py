@@ -270,6 +270,19 @@ class Manifest:
         return next((c for c in self.cuts if c.kind is CutKind.RAW), None)
 
     @property
+    def device_files(self) -> tuple[FileRef, ...]:
+        """The files a device runs (every cut's head and exit), in ``files`` order: what a rollout sends it.
+        Tails run in the cloud only."""
+        used = {ref.path for c in self.cuts for ref in (c.head, c.exit) if ref is not None}
+        return tuple(ref for ref in self.files if ref.path in used)
+
+    @property
+    def version(self) -> str:
+        """A label for people: ``extra["version"]`` when the bundle has one, else the first 8 hex of bundle_id."""
+        v = self.extra.get("version")
+        return str(v) if v not in (None, "") else self.bundle_id[:8]
+
+    @property
     def metric(self) -> str:
         """What the AccuracyAtBits figures measure: "accuracy" (labels) or "agreement" (with the float model)."""
         return "accuracy" if self.labels_source is LabelsSource.LABELS else "agreement"
