@@ -40,6 +40,33 @@ The two unknowns are separated by payload size, online:
   ~0.01 Mbit/s and the geometric EWMA needed several probes - seconds apart - to climb back to a
   ~3 Mbit/s link (the live demo on ``zero2w-offload`` stayed on the device for most of a 30 s run).
 
+**No small payload** (issue 14): over a cellular round trip a device on its device cut sends only
+shadow probes, and a classifier's smallest payloads (its pooled features) are 0.7-2.4 kB, above
+``small_bytes``. With the latency taken as its prior of 0 ms, the whole round trip counted as transfer:
+689 B in 53 ms read as 13 kB/s on a 5 Mbit/s link (0.03x, measured live through Mosquitto at a 50 ms
+round trip), and no split could ever look worth sending. Two rules, both from the answers alone:
+
+* an unknown latency (``prior_link_ms=None``, what :func:`make_estimator` passes) takes the *first*
+  answer as a latency sample at the prior bandwidth: over a real uplink the round trip, not a first
+  small payload's transfer, is most of its time. Taking it the other way round cannot correct itself (a
+  link believed slow is never sent a payload big enough to show otherwise); this way a latency believed
+  too high is lowered by the next faster answer (the floor below);
+* two payload sizes teach it: per size class (a factor of 2 in bytes) over the last ``fit_window`` (16)
+  answers in time, the fastest answer is that size's floor; the floors of the smallest and the largest
+  class, at least ``fit_ratio`` (4x) apart, give the line ``net = link + nbytes / bandwidth`` and its
+  intercept is one more latency sample for the floor (``fitted_link_samples`` counts them). The policy's
+  probes rotate over the cuts, so their sizes differ. Floors no faster for more bytes (the link changed
+  within the window) give no line.
+
+**Noise**: the broker, the worker and the host add a few ms to every answer whatever its size; on a
+1 kB payload at several Mbit/s that is more than the transfer itself, and an EWMA of such samples sat
+at 0.2-0.4x the link in the live demo. The noise is the median excess of the recent answers over the
+floor of their size class (at least ``noise_floor_ms``, 1 ms). A bandwidth sample whose transfer is
+under ``noise_factor`` (2) x the noise is a lower bound of the rate only: it may raise the estimate,
+never lower it (``noisy_samples`` counts those it left). A real drop shows as a transfer far above the
+noise and is followed as before; a drop that hides in the noise costs a payload of that size at most
+the noise.
+
 Small payloads (late cuts) therefore teach the latency and big ones (early cuts, probes) the
 bandwidth - except the late answer of a frame that already missed: it waited out an outage, and as a
 latency sample it had pushed ``link_ms`` to hundreds of ms, which no bandwidth could beat, so no cut
@@ -169,7 +196,7 @@ class Estimator:
         head_prior: Mapping[int, float],
         tail_prior: Mapping[int, float],
         prior_bandwidth: float = 1_000_000.0,
-        prior_link_ms: float = 0.0,
+        prior_link_ms: float | None = 0.0,
         alpha: float = 0.4,
         small_bytes: int = 512,
         min_transfer_ms: float = 0.05,
@@ -183,6 +210,10 @@ class Estimator:
         explained_share: float = 0.25,
         jitter_alpha: float = 0.25,
         link_window: int = 8,
+        fit_window: int = 16,
+        fit_ratio: float = 4.0,
+        noise_factor: float = 2.0,
+        noise_floor_ms: float = 1.0,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -194,6 +225,12 @@ class Estimator:
             raise ValueError(f"need jump_factor >= 1 and jump_alpha in (0, 1], got {jump_factor} and {jump_alpha}")
         if link_window < 1:
             raise ValueError(f"need link_window >= 1, got {link_window}")
+        if fit_window < 2 or fit_ratio <= 1:
+            raise ValueError(f"need fit_window >= 2 and fit_ratio > 1, got {fit_window} and {fit_ratio}")
+        self.fit_ratio = fit_ratio
+        self.noise_factor = noise_factor
+        self.noise_floor_ms = noise_floor_ms
+        self.noisy_samples = 0  # bandwidth samples below the noise, used as lower bounds only
         if stale_after < 1 or not 0 < miss_alpha <= 1 or miss_half_life < 1:
             raise ValueError(f"need stale_after >= 1, miss_alpha in (0, 1], miss_half_life >= 1; got {stale_after}, "
                              f"{miss_alpha} and {miss_half_life}")
@@ -219,8 +256,11 @@ class Estimator:
         self.min_transfer_ms = min_transfer_ms
         self._prior_bandwidth = float(prior_bandwidth)
         self._bandwidth: float | None = None
-        self._link_ms = float(prior_link_ms)
+        self._link_unknown = prior_link_ms is None  # None: learn it, and split the first answer (module doc)
+        self._link_ms = float(prior_link_ms or 0.0)
         self._link_samples: deque[float] = deque(maxlen=link_window)  # the last latency samples (module doc)
+        self._fit: deque[tuple[int, float]] = deque(maxlen=fit_window)  # (nbytes, net_ms) of answers in time
+        self.fitted_link_samples = 0  # latency samples from two payload sizes (module doc, "no small payload")
         self._head: dict[int, float] = dict(head_prior)
         self._head_prior = {c: float(v) for c, v in head_prior.items() if v > 0}
         self._prior_scale = 1.0  # measured / prior head time, over the measured cuts (module doc)
@@ -385,8 +425,18 @@ class Estimator:
         predicted_transfer = nbytes / bw * 1000.0
         if not late:
             self._observe_jitter(cut, abs(net_ms - self._link_ms - nbytes / (self._sampled_bw or bw) * 1000.0))
+        # With no latency known yet, the first answer is split at the prior bandwidth: over a real uplink the
+        # round trip, not a first payload's transfer, is most of its time (module doc, "No small payload").
+        first = self._link_unknown and not self._link_samples and self._bandwidth is None
+        small = nbytes <= self.small_bytes or (first and predicted_transfer < net_ms)
+        if not late and not small:
+            self._fit.append((nbytes, net_ms))
+            fitted = self._fit_link()
+            if fitted is not None:  # a latency sample from two sizes (module doc, "no small payload")
+                self.fitted_link_samples += 1
+                self._add_link_sample(fitted)
         transfer = net_ms - self._link_ms
-        if nbytes <= self.small_bytes or transfer < self.min_transfer_ms:
+        if small or transfer < self.min_transfer_ms:
             if late:  # it waited out an outage: not the link's latency (module doc)
                 return
             if self._capped and net_ms < predicted_transfer:  # faster than the cap allows: the outage is over
@@ -395,12 +445,12 @@ class Estimator:
                 self._set_bandwidth(bw)
                 predicted_transfer = nbytes / bw * 1000.0
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
-            self._link_samples.append(max(0.0, net_ms - predicted_transfer))
-            self._link_ms = min(self._link_samples)  # a floor: queueing and a slower link only add (module doc)
-            if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):
-                self._changed()
+            self._add_link_sample(net_ms - predicted_transfer)
             return
         rate = nbytes / transfer * 1000.0
+        if self._bandwidth is not None and rate <= self._bandwidth and transfer < self.noise_factor * self._noise_ms():
+            self.noisy_samples += 1  # a transfer within the noise: a lower bound of the rate only (module doc)
+            return
         stale = self._counter - self._bw_tick > self.stale_after
         self._bw_tick = self._counter
         if self._bandwidth is None:
@@ -412,6 +462,49 @@ class Estimator:
             alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
         self._sampled_bw = self._bandwidth
+
+    def _add_link_sample(self, ms: float) -> None:
+        self._link_samples.append(max(0.0, ms))
+        self._link_ms = min(self._link_samples)  # a floor: queueing and a slower link only add (module doc)
+        if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):
+            self._changed()
+
+    def _floors(self) -> dict[int, tuple[int, float]]:
+        """Size class (log2 of the bytes) -> (nbytes, net_ms) of the fastest recent answer of that class."""
+        floors: dict[int, tuple[int, float]] = {}
+        for n, net in self._fit:
+            k = int(math.log2(max(n, 1)))
+            if k not in floors or net < floors[k][1]:
+                floors[k] = (n, net)
+        return floors
+
+    def _noise_ms(self) -> float:
+        """The median excess of the recent answers over the floor of their size class: what the broker, the
+        worker and the host add to a transfer, whatever the bandwidth (module doc, "Noise")."""
+        if len(self._fit) < 3:
+            return self.noise_floor_ms
+        floors = self._floors()
+        excess = sorted(net - floors[int(math.log2(max(n, 1)))][1] for n, net in self._fit)
+        return max(self.noise_floor_ms, excess[len(excess) // 2])
+
+    def _fit_link(self) -> float | None:
+        """The link latency from the recent answers' two extreme payload sizes, or None (module doc).
+
+        Per size class (a factor of 2) the fastest answer is the floor: noise only adds time. The floors of
+        the smallest and the largest class, ``fit_ratio`` or more apart in bytes, give the line
+        ``net = link + nbytes / bandwidth``; its intercept is the latency sample. Floors no faster for more
+        bytes (a link that changed within the window, or transfers below the noise) give none.
+        """
+        floors = self._floors()
+        if len(floors) < 2:
+            return None
+        n_s, net_s = floors[min(floors)]
+        n_b, net_b = floors[max(floors)]
+        if n_b < self.fit_ratio * n_s:
+            return None
+        if net_b <= net_s:  # the link changed within the window (or the transfer is below the noise): no line
+            return None
+        return net_s - n_s * (net_b - net_s) / (n_b - n_s)
 
     def _observe_jitter(self, cut: int, deviation_ms: float) -> None:
         """One answer's deviation from the expected network time (module doc, "Jitter")."""
@@ -486,4 +579,5 @@ def make_estimator(manifest: Manifest, config: DeviceConfig, *, prior_bandwidth:
         head_prior={c.index: c.head_ms * factor for c in costs},
         tail_prior={c.index: c.tail_ms for c in costs},
         prior_bandwidth=prior_bandwidth,
+        prior_link_ms=None,
     )

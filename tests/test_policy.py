@@ -425,6 +425,50 @@ def test_link_latency_is_the_floor_of_the_recent_latency_samples() -> None:
         Estimator(head_prior={}, tail_prior={}, link_window=0)
 
 
+def test_an_unknown_latency_takes_the_first_answer_as_round_trip_not_a_slow_link() -> None:
+    # 689 B answered in 53.3 ms over a 50 ms round trip (measured live, issue 14): before, with the latency
+    # taken as 0, it was a 13 kB/s link (0.1 Mbit/s on a 5 Mbit/s one) and no split was ever worth sending.
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6, prior_link_ms=None)
+    e.observe_network(1, 689, 53.3)
+    assert e.link_ms == pytest.approx(53.3 - 0.689) and e.bandwidth is None  # still the prior
+    e.observe_network(1, 7_000, e.link_ms + 7.0)  # then a bigger payload measures the bandwidth: 1 MB/s
+    assert e.bandwidth == pytest.approx(1e6, rel=0.01)
+    known = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6)  # prior_link_ms=0: a known, 0 ms link
+    known.observe_network(1, 10_000, 25.0)
+    assert known.link_ms == 0.0 and known.bandwidth == pytest.approx(400e3)
+
+
+def test_two_payload_sizes_teach_the_latency_when_no_payload_is_small() -> None:
+    # Probes of 700 B and 7 kB over a 50 ms round trip at 1 MB/s; no payload under small_bytes (512 B).
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6)  # the latency believed 0 ms
+    for _ in range(3):
+        e.observe_network(1, 700, 50.7)
+        e.observe_network(2, 7_000, 57.0)
+    assert e.link_ms == pytest.approx(50.0, abs=0.05) and e.fitted_link_samples > 0
+    assert e.bandwidth == pytest.approx(1e6, rel=0.15)  # it was ~0.12 MB/s: the round trip taken for transfer
+    near = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6)  # sizes under fit_ratio apart: no line
+    for _ in range(3):
+        near.observe_network(1, 2_000, 52.0)
+        near.observe_network(2, 4_000, 54.0)
+    assert near.fitted_link_samples == 0 and near.link_ms == 0.0
+    with pytest.raises(ValueError, match="fit_window"):
+        Estimator(head_prior={}, tail_prior={}, fit_window=1)
+
+
+def test_a_transfer_within_the_noise_only_raises_the_bandwidth() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6, prior_link_ms=None)
+    e.observe_network(1, 300, 50.3)  # latency 50 ms
+    e.observe_network(2, 20_000, 70.0)  # 1 MB/s
+    # 700 B in 1.5 ms more than the round trip (the broker and the host add ~1 ms): read as 0.47 MB/s, it
+    # would halve the estimate; below noise_factor x the noise it is a lower bound, which 1 MB/s is above.
+    e.observe_network(1, 700, 51.5)
+    assert e.bandwidth == pytest.approx(1e6, rel=0.01) and e.noisy_samples == 1
+    e.observe_network(2, 20_000, 50.0 + 5.0)  # 4 MB/s: a faster sample still raises it
+    assert e.bandwidth > 1.5e6
+    e.observe_network(1, 700, 50.0 + 70.0)  # 10 kB/s, far above the noise: a real drop, followed
+    assert e.bandwidth < 0.5e6
+
+
 def test_the_overdue_slack_follows_the_jitter_of_each_cuts_answers() -> None:
     e, p = estimator(), policy()
     net = 10_000 / 500e3 * 1000  # 20 ms for 10 kB at 500 kB/s
