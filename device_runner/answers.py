@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 __all__ = ["Answer", "AnsweredBy", "RunSummary"]
 
@@ -64,3 +64,5 @@ class RunSummary:
     p50_ms: float | None
     p95_ms: float | None
     emulated: bool
+    #: store-and-forward counters (sdk.outbox.OutboxStats.to_dict): queued, stored, forwarded, dropped, ...
+    outbox: dict[str, int] = field(default_factory=dict)

@@ -68,6 +68,7 @@ from sdk.messages import (
     TelemetryMessage,
     decode_message,
 )
+from sdk.outbox import Outbox, StoreAndForward
 from sdk.topics import TopicKind
 from sdk.transport import Message, Transport
 from sdk.wire import stamp_send_ts
@@ -124,7 +125,11 @@ class DeviceRunner:
         self.config = config
         self.settings = config.device
         self.device_id = config.device.device_id
-        self.transport = transport
+        # telemetry waits while the broker is away (sdk/outbox.py); frames do not
+        self.transport: StoreAndForward = (
+            transport if isinstance(transport, StoreAndForward)
+            else StoreAndForward(transport, Outbox(config.outbox, name=self.device_id))
+        )  # fmt: skip
         self.executor = executor
         self.options = options or RunnerOptions()
         self.policy = policy or CutPolicy(manifest, config.device)
@@ -549,6 +554,7 @@ class DeviceRunner:
                 p50_ms=_percentile(lat, 50), p95_ms=_percentile(lat, 95), errors=self.errors,
                 queue_depth=len(self._inflight), emulated=self.emulated,
                 bits=(current.bits or None) if current else None,
+                outbox_queued=len(self.transport.outbox), outbox_dropped=self.transport.outbox.dropped,
             )  # fmt: skip
             self._win = {"frames": 0, "device": 0, "answers": 0, "bytes": 0}
             self._win_lat = []
@@ -618,5 +624,5 @@ class DeviceRunner:
             probes=self.policy.probes, bytes_sent=self.bytes_sent, final_cut=current.cut if current else -1,
             final_bits=current.bits if current else 0, bandwidth_estimate=self.estimator.bandwidth,
             p50_ms=_percentile(self._latencies, 50), p95_ms=_percentile(self._latencies, 95),
-            emulated=self.emulated,
+            emulated=self.emulated, outbox=self.transport.outbox.stats().to_dict(),
         )  # fmt: skip

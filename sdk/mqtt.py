@@ -8,7 +8,11 @@ The only module of splitedge that imports paho. Decisions, documented in docs/TR
 * TCP_NODELAY on every socket (``on_socket_open``): without it a request/response through
   Mosquitto takes ~87 ms instead of ~1.2 ms (Nagle + delayed ACK).
 * Publishing while disconnected raises :class:`~sdk.errors.BrokerUnavailableError`; nothing is
-  queued, so the caller (the device) decides to answer locally.
+  queued here, so the caller decides: the device answers the frame locally, and results, reports and
+  telemetry wait in the caller's outbox (:mod:`sdk.outbox`). A QoS 1/2 message paho still queued for
+  such a publish is not sent later (it would arrive twice). The QoS 1/2 messages the broker had not
+  acknowledged when the connection dropped are published again on reconnect *before* the reconnect
+  callbacks run, so an outbox flushed from them stays behind the older messages.
 * A payload whose PUBLISH packet exceeds the broker's maximum packet size (v5 CONNACK) or the
   local ``max_packet_size`` raises :class:`~sdk.errors.PayloadTooLargeError` before anything is
   sent. There is no chunking: chunks of one frame would be split across the members of a shared
@@ -205,6 +209,7 @@ class MqttTransport:
         self._warned_shared: set[str] = set()
         self._attempt: dict[str, Any] = {}
         self._failure: BrokerAuthError | CredentialFileError | None = None
+        self._refused_mids: set[int] = set()  # QoS>0 publishes paho queued although we raised (not resent)
 
         if wait_connected:
             self._open()
@@ -411,10 +416,26 @@ class MqttTransport:
             subs = list(self._subs.values())
         for sub in subs:  # clean start: the broker forgot them
             client.subscribe(self._effective_filter(sub.topic_filter), sub.qos)
+        self._resend_unacknowledged(client)
         self._attempt["event"].set()
         if not first:
             log.info("reconnected to %s; %d subscription(s) restored", self.address.hostport, len(subs))
         self._notify(True)
+
+    def _resend_unacknowledged(self, client: Any) -> None:
+        """Publish again, in order, what the broker had not acknowledged, now rather than after the callbacks.
+
+        paho would resend them itself, but only after ``on_connect`` returns, i.e. behind whatever the
+        reconnect callbacks publish (an outbox flush): older messages would arrive after newer ones. Those
+        we reported as failed (``BrokerUnavailableError``) are dropped here: their callers kept them.
+        """
+        with self._lock:
+            refused, self._refused_mids = self._refused_mids, set()
+        held = [m for m in client.drop_out_messages() if m.mid not in refused]
+        for m in held:
+            client.publish(m.topic, m.payload, m.qos, m.retain)
+        if held:
+            log.info("%d unacknowledged message(s) published again after the reconnect", len(held))
 
     def _on_disconnect(self, client: Any, userdata: object, flags: Any, reason: Any, props: Any) -> None:
         attempt = self._attempt
@@ -482,7 +503,10 @@ class MqttTransport:
         if not self.connected:
             raise BrokerUnavailableError(self._not_connected(f"publish to {topic!r}"))
         info = self._client.publish(topic, bytes(payload), qos, retain)
-        if info.rc == _MQTTErrorCode.MQTT_ERR_NO_CONN:
+        if info.rc in (_MQTTErrorCode.MQTT_ERR_NO_CONN, _MQTTErrorCode.MQTT_ERR_CONN_LOST):
+            if qos > 0:  # paho keeps it for the next connection: the caller keeps it instead (no duplicate)
+                with self._lock:
+                    self._refused_mids.add(info.mid)
             raise BrokerUnavailableError(self._not_connected(f"publish to {topic!r}"))
         if info.rc != _MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise TransportError(f"publish to {topic!r} failed: {_paho.error_string(info.rc)}")
