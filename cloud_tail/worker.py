@@ -22,8 +22,10 @@ batches as before.
 Every frame ends in exactly one reply — a result or an ErrorMessage on the device's result topic —
 and one counter (see :mod:`cloud_tail.counters`). Nothing past :meth:`handle` raises: a malformed
 frame, an unknown cut, a foreign bundle, a failing tail or a broker that went away are replies and
-counters, never a crash. A reply that cannot be published (broker down) is counted in
-``publish_failed``; the device times out and answers locally.
+counters, never a crash. Results and reports produced while the broker is away wait in the worker's
+outbox (:mod:`sdk.outbox`, ``WorkerConfig.outbox``) and are sent, in order, after the reconnect; what the
+outbox's bound drops is counted there (``TailWorker.outbox.stats()``). A reply that cannot be published
+for another reason is counted in ``publish_failed``; the device times out and answers locally.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ from dataclasses import dataclass, field
 
 from cloud_tail.counters import Counters
 from cloud_tail.tails import Tails, softmax, topk
+from sdk.config import OutboxSettings
 from sdk.errors import TransportError, WireError
 from sdk.messages import AnsweredBy, ErrorCode, ErrorMessage, ReportMessage, ResultMessage
+from sdk.outbox import Outbox, StoreAndForward
 from sdk.topics import TopicKind, parse, shared_filter, topic
 from sdk.transport import Message, QosPolicy, Transport
 from sdk.wire import Frame, FrameHeader, decode_frame
@@ -63,6 +67,7 @@ class WorkerConfig:
     max_queue_ms: float = 1000.0
     topk: int = 5
     qos: QosPolicy = field(default_factory=QosPolicy)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)  # replies kept while the broker is away
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.queue_size < 1:
@@ -95,7 +100,11 @@ class TailWorker:
         counters: Counters | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.transport = transport
+        self.transport: StoreAndForward = (
+            transport if isinstance(transport, StoreAndForward)
+            else StoreAndForward(transport, Outbox(config.outbox, name=config.worker_id))
+        )  # fmt: skip
+        self.outbox = self.transport.outbox
         self.tails = tails
         self.config = config
         self.clock = clock

@@ -202,18 +202,20 @@ def test_a_failing_tail_answers_internal(setup) -> None:
     assert e.code == "internal" and "boom" in e.detail
 
 
-def test_broker_outage_is_counted_not_raised(setup) -> None:
+def test_broker_outage_is_counted_not_raised_and_the_replies_wait_in_the_outbox(setup) -> None:
     hub, clock, tails, make, replies = setup
     w = make()
     publish(hub, "a", frame("a", 1))
     hub.set_broker_up(False)
-    w.drain()  # the reply cannot be published
-    hub.set_broker_up(True)
+    w.drain()  # the reply cannot be published now: result and report wait in the outbox (sdk/outbox.py)
+    assert w.outbox.stats().queued == 2 and "a" not in replies
+    hub.set_broker_up(True)  # ... and go out on the reconnect
     snap = w.counters.snapshot()
-    assert snap["publish_failed"] == 2 and snap["disconnects"] == 1 and snap["connected"] is True
+    assert snap["publish_failed"] == 0 and snap["disconnects"] == 1 and snap["connected"] is True
     publish(hub, "a", frame("a", 2))
     w.drain()
-    assert [r.seq for r in results(replies, "a", ResultMessage)] == [2]
+    assert [r.seq for r in results(replies, "a", ResultMessage)] == [1, 2]
+    assert w.outbox.stats().forwarded == 2 and w.outbox.stats().dropped == 0
 
 
 def test_stop_answers_queued_frames_overloaded(setup) -> None:
