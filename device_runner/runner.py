@@ -34,6 +34,12 @@ mark errors; every model invocation and every local answer happens on the caller
 (``max_inflight``), the report/answer join (``timing_window``), the set of recently answered seqs
 (``recent_answers``) and the latency window are all capped.
 
+**Bundle swaps** (:meth:`offer_bundle`, from device_runner/update.py): a verified, loaded bundle is swapped
+in at the start of the next :meth:`process` - a frame boundary - with its executor, policy, payload
+encoder and a fresh estimator (the measured bandwidth carried over as its prior, the heads' times measured
+while preparing). Frames already in flight keep their entries and get their cloud answers (the tail
+workers serve both bundles); the old bundle's late measurements are dropped, not fed to the new estimator.
+
 Per-frame cost (docs/DEVICE.md "Overhead"): :meth:`expire` runs after every frame, so it is O(1)
 when nothing is due (:class:`~device_runner.inflight.InFlight`: a deadline heap and a refused queue)
 instead of scanning the whole in-flight map.
@@ -64,6 +70,7 @@ from sdk.messages import (
     ErrorMessage,
     ReportMessage,
     ResultMessage,
+    RolloutState,
     StatusMessage,
     TelemetryMessage,
     decode_message,
@@ -153,6 +160,9 @@ class DeviceRunner:
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
         self._seq = 0
         self._started = False
+        self._staged: tuple[object, Callable[[object], None] | None] | None = None  # offer_bundle, swapped in process
+        self._bundle_seq0 = 0  # the first seq of the running bundle (older ones: measurements dropped)
+        self.rollout: tuple[RolloutState | None, str | None, str | None] = (None, None, None)  # state, bundle, why
         # counters (totals)
         self.frames = 0
         self.answered: dict[str, int] = {w.value: 0 for w in AnsweredBy}
@@ -222,10 +232,45 @@ class DeviceRunner:
         self.transport.close()
 
     # ------------------------------------------------------------------ one frame
+    def offer_bundle(self, staged: object, on_swap: Callable[[object], None] | None = None) -> None:
+        """Swap to ``staged`` (device_runner.update.StagedBundle) at the next frame boundary (thread-safe)."""
+        with self._lock:
+            self._staged = (staged, on_swap)
+
+    def set_rollout(self, state: RolloutState, bundle: str | None, detail: str | None = None) -> None:
+        """What telemetry says of the last announced bundle (device_runner/update.py sets it)."""
+        with self._lock:
+            self.rollout = (state, bundle, detail)
+
+    def _swap(self) -> None:
+        with self._lock:
+            offer, self._staged = self._staged, None
+            if offer is None:
+                return
+            staged, on_swap = offer
+            manifest = staged.manifest  # type: ignore[attr-defined]
+            self.manifest = manifest
+            self.executor = staged.executor  # type: ignore[attr-defined]
+            self.policy = staged.policy or CutPolicy(manifest, self.settings)  # type: ignore[attr-defined]
+            self.estimator = make_estimator(manifest, self.config,
+                                            prior_bandwidth=self.estimator.bandwidth or self.options.prior_bandwidth)
+            for cut, ms in staged.head_ms.items():  # type: ignore[attr-defined]
+                self.estimator.observe_head(cut, ms)
+            self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
+            self._timings.clear()
+            self._shadows.clear()
+            self._bundle_seq0 = self._seq
+            self.rollout = (RolloutState.ACTIVE, manifest.bundle_id[:8], None)
+        log.info("switched to bundle %s (%s) at frame %d", manifest.bundle_id[:8], manifest.version, self._seq)
+        if on_swap is not None:
+            on_swap(staged)
+
     def process(self, frame: np.ndarray) -> int:
         """Run one frame; returns its seq. Its answer is written now or later, exactly once."""
         if not self._started:
             self.start()
+        if self._staged is not None:  # a frame boundary: swap bundles here (module doc)
+            self._swap()
         capture_ts = self.clock()
         seq = self._seq
         self._seq += 1
@@ -437,7 +482,7 @@ class DeviceRunner:
                 return 0
             due = self._inflight.take_due(now)
             for p in due:
-                if p.error is None and not p.late_result:
+                if p.error is None and not p.late_result and p.seq >= self._bundle_seq0:
                     elapsed_ms = (now - p.send_ts) * 1000.0
                     self.estimator.observe_timeout(p.cut, p.nbytes, elapsed_ms)
         for p in due:
@@ -555,6 +600,9 @@ class DeviceRunner:
                 queue_depth=len(self._inflight), emulated=self.emulated,
                 bits=(current.bits or None) if current else None,
                 outbox_queued=len(self.transport.outbox), outbox_dropped=self.transport.outbox.dropped,
+                bundle_id=f"{self.manifest.wire_bundle_id:08x}", bundle_version=self.manifest.version,
+                rollout=self.rollout[0].value if self.rollout[0] else None, rollout_bundle=self.rollout[1],
+                rollout_detail=self.rollout[2],
             )  # fmt: skip
             self._win = {"frames": 0, "device": 0, "answers": 0, "bytes": 0}
             self._win_lat = []

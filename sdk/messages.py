@@ -297,7 +297,7 @@ class TelemetryMessage(_Message):
     emulated: bool
     bits: int | None = None
     bundle_id: str | None = None  # the bundle serving frames: 8 hex digits, the frame header's bundle id
-    bundle_version: str | None = None  # its manifest's extra["version"], when it has one
+    bundle_version: str | None = None  # its label: Manifest.version (extra["version"], else the first 8 hex of its id)
     rollout: str | None = None  # a RolloutState value: the last announced bundle's fate (None: none announced)
     rollout_bundle: str | None = None  # which bundle ``rollout`` is about (8 hex digits)
     rollout_detail: str | None = None  # why it rolled back (the loader's one-line error)
