@@ -54,22 +54,10 @@ class DeviceState:
     status_ts: float | None = None
     telemetry: TelemetryMessage | None = None
     last_seen: float = 0.0  # local time of the last message from/about it
-    frames: float = 0.0  # captured, summed over telemetry windows (fps x window) since the fleet started
+    frames: float = 0.0  # captured: fps x window summed over the telemetry this fleet process saw
     cloud_frames: int = 0  # answered by a tail worker: one report each
     cloud_bytes: int = 0  # activation bytes of those frames, as the workers received them
     cloud_hist: Histogram = field(default_factory=Histogram)  # decode + queue + tail seconds per report
-
-    @property
-    def bundle(self) -> str:
-        """The bundle the device reports in its telemetry (a field newer devices send), or ``""``."""
-        if self.telemetry is None:
-            return ""
-        fields = self.telemetry.to_dict()
-        for key in ("bundle_version", "bundle_id", "bundle"):
-            value = fields.get(key)
-            if value is not None and value != "":
-                return f"0x{value:08x}" if isinstance(value, int) else str(value)
-        return ""
 
     def to_dict(self, now: float, stale_after: float = math.inf) -> dict[str, Any]:
         t = self.telemetry
@@ -84,7 +72,6 @@ class DeviceState:
             "cloud_frames": self.cloud_frames,
             "cloud_bytes": self.cloud_bytes,
             "cloud_ms_mean": round(h.sum_s / h.count * 1000.0, 3) if h.count else None,
-            "bundle": self.bundle,
             "telemetry": t.to_dict() if t is not None else None,
         }
 
@@ -128,7 +115,10 @@ class FleetView:
                 frames = state.frames
                 prev = state.telemetry
                 if prev is not None and 0.0 < m.ts - prev.ts <= self.MAX_WINDOW_S:
-                    frames += m.fps * (m.ts - prev.ts)  # the window this message closes
+                    window = m.ts - prev.ts
+                    frames += m.fps * window  # the window this message closes
+                    if state.frames == 0.0:  # the first message's window: as long as this one (one interval)
+                        frames += prev.fps * window
                 state = replace(state, telemetry=m, last_seen=now, frames=frames)
             elif kind is TopicKind.REPORT and isinstance(m, ReportMessage):
                 hist = Histogram(list(state.cloud_hist.counts), state.cloud_hist.sum_s)

@@ -5,7 +5,8 @@ Two paths on one stdlib HTTP server (:mod:`cloud_tail.httpd`):
 * ``/`` — one self-contained HTML page (inline CSS and JavaScript; no CDN, no build step) that
   fetches ``fleet.json`` every second and draws one row per device: online/stale, cut and bit width,
   bandwidth estimate and uplink, frames (captured, and answered by the cloud), the answered-by mix
-  (device vs cloud, as a bar), latency p50/p95, the bundle it runs, and when it was last heard of;
+  (device vs cloud, as a bar), latency p50/p95, the bundle it runs (id, version, a rollout in progress
+  or rolled back), and when it was last heard of;
 * ``/fleet.json`` — :meth:`cloud_tail.fleet.FleetView.to_dict`, the same JSON ``splitedge fleet --json``
   prints.
 
@@ -39,14 +40,14 @@ _PAGE = """<!doctype html>
   #status { color: #5a6270; margin-bottom: 1em; }
   #status.bad { color: #b00020; font-weight: 600; }
   table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 1px 3px #0002; }
-  th, td { padding: .45em .7em; text-align: right; border-bottom: 1px solid #e3e6eb; white-space: nowrap; }
+  th, td { padding: .4em .55em; text-align: right; border-bottom: 1px solid #e3e6eb; white-space: nowrap; }
   th { background: #eef1f5; font-weight: 600; }
-  th:first-child, td:first-child { text-align: left; }
+  th:first-child, td:first-child, th:nth-child(2), td:nth-child(2) { text-align: left; }
   tr.offline td { color: #8a919c; }
   .badge { display: inline-block; padding: 0 .5em; border-radius: .7em; font-size: .85em; color: #fff; }
   .on { background: #2e7d32; } .off { background: #b00020; } .unknown { background: #8a919c; }
   .stale { background: #e08e0b; }
-  .mix { display: inline-flex; width: 9em; height: .9em; background: #e3e6eb; vertical-align: middle; }
+  .mix { display: inline-flex; width: 6em; height: .9em; background: #e3e6eb; vertical-align: middle; }
   .mix .cloud { background: #3867d6; } .mix .device { background: #20bf6b; }
   .legend span { margin-right: 1.2em; } .legend i { display: inline-block; width: .8em; height: .8em; }
   #empty { padding: 1em; color: #5a6270; }
@@ -57,9 +58,8 @@ _PAGE = """<!doctype html>
 <div id="status">__TITLE__ &middot; loading&hellip;</div>
 <table>
   <thead><tr>
-    <th>device</th><th>status</th><th>cut</th><th>bits</th><th>bandwidth est.</th><th>uplink</th>
-    <th>fps</th><th>frames</th><th>cloud frames</th><th>answered by</th><th>p50 ms</th><th>p95 ms</th>
-    <th>bundle</th><th>last seen</th>
+    <th>device</th><th>status</th><th>cut</th><th>bandwidth est.</th><th>uplink</th><th>fps</th>
+    <th>frames</th><th>by cloud</th><th>answered by</th><th>latency p50 / p95</th><th>bundle</th><th>last seen</th>
   </tr></thead>
   <tbody id="devices"></tbody>
 </table>
@@ -117,6 +117,21 @@ function mixCell(t) {
   wrap.appendChild(document.createTextNode(" " + (100 * (1 - dev)).toFixed(0) + "% cloud"));
   return wrap;
 }
+function bundleCell(t) {
+  const span = document.createElement("span");
+  if (!t || !t.bundle_id) { span.textContent = "-"; return span; }
+  span.textContent = "0x" + t.bundle_id + (t.bundle_version ? " v" + t.bundle_version : "");
+  if (t.rollout === "rolled_back") {
+    span.appendChild(document.createTextNode(" "));
+    const b = badge("rolled back", "off");
+    b.title = t.rollout_detail || "";
+    span.appendChild(b);
+  } else if (t.rollout === "downloading") {
+    span.appendChild(document.createTextNode(" "));
+    span.appendChild(badge("updating", "stale"));
+  }
+  return span;
+}
 function row(d) {
   const tr = document.createElement("tr");
   tr.dataset.device = d.device_id;
@@ -125,18 +140,18 @@ function row(d) {
   cell(tr, statusCell(d));
   const t = d.telemetry;
   if (t) {
-    cell(tr, String(t.cut)); cell(tr, t.bits === null ? "-" : String(t.bits));
+    cell(tr, String(t.cut) + (t.bits === null ? "" : " \u00b7 " + t.bits + "-bit"));
     cell(tr, rate(t.bandwidth_estimate)); cell(tr, rate(t.bytes_per_s)); cell(tr, num(t.fps, 1));
   } else {
-    for (let i = 0; i < 5; i++) cell(tr, "-");
+    for (let i = 0; i < 4; i++) cell(tr, "-");
   }
   cell(tr, String(d.frames)); cell(tr, String(d.cloud_frames));
   if (t) {
-    cell(tr, mixCell(t)); cell(tr, num(t.p50_ms, 1)); cell(tr, num(t.p95_ms, 1));
+    cell(tr, mixCell(t)); cell(tr, num(t.p50_ms, 1) + " / " + num(t.p95_ms, 1) + " ms");
   } else {
-    for (let i = 0; i < 3; i++) cell(tr, "-");
+    for (let i = 0; i < 2; i++) cell(tr, "-");
   }
-  cell(tr, d.bundle || "-");
+  cell(tr, bundleCell(t));
   cell(tr, ago(d.age_s), d.stale ? "stale-age" : "");
   return tr;
 }
@@ -151,7 +166,7 @@ async function refresh() {
     document.getElementById("empty").style.display = fleet.devices.length ? "none" : "block";
     const online = fleet.devices.filter(d => d.online === true).length;
     status.className = "";
-    status.textContent = TITLE + " \\u00b7 " + fleet.devices.length + " devices, " + online + " online \\u00b7 updated "
+    status.textContent = TITLE + " \\u00b7 " + fleet.devices.length + (fleet.devices.length === 1 ? " device, " : " devices, ") + online + " online \\u00b7 updated "
       + new Date(fleet.ts * 1000).toLocaleTimeString();
     document.body.dataset.updated = String(fleet.ts);
   } catch (e) {

@@ -196,7 +196,10 @@ class FleetCollector:
                                  "Activation bytes of those frames, as the workers received them.")  # fmt: skip
         cloud_time = per_device(core.HistogramMetricFamily, "splitedge_fleet_device_cloud_seconds",
                                 "Time in the cloud per answered frame: decode + queue + tail (from the reports).")  # fmt: skip
-        info = core.InfoMetricFamily("splitedge_fleet_device", "What a device runs: bundle and whether it is emulated.",
+        outbox = per_device(g, "splitedge_fleet_device_outbox_queued_messages", "Messages waiting in the device's outbox for the broker.")
+        dropped = per_device(c, "splitedge_fleet_device_outbox_dropped_total", "Messages the device's outbox dropped at its bound.")
+        info = core.InfoMetricFamily("splitedge_fleet_device", "What a device runs: bundle id and version, the last "
+                                     "rollout's state, whether it is emulated.",
                                      labels=["device"])  # fmt: skip
         states = {"online": 0, "offline": 0, "unknown": 0}
         for d in devices:
@@ -227,9 +230,12 @@ class FleetCollector:
                     lat.add_metric([*key, q], ms / 1000.0)
             errors.add_metric(key, t.errors)
             inflight.add_metric(key, t.queue_depth)
-            info.add_metric(key, {"bundle": d.bundle, "emulated": str(t.emulated).lower()})
+            outbox.add_metric(key, t.outbox_queued)
+            dropped.add_metric(key, t.outbox_dropped)
+            info.add_metric(key, {"bundle_id": f"0x{t.bundle_id}" if t.bundle_id else "", "bundle_version": t.bundle_version or "",
+                                  "rollout": t.rollout or "", "emulated": str(t.emulated).lower()})  # fmt: skip
         yield from (online, seen, age, cut, bits, fps, frames, mix, uplink, bw, lat, errors, inflight, cloud, cloud_bytes,
-                    cloud_time, info)  # fmt: skip
+                    cloud_time, outbox, dropped, info)  # fmt: skip
         count = g("splitedge_fleet_devices", "Devices known to the fleet, by status.", labels=["status"])
         for status, n in states.items():
             count.add_metric([status], n)
