@@ -314,8 +314,13 @@ class Outbox:
             self._spool.truncate(0)
             return
         self._spool.append(encode_cut(self._queue[0].seq - 1))
+        self._maybe_compact()
+
+    def _maybe_compact(self, extra: Stored | None = None) -> None:
+        """Rewrite the spool with the live messages once more than half of it (and 64 KiB) is dead."""
+        assert self._spool is not None
         if self._spool.dead > max(1 << 16, self._spool.size // 2):
-            self._spool.rewrite(iter(self._queue))
+            self._spool.rewrite(iter([*self._queue, *([extra] if extra is not None else [])]))
 
     # ------------------------------------------------------------------ queue
     def put(self, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False) -> bool:
@@ -329,10 +334,10 @@ class Outbox:
                 return False
             dropped_before = self.dropped
             self._enforce_bound(m.size)
-            if self._spool is not None:
-                if self.dropped > dropped_before:
-                    self._write_cut()
-                self._spool.append(encode_put(m))
+            if self._spool is not None:  # one append, one fsync: the drop (if any) and the message
+                cut = encode_cut(m.seq - 1 if not self._queue else self._queue[0].seq - 1)
+                self._spool.append((cut if self.dropped > dropped_before else b"") + encode_put(m))
+                self._maybe_compact(extra=m)
             self._queue.append(m)
             self._bytes += m.size
             return True
