@@ -49,6 +49,7 @@ from cloud_tail.demo_report import (
     answer_problems,
     cloud_totals,
     cut_labels,
+    estimate_tracking,
     plots,
     print_summary,
     progress,
@@ -502,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         _say("replaying edge-only, cloud-JPEG and the static cuts on the same trace stretches for the summary")
         summary["replayed"] = replayed_baselines(bundle, manifest, args.board, trace, offsets, args.duration,
                                                  args.fps, args.latency_ms if not link else 0.0)
+    summary["estimate_tracking"] = estimate_tracking(views, trace, offsets, t0)
     summary["latency_ms"] = args.latency_ms if not link else 0.0
     summary["cloud"] = cloud_totals(out, workers)
     summary.update(link=link_mode, trace=trace_note, broker_killed_at=args.kill_broker_at,

@@ -99,6 +99,51 @@ def progress(views: list[View], trace: BandwidthTrace, offsets: list[float], t0:
         print("\n".join(rows), flush=True)
 
 
+#: the window (s) over which the trace's true rate is averaged for an estimate/true ratio
+TRACK_WINDOW_S = 1.0
+
+
+def estimate_tracking(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float) -> dict:
+    """How well each device's bandwidth estimate followed the trace while the link carried its traffic.
+
+    One ratio per answer of a frame that sent a payload (escalated, or a probe's), once the device has
+    measured a bandwidth: its estimate at that answer over the trace's mean rate in the
+    :data:`TRACK_WINDOW_S` before it, at the device's offset (issue 14's goal: median within 0.7-1.3x).
+    Answers in an outage of the trace (true rate under 1 kB/s) are left out: any estimate is "off" there.
+    """
+    per_device = []
+    every: list[float] = []
+    for i, v in enumerate(views):
+        ratios = []
+        for a in v.answers:
+            if not a.get("est") or not (a.get("bytes") or a.get("probe")):
+                continue
+            tt = offsets[i] + (a["t"] - t0)
+            true = (trace.delivered(tt) - trace.delivered(max(0.0, tt - TRACK_WINDOW_S))) / TRACK_WINDOW_S
+            if true >= 1e3:
+                ratios.append(a["est"] / true)
+        every += ratios
+        per_device.append(_ratio_stats(ratios))
+    return {"all": _ratio_stats(every), "per_device": per_device}
+
+
+def _ratio_stats(ratios: list[float]) -> dict:
+    if not ratios:
+        return {"samples": 0, "median": None, "within_0.7_1.3": None}
+    r = np.array(ratios)
+    return {"samples": len(ratios), "median": float(np.median(r)),
+            "within_0.7_1.3": float(np.mean((r >= 0.7) & (r <= 1.3)))}
+
+
+def describe_tracking(t: dict) -> str:
+    a = t["all"]
+    if not a["samples"]:
+        return "no payload sent after a bandwidth measurement: nothing to compare (every frame on the device?)"
+    per = ", ".join("-" if d["median"] is None else f"{d['median']:.2f}x" for d in t["per_device"])
+    return (f"median {a['median']:.2f}x the trace over {a['samples']} answers of sent frames "
+            f"({a['within_0.7_1.3']:.0%} within 0.7-1.3x); per device {per}")
+
+
 def answer_problems(seq_counts: dict[int, int], frames: int | None) -> list[str]:
     """What is wrong with one device's answers: seqs answered twice, frames (0..frames-1) never
     answered, answers for frames that were never taken; ``frames=None``: the device never finished."""
@@ -174,6 +219,8 @@ def print_summary(s: dict) -> None:
           f"  latency           mean {s['latency_mean_ms']:.1f} ms, p50 {s['latency_p50_ms']:.1f} ms, "
           f"p95 {s['latency_p95_ms']:.1f} ms\n"
           f"  accuracy          {acc}", flush=True)
+    if s.get("estimate_tracking"):
+        print(f"  estimate / true   {describe_tracking(s['estimate_tracking'])}", flush=True)
     if s.get("replayed"):
         for line in verdict(s):
             print(line, flush=True)
@@ -252,6 +299,10 @@ def plots(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: fl
         if est:
             ax_bw.plot([e[0] for e in est], [e[1] * 8 / 1e6 for e in est], color="tab:red", lw=1.2,
                        label="device estimate")
+        track = estimate_tracking([v], trace, [offsets[i]], t0)["all"]
+        if track["median"] is not None:
+            ax_bw.set_title(f"device {i}: estimate / true median {track['median']:.2f}x over {track['samples']} "
+                            "sent frames", fontsize=9)
         ax_bw.set_yscale("log")
         ax_bw.set_ylabel("Mbit/s")
         ax_bw.legend(loc="upper right", fontsize=7)

@@ -182,3 +182,28 @@ def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundl
     assert labels[0] == "raw frame" and labels[max(labels)] == "all on device"
     split = [c for c in m.cuts if c.kind.value == "split"]
     assert labels[split[0].index] == f"{split[0].index} {split[0].name}"
+
+
+def test_estimate_tracking_compares_the_estimate_with_the_trace_where_payloads_were_sent(tmp_path: Path) -> None:
+    from cloud_tail.demo_report import View, describe_tracking, estimate_tracking
+
+    step = BandwidthTrace("step", np.array([0.0, 10.0]), np.array([100e3, 400e3]), 20.0)
+    rows = [  # t (s after t0), estimate, bytes sent, probe
+        (2.0, 100e3, 800, False),  # 1.0x
+        (4.0, 50e3, 0, True),  # a shadow probe: 0.5x
+        (6.0, 999e3, 0, False),  # nothing sent: not compared
+        (12.0, 440e3, 900, False),  # 1.1x (the window is after the step)
+        (13.0, None, 900, False),  # no bandwidth measured yet: not compared
+    ]
+    path = tmp_path / "device-0.jsonl"
+    path.write_text("".join(json.dumps({"seq": i, "t": 1000.0 + t, "est": est, "bytes": b, "probe": p,
+                                        "answered_by": "cloud"}) + "\n"
+                            for i, (t, est, b, p) in enumerate(rows)))  # fmt: skip
+    view = View(path, None)
+    view.poll()
+    t = estimate_tracking([view], step, [0.0], 1000.0)
+    assert t["all"]["samples"] == 3 and t["all"]["median"] == pytest.approx(1.0)
+    assert t["all"]["within_0.7_1.3"] == pytest.approx(2 / 3)
+    assert "median 1.00x" in describe_tracking(t) and "67% within" in describe_tracking(t)
+    none = View(tmp_path / "absent.jsonl", None)
+    assert "nothing to compare" in describe_tracking(estimate_tracking([none], step, [0.0], 1000.0))
