@@ -5,19 +5,13 @@ The runner (``device_runner.runner``) produces them; the CLI, the demo and the b
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import asdict, dataclass, field
 
+from sdk.messages import AnsweredBy  # the one vocabulary, defined with the wire's messages
+
 __all__ = ["Answer", "AnsweredBy", "RunSummary"]
 
-
-class AnsweredBy(enum.StrEnum):
-    """Who produced a frame's final answer."""
-
-    DEVICE = "device"  # the early exit was confident, or the device cut ran the whole model
-    CLOUD = "cloud"  # the cloud's result arrived before the deadline
-    DEADLINE = "deadline"  # answered locally as a fallback (see Answer.reason)
 
 
 @dataclass(frozen=True, slots=True)

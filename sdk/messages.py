@@ -27,6 +27,7 @@ from sdk.errors import MalformedMessageError, UnsupportedVersionError, WireError
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "RESULT_SOURCES",
     "SCHEMA_VERSION",
     "AnnounceMessage",
     "AnsweredBy",
@@ -46,10 +47,19 @@ MAX_MESSAGE_BYTES = 64 * 1024
 
 
 class AnsweredBy(enum.StrEnum):
-    """Who produced a result."""
+    """Who produced a frame's answer: the one vocabulary of results, answers files and summaries.
 
-    CLOUD = "cloud"
-    DEVICE = "device"
+    A :class:`ResultMessage` carries ``cloud`` or ``device`` (:data:`RESULT_SOURCES`); ``deadline`` is the
+    device runner's own: a frame answered locally as a fallback (``device_runner.answers.Answer.reason``).
+    """
+
+    DEVICE = "device"  # the early exit was confident, or the device cut ran the whole model
+    CLOUD = "cloud"  # the cloud's result arrived before the deadline
+    DEADLINE = "deadline"  # answered locally as a fallback (no cloud answer in time, broker away, ...)
+
+
+#: what a ResultMessage may say produced it: a deadline fallback is never sent as a result
+RESULT_SOURCES: tuple[AnsweredBy, ...] = (AnsweredBy.CLOUD, AnsweredBy.DEVICE)
 
 
 class ErrorCode(enum.StrEnum):
@@ -117,10 +127,10 @@ def _optional(check: Check) -> Check:
 
 
 def _answered_by(value: Any, name: str) -> AnsweredBy:
-    try:
-        return AnsweredBy(_str(value, name))
-    except ValueError:
-        raise _bad(name, value, f"one of {[a.value for a in AnsweredBy]}") from None
+    text = _str(value, name)
+    if text not in RESULT_SOURCES:
+        raise _bad(name, value, f"one of {[a.value for a in RESULT_SOURCES]}")
+    return AnsweredBy(text)
 
 
 def _topk(value: Any, name: str) -> tuple[tuple[int, float], ...]:

@@ -64,7 +64,7 @@ ALL = [RESULT, REPORT, ERROR, TELEMETRY, STATUS, TELEMETRY_ROLLOUT]  # every mes
 def test_public_api_is_pinned():
     assert sorted(messages.__all__) == sorted(
         [
-            "MAX_MESSAGE_BYTES", "SCHEMA_VERSION", "AnnounceMessage", "AnsweredBy", "ErrorCode", "ErrorMessage",
+            "MAX_MESSAGE_BYTES", "RESULT_SOURCES", "SCHEMA_VERSION", "AnnounceMessage", "AnsweredBy", "ErrorCode", "ErrorMessage",
             "Message", "ReportMessage", "ResultMessage", "RolloutState", "StatusMessage", "TelemetryMessage",
             "decode_message",
         ]
@@ -118,6 +118,7 @@ def test_missing_required_field_is_named(message):
         ("topk", [[3]], "pair"),
         ("topk", {"3": 0.9}, "list of"),
         ("answered_by", "fog", "one of \\['cloud', 'device'\\]"),
+        ("answered_by", "deadline", "one of \\['cloud', 'device'\\]"),  # the runner's fallback, never a result
         ("worker_id", 5, "a string"),
     ],
 )
@@ -207,3 +208,10 @@ def test_announce_files_are_checked_by_field():
     body = json.loads(ANNOUNCE.to_bytes())
     with pytest.raises(WireError, match=r"files\[1\]"):
         AnnounceMessage.from_bytes(json.dumps(body | {"files": [body["files"][0], ["x", "y"]]}).encode())
+
+
+def test_one_answered_by_vocabulary_for_results_answers_and_summaries():
+    from device_runner import answers
+
+    assert answers.AnsweredBy is AnsweredBy  # defined once (sdk.messages), re-exported by the answers module
+    assert [a.value for a in AnsweredBy] == ["device", "cloud", "deadline"]
