@@ -17,7 +17,6 @@ the pairs per device and per cut (a JSON-ready dict, written to ``--metrics-json
 from __future__ import annotations
 
 import bisect
-import copy
 import json
 import os
 import threading
@@ -92,6 +91,15 @@ class Tally:
         self.tail_ms.extend(other.tail_ms)
         self.tail_hist.add(other.tail_hist)
         self.queue_hist.add(other.queue_hist)
+
+    def copy(self, *, window: bool = True) -> Tally:
+        """An independent copy; without ``window`` the tail-time samples are left out (cheaper)."""
+        return Tally(
+            self.received, self.answered, self.shed, self.bytes_received, Counter(self.errors),
+            deque(self.tail_ms if window else (), maxlen=WINDOW),
+            Histogram(list(self.tail_hist.counts), self.tail_hist.sum_s),
+            Histogram(list(self.queue_hist.counts), self.queue_hist.sum_s),
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         p50, p95 = _percentiles(self.tail_ms)
@@ -177,14 +185,18 @@ class Counters:
                 self.disconnects += 1
             self.connected = up
 
-    def series(self) -> dict[tuple[str, int | None], Tally]:
-        """A copy of every (device, cut) pair's tally, taken under the lock (for the metrics collector)."""
+    def series(self, *, window: bool = False) -> dict[tuple[str, int | None], Tally]:
+        """A copy of every (device, cut) pair's tally, taken under the lock (the metrics collector's view).
+
+        ``window``: with the tail-time samples (the snapshot's percentiles need them; a scrape does not).
+        """
         with self._lock:
-            return {k: copy.deepcopy(t) for k, t in sorted(self._pairs.items(), key=lambda kv: _order(kv[0]))}
+            pairs = [(k, t.copy(window=window)) for k, t in self._pairs.items()]
+        return dict(sorted(pairs, key=lambda kv: _order(kv[0])))
 
     def snapshot(self) -> dict[str, Any]:
         """Everything, JSON-ready: totals, per device, per cut, queue, batches, connection."""
-        pairs = self.series()
+        pairs = self.series(window=True)
         by_device: dict[str, list[Tally]] = {}
         by_cut: dict[int, list[Tally]] = {}
         for (device, cut), t in pairs.items():
