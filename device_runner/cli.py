@@ -3,7 +3,13 @@
     splitedge device --bundle BUNDLE --config firmware_configs/pi4.toml \\
         [--source synthetic|npz:PATH|folder:PATH|camera] [--broker mqtt://HOST:PORT] [--frames N] \\
         [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20] \\
-        [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
+        [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE] \\
+        [--rollout-group G --trust PUB.pem [--update-dir DIR]]
+
+With ``--rollout-group`` the device follows the bundles ``splitedge rollout`` offers to that group
+(device_runner/update.py): it downloads, verifies with the ``--trust`` key, loads, and switches at a frame
+boundary, or keeps its bundle and reports the failure in telemetry. It starts from the bundle it last
+switched to (``UPDATE_DIR/active``) when that one still verifies, else from ``--bundle``.
 
 The broker flags override the profile's ``[broker]`` keys (sdk/tls.py); a missing credential file or a
 refused certificate stops the command with one line, a broker that is only away does not.
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -29,11 +36,13 @@ from device_runner.link import ConstantRateShaper, ShapedTransport
 from device_runner.policy import CutPolicy
 from device_runner.runner import Answer, DeviceRunner, RunnerOptions
 from device_runner.sources import open_source
+from device_runner.update import BundleUpdater, active_bundle, litert_prepare
 from sdk import topics
 from sdk.config import load_board, with_overrides
+from sdk.errors import ConfigError
 from sdk.hardware import this_host
 from sdk.host_speed import describe_factor
-from sdk.manifest import load_manifest
+from sdk.manifest import Manifest, load_manifest
 from sdk.messages import StatusMessage
 from sdk.planner import parse_rate
 from sdk.tls import BrokerChoice, add_broker_arguments, broker_from_args, connect_transport
@@ -63,6 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with emulated timing, sleep so wall time matches the board (default: report only)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    p.add_argument("--rollout-group", metavar="G", help="follow the bundles 'splitedge rollout --group G' offers (needs --trust)")
+    p.add_argument("--update-dir", type=Path, metavar="DIR",
+                   help="where updates are staged (default: $SPLITEDGE_CACHE or ~/.cache/splitedge, then updates/DEVICE_ID)")
+    p.add_argument("--update-max-mb", type=int, default=1024, help="refuse an update larger than this (default %(default)s MB)")
     add_broker_arguments(p)
     args = p.parse_args(argv)
     if args.frames is not None and args.frames < 0:
@@ -87,13 +100,34 @@ def _transport(choice: BrokerChoice, device_id: str, connect_timeout: float) -> 
     return transport
 
 
+def _default_update_dir(device_id: str) -> Path:
+    root = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge"))
+    return root / "updates" / device_id
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
     broker = broker_from_args(args, cfg.broker, where=str(cfg.path) if cfg.path else None)  # files checked now
-    manifest = load_manifest(args.bundle, trust=args.trust or cfg.device.trust)  # --trust overrides the profile
+    trust = args.trust or cfg.device.trust  # --trust overrides the profile
+    update_dir = None
+    if args.rollout_group:
+        if trust is None:
+            raise ConfigError(f"--rollout-group {args.rollout_group} needs --trust PUB.pem (or [device] trust): a device "
+                              "only switches to a bundle signed by the key it trusts")
+        try:
+            topics.validate_group(args.rollout_group)
+        except ValueError as exc:
+            raise ConfigError(f"--rollout-group: {exc}") from None
+        update_dir = args.update_dir or _default_update_dir(cfg.device.device_id)
+    manifest = load_manifest(args.bundle, trust=trust)
+    if update_dir is not None and (last := active_bundle(update_dir, trust)) is not None:
+        if tuple(last[1].input.shape) == tuple(manifest.input.shape):
+            print(f"splitedge device: starting from the bundle last rolled out, {last[0]} ({last[1].version})",
+                  file=sys.stderr)
+            args.bundle, manifest = last
     board = cfg.board
     heads = LiteRTHeads(args.bundle, manifest, board)
     timing = (f"emulated ({this_host().describe()}): measured on 1 host thread x the "
@@ -111,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
 
         transport: Transport = _transport(broker, cfg.device.device_id, args.connect_timeout)
+        downlink = transport  # updates come down unshaped: --uplink-rate shapes the uplink only
         if args.uplink_rate:
             shaper = ConstantRateShaper(args.uplink_rate, latency_s=args.uplink_latency_ms / 1000.0)
             transport = ShapedTransport(transport, shaper)
@@ -120,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
             manifest, cfg, transport, heads, policy=policy, on_answer=write,
             options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch),
         )
+        updater = None
+        if update_dir is not None:
+            def make_policy(m: Manifest) -> CutPolicy:
+                return CutPolicy(m, cfg.device, probe_every=args.probe_every, tau_override=args.tau, allowed_cuts=args.cuts)
+
+            updater = BundleUpdater(downlink, args.rollout_group, update_dir, trust=trust, current=manifest,
+                                    runner=runner, prepare=litert_prepare(board, make_policy),
+                                    max_bytes=args.update_max_mb * 1024 * 1024)
+            updater.start()
         try:
             summary = runner.run(source, frames=args.frames)
         except KeyboardInterrupt:
             summary = runner.summary()
         finally:
+            if updater is not None:
+                updater.close()
             runner.close()
     print(json.dumps({"summary": asdict(summary), "status_topic": topics.topic(cfg.device.device_id, TopicKind.STATUS)}),
           file=sys.stderr)

@@ -1,0 +1,361 @@
+"""Over-the-air bundle updates on the device: receive, reassemble, verify, load, hand over (docs/DEVICE.md).
+
+:class:`BundleUpdater` follows one device group (``splitedge device --rollout-group G``). On the group's
+retained :class:`~sdk.messages.AnnounceMessage` (``splitedge rollout``, cloud_tail/rollout.py) of a
+bundle other than the one running, it subscribes to that bundle's chunks and writes each into
+``UPDATE_DIR/<bundle>.part/`` at its offset (any order, duplicates harmless). Once every chunk is there,
+a thread of its own:
+
+1. checks each file's sha256 against the announce and ``manifest.json``'s against ``manifest_sha256``;
+2. writes the announce's signature as ``manifest.sig`` and loads the manifest with the device's
+   ``--trust`` key (:func:`sdk.manifest.load_manifest`: the signature over the exact bytes), then checks
+   every file sent against the signed manifest (:func:`sdk.manifest.verify_files`), that the device's
+   files (heads, exits) are all there, that the manifest is the bundle announced, and that its input is
+   the running bundle's (the camera source was opened for that shape);
+3. moves the folder to ``UPDATE_DIR/<bundle>/`` and calls ``prepare`` (the CLI's: load every head and
+   exit and run it once on a blank frame, build the policy), then hands the result to the runner
+   (:meth:`DeviceRunner.offer_bundle`), which swaps at its next frame boundary.
+
+Any failure - a bad chunk, a plan that does not add up, a signature, a hash, a head that does not load -
+keeps the running bundle and reports ``rolled_back`` with the error's one line (telemetry
+``rollout_detail``); that bundle is not tried again until the device restarts. The announce is only a
+transfer plan: its paths are checked (relative, no ``..``), its total size is capped (``max_bytes``).
+After a swap, ``UPDATE_DIR/active`` names the running bundle's folder; ``splitedge device`` starts from it
+next time (:func:`active_bundle`).
+
+Threads: transport handlers only write chunks and bookkeeping (under a lock); hashing, loading and
+running heads happen on the updater's thread; the swap itself on the runner's (a frame boundary).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from sdk import topics
+from sdk.chunks import MAX_CHUNK_BYTES, decode_chunk
+from sdk.config import BoardSpec
+from sdk.errors import BundleError, IntegrityError, ManifestError, SplitEdgeError
+from sdk.manifest import MANIFEST_NAME, CutKind, Manifest, load_manifest, verify_files
+from sdk.messages import AnnounceMessage, RolloutState
+from sdk.signing import SIGNATURE_NAME
+from sdk.transport import Message, Transport
+
+__all__ = ["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle", "active_bundle", "litert_prepare"]
+
+log = logging.getLogger(__name__)
+
+ACTIVE_NAME = "active"  # UPDATE_DIR/active: the folder name of the bundle the device last switched to
+MAX_FILES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBundle:
+    """A verified, loaded bundle waiting for the runner's next frame boundary.
+
+    ``executor`` runs its cuts (device_runner.heads.CutExecutor); ``policy`` is its CutPolicy (None: the runner
+    builds one with the profile's settings); ``head_ms`` the head (+ exit) times ``prepare`` measured, per cut.
+    """
+
+    path: Path
+    manifest: Manifest
+    executor: object
+    policy: object | None = None
+    head_ms: dict[int, float] = field(default_factory=dict)
+
+
+#: (verified bundle folder, its manifest) -> StagedBundle; raises (SplitEdgeError, ...) when it cannot load.
+Prepare = Callable[[Path, Manifest], StagedBundle]
+
+
+@dataclass(slots=True)
+class _Download:
+    announce: AnnounceMessage
+    root: Path
+    offsets: list[tuple[int, int, int]]  # chunk n -> (file index, chunk index, expected length)
+    received: set[int] = field(default_factory=set)
+    done: bool = False
+
+
+def litert_prepare(board: BoardSpec, make_policy: Callable[[Manifest], object] | None = None) -> Prepare:
+    """The CLI's ``prepare``: LiteRT heads of the new bundle, every head and exit loaded and run once on a blank
+    frame (a model that does not load fails here, not on a live frame), and its policy from ``make_policy``."""
+
+    def prepare(path: Path, manifest: Manifest) -> StagedBundle:
+        from device_runner.heads import LiteRTHeads
+
+        heads = LiteRTHeads(path, manifest, board)
+        frame = np.zeros(manifest.input.shape, dtype=np.uint8)
+        times = {c.index: heads.run(c, frame).device_ms for c in manifest.cuts if c.kind is not CutKind.RAW}
+        return StagedBundle(path, manifest, heads, make_policy(manifest) if make_policy else None, times)
+
+    return prepare
+
+
+def active_bundle(update_dir: Path, trust: str | Path | None) -> tuple[Path, Manifest] | None:
+    """The bundle the device last switched to (UPDATE_DIR/active), if it still loads with ``trust``."""
+    marker = Path(update_dir) / ACTIVE_NAME
+    if not marker.is_file():
+        return None
+    path = Path(update_dir) / marker.read_text(encoding="utf-8").strip()
+    try:
+        manifest = load_manifest(path, verify=False, trust=trust)
+        verify_files(path, manifest.device_files)
+    except (SplitEdgeError, OSError) as exc:
+        log.warning("the last active bundle %s does not load (%s); starting from --bundle", path, exc)
+        return None
+    return path, manifest
+
+
+def _check_plan(a: AnnounceMessage, max_bytes: int) -> list[tuple[int, int, int]]:
+    """Chunk offsets of a sane plan; ManifestError naming what does not add up."""
+    where = f"announce of bundle {a.bundle_id[:8]} (version {a.version})"
+    if len(a.bundle_id) != 64 or any(c not in "0123456789abcdef" for c in a.bundle_id):
+        raise ManifestError(f"{where}: bundle_id {a.bundle_id!r} is not 64 hex digits")
+    if not 1 <= a.chunk_size <= MAX_CHUNK_BYTES:
+        raise ManifestError(f"{where}: chunk_size {a.chunk_size}; expected 1..{MAX_CHUNK_BYTES}")
+    if not a.files or a.files[0][0] != MANIFEST_NAME or a.files[0][1] != a.manifest_sha256:
+        raise ManifestError(f"{where}: the first file must be {MANIFEST_NAME} with the announced manifest_sha256")
+    if len(a.files) > MAX_FILES:
+        raise ManifestError(f"{where}: {len(a.files)} files; at most {MAX_FILES}")
+    total = sum(size for _, _, size in a.files)
+    if total > max_bytes:
+        raise ManifestError(f"{where}: {total} bytes, over this device's limit of {max_bytes} "
+                            "(splitedge device --update-max-mb)")
+    seen: set[str] = set()
+    offsets: list[tuple[int, int, int]] = []
+    for i, (path, _sha, size) in enumerate(a.files):
+        p = PurePosixPath(path)
+        if (not path or p.is_absolute() or "\\" in path or any(part in ("", ".", "..") for part in path.split("/"))
+                or path == SIGNATURE_NAME or path in seen):
+            raise ManifestError(f"{where}: file path {path!r} is not a plain relative path inside the bundle "
+                                "(or is repeated, or is manifest.sig)")
+        seen.add(path)
+        count = a.chunk_count(i)
+        offsets += [(i, j, min(a.chunk_size, size - j * a.chunk_size)) for j in range(count)]
+    return offsets
+
+
+class BundleUpdater:
+    """Follow a group's announces; stage, verify and prepare a new bundle; offer it to the runner (module doc).
+
+    ``runner`` needs ``offer_bundle(staged, on_swap)`` and ``set_rollout(state, bundle, detail)``
+    (device_runner.runner.DeviceRunner). ``trust`` is required: an unsigned update path would let anyone who
+    can publish on the group run code-bearing models on the camera.
+    """
+
+    def __init__(self, transport: Transport, group: str, update_dir: str | Path, *, trust: str | Path,
+                 current: Manifest, runner: object, prepare: Prepare, max_bytes: int = 1 << 30) -> None:
+        self.transport = transport
+        self.group = topics.validate_group(group)
+        self.update_dir = Path(update_dir)
+        self.trust = trust
+        self.runner = runner
+        self.prepare = prepare
+        self.max_bytes = max_bytes
+        self.current_id = current.bundle_id
+        self.current_input = tuple(current.input.shape)
+        self._lock = threading.Lock()
+        self._download: _Download | None = None
+        self._failed: dict[str, str] = {}  # bundle id -> why (not retried until a restart)
+        self._threads: list[threading.Thread] = []
+        self.state: tuple[RolloutState | None, str | None, str | None] = (None, None, None)
+
+    def start(self) -> None:
+        self.update_dir.mkdir(parents=True, exist_ok=True)
+        self.transport.subscribe(topics.announce_topic(self.group), self._on_announce, qos=1)
+
+    def close(self) -> None:
+        try:
+            self.transport.unsubscribe(topics.announce_topic(self.group))
+        except SplitEdgeError:
+            pass
+        with self._lock:
+            d, self._download = self._download, None
+        if d is not None:
+            self._stop_chunks(d)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait for the verification threads started so far (tests, shutdown); True when none is left."""
+        for t in list(self._threads):
+            t.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    # ---- state --------------------------------------------------------------------------------
+    def _set(self, state: RolloutState, bundle: str, detail: str | None = None) -> None:
+        self.state = (state, bundle[:8], detail)
+        self.runner.set_rollout(state, bundle[:8], detail)  # type: ignore[attr-defined]
+
+    def _fail(self, a: AnnounceMessage, exc: BaseException, root: Path | None = None) -> None:
+        detail = f"bundle {a.version} ({a.bundle_id[:8]}) rolled back, the running one kept: {exc}"
+        log.warning("%s", detail)
+        self._failed[a.bundle_id] = detail
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+        self._set(RolloutState.ROLLED_BACK, a.bundle_id, detail[:1000])
+
+    # ---- transport thread ---------------------------------------------------------------------
+    def _on_announce(self, msg: Message) -> None:
+        if not msg.payload:
+            return  # the announce was cleared (splitedge rollout --clear)
+        try:
+            a = AnnounceMessage.from_bytes(msg.payload)
+        except SplitEdgeError as exc:
+            log.warning("undecodable announce on %s: %s", msg.topic, exc)
+            return
+        with self._lock:
+            if a.group != self.group or a.bundle_id == self.current_id or a.bundle_id in self._failed:
+                return
+            d = self._download
+            if d is not None and d.announce.bundle_id == a.bundle_id:
+                return  # already on it (a re-sent announce after a reconnect)
+            if d is not None:
+                self._download = None
+        if d is not None:
+            self._stop_chunks(d)
+        try:
+            offsets = _check_plan(a, self.max_bytes)
+            root = self.update_dir / f"{a.bundle_id[:16]}.part"
+            shutil.rmtree(root, ignore_errors=True)
+            for path, _sha, size in a.files:
+                f = root / path
+                f.parent.mkdir(parents=True, exist_ok=True)
+                with open(f, "wb") as fh:
+                    fh.truncate(size)
+        except (SplitEdgeError, OSError) as exc:
+            self._fail(a, exc)
+            return
+        d = _Download(a, root, offsets)
+        with self._lock:
+            self._download = d
+        self._set(RolloutState.DOWNLOADING, a.bundle_id)
+        log.info("bundle %s (%s) announced: %d files, %d chunks", a.bundle_id[:8], a.version, len(a.files),
+                 len(offsets))
+        if not offsets:
+            self._complete(d)
+            return
+        self.transport.subscribe(topics.chunk_filter(self.group, a.bundle_id), self._on_chunk, qos=1)
+
+    def _on_chunk(self, msg: Message) -> None:
+        if not msg.payload:
+            return  # emptied by a later rollout
+        with self._lock:
+            d = self._download
+        if d is None or d.done:
+            return
+        a = d.announce
+        try:
+            n = int(msg.topic.rsplit("/", 1)[1])
+            chunk = decode_chunk(msg.payload)
+            h = chunk.header
+            if h.bundle_id != a.wire_bundle_id:
+                return  # another bundle's chunk on a stale subscription
+            if not 0 <= n < len(d.offsets) or d.offsets[n][:2] != (h.file_index, h.index) \
+                    or len(chunk.data) != d.offsets[n][2] or h.count != a.chunk_count(h.file_index):
+                raise IntegrityError(f"chunk {n} on {msg.topic} is file {h.file_index} chunk {h.index}/{h.count} "
+                                     f"with {len(chunk.data)} bytes; the announce expects "
+                                     f"{d.offsets[n] if 0 <= n < len(d.offsets) else 'no such chunk'}")
+            with open(d.root / a.files[h.file_index][0], "r+b") as fh:
+                fh.seek(h.index * a.chunk_size)
+                fh.write(chunk.data)
+        except (SplitEdgeError, OSError, ValueError) as exc:
+            with self._lock:
+                if self._download is not d:
+                    return
+                self._download = None
+            self._stop_chunks(d)
+            self._fail(a, exc, d.root)
+            return
+        with self._lock:
+            d.received.add(n)
+            complete = len(d.received) == len(d.offsets) and not d.done
+            if complete:
+                d.done = True
+        if complete:
+            self._complete(d)
+
+    def _stop_chunks(self, d: _Download) -> None:
+        try:
+            self.transport.unsubscribe(topics.chunk_filter(self.group, d.announce.bundle_id))
+        except SplitEdgeError:
+            pass
+
+    def _complete(self, d: _Download) -> None:
+        d.done = True
+        self._stop_chunks(d)
+        t = threading.Thread(target=self._install, args=(d,), name=f"update-{d.announce.bundle_id[:8]}", daemon=True)
+        self._threads = [x for x in self._threads if x.is_alive()] + [t]
+        t.start()
+
+    # ---- updater thread -----------------------------------------------------------------------
+    def _install(self, d: _Download) -> None:
+        a = d.announce
+        root = d.root
+        try:
+            manifest, final = self._verify(d)
+            root = final
+            staged = self.prepare(final, manifest)
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the running bundle stays: that is the point
+            with self._lock:
+                if self._download is d:
+                    self._download = None
+            self._fail(a, exc, root)
+            return
+        with self._lock:
+            if self._download is d:
+                self._download = None
+        self.runner.offer_bundle(staged, self._activated)  # type: ignore[attr-defined]
+
+    def _verify(self, d: _Download) -> tuple[Manifest, Path]:
+        a, root = d.announce, d.root
+        for path, sha, _size in a.files:
+            h = hashlib.sha256()
+            with open(root / path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            if h.hexdigest() != sha:
+                raise IntegrityError(f"{path} reassembled to sha256 {h.hexdigest()[:16]}..., the announce says "
+                                     f"{sha[:16]}...: a chunk was mixed up in transit")
+        if a.signature is not None:
+            (root / SIGNATURE_NAME).write_text(a.signature, encoding="utf-8")
+        manifest = load_manifest(root, verify=False, trust=self.trust)  # the signature over the exact bytes
+        if manifest.bundle_id != a.bundle_id:
+            raise ManifestError(f"the manifest is bundle {manifest.bundle_id[:8]}, the announce said {a.bundle_id[:8]}")
+        sent = {path for path, _, _ in a.files}
+        missing = sorted(r.path for r in manifest.device_files if r.path not in sent)
+        if missing:
+            raise BundleError(f"the rollout did not send {missing}, which the device runs; roll it out again "
+                              "(splitedge rollout sends them by default)")
+        verify_files(root, tuple(r for r in manifest.files if r.path in sent))
+        if tuple(manifest.input.shape) != self.current_input:
+            raise BundleError(f"its input is {tuple(manifest.input.shape)}, the running bundle's is "
+                              f"{self.current_input}; the camera source was opened for that: restart the device "
+                              "with the new bundle instead")
+        final = self.update_dir / a.bundle_id[:16]
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(root, final)
+        return manifest, final
+
+    def _activated(self, staged: StagedBundle) -> None:
+        """Called by the runner once it swapped (on its thread): remember it for the next start."""
+        with self._lock:
+            self.current_id = staged.manifest.bundle_id
+        self.state = (RolloutState.ACTIVE, staged.manifest.bundle_id[:8], None)
+        try:
+            tmp = self.update_dir / (ACTIVE_NAME + ".tmp")
+            tmp.write_text(staged.path.name + "\n", encoding="utf-8")
+            os.replace(tmp, self.update_dir / ACTIVE_NAME)
+        except OSError as exc:
+            log.warning("could not record the active bundle in %s: %s", self.update_dir, exc)
+            return
+        for old in self.update_dir.iterdir():  # earlier updates: nothing runs them any more
+            if old.is_dir() and old.name != staged.path.name and not old.name.endswith(".part"):
+                shutil.rmtree(old, ignore_errors=True)
