@@ -120,7 +120,8 @@ function mixCell(t) {
 function bundleCell(t) {
   const span = document.createElement("span");
   if (!t || !t.bundle_id) { span.textContent = "-"; return span; }
-  span.textContent = "0x" + t.bundle_id + (t.bundle_version ? " v" + t.bundle_version : "");
+  const version = t.bundle_version && t.bundle_version !== t.bundle_id ? " v" + t.bundle_version : "";
+  span.textContent = "0x" + t.bundle_id + version;
   if (t.rollout === "rolled_back") {
     span.appendChild(document.createTextNode(" "));
     const b = badge("rolled back", "off");

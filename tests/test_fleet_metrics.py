@@ -224,6 +224,7 @@ def test_the_fleet_metrics_carry_each_devices_cut_bandwidth_and_cloud_frames(sce
                   **dev) == worker_bytes  # fmt: skip
     [info] = fams["splitedge_fleet_device_info"].samples
     assert info.labels["emulated"] == "false" and info.labels["device"] == "pi4-01"
+    assert info.labels["bundle_id"] == f"0x{scenario.bundle_id:08x}"  # the device's telemetry names its bundle
 
 
 def chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess[str]:
@@ -246,6 +247,7 @@ def test_the_fleet_page_renders_the_devices_in_headless_chromium(scenario: Scena
     assert cells[2].startswith(str(scenario.split))
     assert cells[7] == str(FRAMES)  # answered by the cloud, from the reports
     assert "100% cloud" in cells[8]
+    assert cells[10] == f"0x{scenario.bundle_id:08x}"
     shot = tmp_path / "fleet.png"
     r = chromium(f"--screenshot={shot}", scenario.web, user_data=tmp_path / "profile-png")
     assert r.returncode == 0, r.stderr[-2000:]
