@@ -2,6 +2,7 @@
 
     splitedge cloud --bundle BUNDLE [--bundle BUNDLE2 ...] [--broker URL] [--group NAME] [--worker-id ID]
                     [--max-batch N] [--max-wait-ms MS] [--queue N] [--max-queue-ms MS] [--threads N]
+                    [--outbox-dir DIR] [--outbox-max-messages N] [--outbox-max-bytes B]
                     [--metrics-port P [--metrics-addr A]] [--metrics-json FILE] [--metrics-interval S]
                     [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE]
 
@@ -17,11 +18,14 @@ import logging
 import os
 import socket
 import sys
+from pathlib import Path
 
 from cloud_tail.counters import write_json
 from cloud_tail.httpd import port_number
 from cloud_tail.tails import BundleTails
 from cloud_tail.worker import TailWorker, WorkerConfig
+from sdk.config import OutboxSettings
+from sdk.outbox import Outbox, StoreAndForward
 from sdk.signals import stop_on_signals
 from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
 
@@ -51,6 +55,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=1, help="LiteRT threads per tail")
     p.add_argument(
+        "--outbox-dir", default=None, metavar="DIR",
+        help="also keep the results and reports produced while the broker is away on disk, in DIR/<worker-id>.outbox: "
+        "a restarted worker with the same --worker-id sends them (default: in memory only; docs/TRANSPORT.md)",
+    )  # fmt: skip
+    p.add_argument("--outbox-max-messages", type=int, default=1000, metavar="N",
+                   help="at most N replies wait for the broker; beyond, the oldest is dropped and counted (0: keep none)")
+    p.add_argument("--outbox-max-bytes", type=int, default=1_000_000, metavar="B",
+                   help="at most B bytes (topics + payloads) wait for the broker (default %(default)s)")
+    p.add_argument(
         "--metrics-port", type=port_number, default=None, metavar="P",
         help="serve /metrics (Prometheus) and /metrics.json on port P (0: a free one, printed; off unless given)",
     )  # fmt: skip
@@ -63,7 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-interval", type=float, default=1.0, help="seconds between --metrics-json writes"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every refused frame")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.outbox_max_messages < 0 or args.outbox_max_bytes < 1:
+        p.error(f"--outbox-max-messages must be >= 0 and --outbox-max-bytes >= 1, got {args.outbox_max_messages} "
+                f"and {args.outbox_max_bytes}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         queue_size=args.queue,
         max_queue_ms=args.max_queue_ms,
     )
+    outbox = Outbox(OutboxSettings(args.outbox_max_messages, args.outbox_max_bytes,
+                                   Path(args.outbox_dir).resolve() if args.outbox_dir else None),
+                    name=worker_id)  # a spool that cannot be used stops here, before connecting  # fmt: skip
     tails = BundleTails(args.bundle, threads=args.threads, trust=args.trust)
     tails.load_all()
     with stop_on_signals() as stop:
         transport = connect_transport(broker, client_id=f"splitedge-cloud-{worker_id}")
-        worker = TailWorker(transport, tails, config)
+        worker = TailWorker(StoreAndForward(transport, outbox), tails, config)
         server = None
         try:
             worker.start()
@@ -108,16 +128,18 @@ def main(argv: list[str] | None = None) -> int:
                     write_json(worker.counters, args.metrics_json)
         finally:
             worker.stop()
-            transport.close()
+            worker.transport.close()  # flushes what it can; a spool keeps the rest for the next start
             if server is not None:
                 server.shutdown()
                 server.server_close()
             if args.metrics_json:
                 write_json(worker.counters, args.metrics_json)
     totals = worker.counters.snapshot()["totals"]
+    box = outbox.stats()
     print(
         f"stopped {worker_id}: received {totals['received']} answered {totals['answered']} "
-        f"shed {totals['shed']} errors {totals['errors']}",
+        f"shed {totals['shed']} errors {totals['errors']} outbox stored {box.stored} forwarded {box.forwarded} "
+        f"dropped {box.dropped} queued {box.queued}",
         flush=True,
     )
     return 0

@@ -2,7 +2,7 @@
 
     splitedge device --bundle BUNDLE --config firmware_configs/pi4.toml \\
         [--source synthetic|npz:PATH|folder:PATH|camera] [--broker mqtt://HOST:PORT] [--frames N] \\
-        [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20] \\
+        [--out answers.jsonl] [--uplink-rate 2Mbit/s] [--uplink-latency-ms 20] [--outbox-dir DIR] \\
         [--ca-file PEM --cert-file PEM --key-file PEM | --username NAME --password-file FILE] \\
         [--rollout-group G --trust PUB.pem [--update-dir DIR]]
 
@@ -44,6 +44,7 @@ from sdk.hardware import this_host
 from sdk.host_speed import describe_factor
 from sdk.manifest import Manifest, load_manifest
 from sdk.messages import StatusMessage
+from sdk.outbox import Outbox, StoreAndForward
 from sdk.planner import parse_rate
 from sdk.tls import BrokerChoice, add_broker_arguments, broker_from_args, connect_transport
 from sdk.topics import TopicKind
@@ -70,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--probe-every", type=int, default=25, help="probe another cut every N frames (0: never)")
     p.add_argument("--stretch", action="store_true",
                    help="with emulated timing, sleep so wall time matches the board (default: report only)")
+    p.add_argument("--outbox-dir", type=Path, metavar="DIR",
+                   help="keep the telemetry produced while the broker is away on disk, in DIR/<device-id>.outbox, so it "
+                   "survives a restart (overrides [outbox] spool_dir; docs/TRANSPORT.md)")
     p.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the broker at start")
     p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
     p.add_argument("--rollout-group", metavar="G", help="follow the bundles 'splitedge rollout --group G' offers (needs --trust)")
@@ -109,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id)
+    cfg = with_overrides(load_board(args.config), broker_url=args.broker, source=args.source, device_id=args.device_id,
+                         outbox_dir=args.outbox_dir)
     broker = broker_from_args(args, cfg.broker, where=str(cfg.path) if cfg.path else None)  # files checked now
     trust = args.trust or cfg.device.trust  # --trust overrides the profile
     update_dir = None
@@ -144,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             out.write(answer.to_json() + "\n")
             out.flush()
 
+        outbox = Outbox(cfg.outbox, name=cfg.device.device_id)  # a spool that cannot be used stops here
         transport: Transport = _transport(broker, cfg.device.device_id, args.connect_timeout)
         downlink = transport  # updates come down unshaped: --uplink-rate shapes the uplink only
         if args.uplink_rate:
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         policy = CutPolicy(manifest, cfg.device, probe_every=args.probe_every, tau_override=args.tau,
                            allowed_cuts=args.cuts)
         runner = DeviceRunner(
-            manifest, cfg, transport, heads, policy=policy, on_answer=write,
+            manifest, cfg, StoreAndForward(transport, outbox), heads, policy=policy, on_answer=write,
             options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch),
         )
         updater = None

@@ -366,3 +366,63 @@ def test_the_worker_keeps_its_answers_through_an_outage_in_order() -> None:
     assert [decode_message(m.payload).seq for m in replies] == [0, 1, 2, 3]
     assert all(isinstance(decode_message(m.payload), ResultMessage) for m in replies)
     assert worker.counters.snapshot()["publish_failed"] == 0
+
+
+# ------------------------------------------------------------------------------------------ the CLIs
+
+PROFILE = """
+[board]
+name = "host"
+cpu = "x86-64"
+threads = 1
+memory_budget_mb = 256
+speed_factor = 1.0
+speed_factor_source = "test: this machine"
+
+[device]
+device_id = "cam-07"
+source = "synthetic"
+fps_cap = 50
+deadline_ms = 200
+target_accuracy = 0.5
+bits = [8]
+telemetry_interval_s = 0.02
+
+[broker]
+url = "mqtt://127.0.0.1:1"
+
+[outbox]
+max_messages = 100
+"""
+
+
+def test_the_device_cli_spools_its_telemetry_while_no_broker_is_there(
+    reference_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdk import cli
+
+    profile = tmp_path / "cam.toml"
+    profile.write_text(PROFILE)
+    spool = tmp_path / "spool"
+    code = cli.main(["device", "--bundle", str(reference_bundle), "--config", str(profile), "--frames", "10",
+                     "--outbox-dir", str(spool), "--out", str(tmp_path / "answers.jsonl")])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["summary"]
+    assert summary["outbox"]["stored"] >= 2 and summary["outbox"]["dropped"] == 0, summary
+    box = Outbox(OutboxSettings(spool_dir=spool), name="cam-07")  # what the next start sends first
+    assert len(box) >= summary["outbox"]["queued"] >= 1 and box.recovered == len(box)
+    assert all(isinstance(decode_message(m.payload), TelemetryMessage) for m in box._queue)  # noqa: SLF001
+    box.close()
+
+
+def test_the_cloud_cli_names_an_unusable_spool_in_one_line(
+    reference_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sdk import cli
+
+    (tmp_path / "file").write_text("x")
+    code = cli.main(["cloud", "--bundle", str(reference_bundle), "--broker", "mqtt://127.0.0.1:1",
+                     "--worker-id", "w9", "--outbox-dir", str(tmp_path / "file" / "sub")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "outbox spool" in err and "w9.outbox" in err and "--outbox-dir" in err
