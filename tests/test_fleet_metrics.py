@@ -2,7 +2,8 @@
 
 One scenario per module: ``splitedge cloud --metrics-port 0`` and ``splitedge fleet --metrics-port 0 --web-port 0``
 run as processes with their own ``splitedge pki`` identities (splitedge-tail, splitedge-fleet), a device
-(``splitedge device``, identity pi4-01) sends 30 frames that the cloud answers. Then both ``/metrics`` endpoints are
+(``splitedge device``, identity pi4-01) sends 30 frames that the cloud answers, then one payload that is not a frame
+(refused ``malformed``). Then both ``/metrics`` endpoints are
 scraped over HTTP and parsed with prometheus_client's own parser, and the fleet page is rendered by headless Chromium
 (the rows are in the DOM after its JavaScript fetched ``fleet.json``; the screenshot is a real PNG).
 """
@@ -28,6 +29,8 @@ import pytest
 from sdk import cli
 from sdk.broker import BrokerTls, EmbeddedBroker
 from sdk.manifest import CutKind, load_manifest
+from sdk.mqtt import MqttTransport, TlsConfig
+from sdk.topics import TopicKind, topic
 from tests.conftest import require_mosquitto
 
 pytest.importorskip("cryptography")
@@ -159,11 +162,19 @@ def scenario(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
                              str(FRAMES), "--out", str(out), "--tau", "2.0", "--cut", str(split), "--probe-every", "0"])  # fmt: skip
             assert code == 0
             answers = [json.loads(x) for x in out.read_text().splitlines()]
+            # One more "frame" from the same identity that is not a frame: refused 'malformed', no cut known.
+            tls_dev = TlsConfig(str(pki / "ca.crt"), str(pki / "pi4-01.crt"), str(pki / "pi4-01.key"))
+            forger = MqttTransport(broker.url, client_id="pi4-01-garbage", tls=tls_dev)
+            try:
+                forger.publish(topic("pi4-01", TopicKind.ACT), b"not a splitedge frame", qos=1)
+            finally:
+                forger.close()
             end = time.monotonic() + 10  # the fleet reads the reports and the offline status asynchronously
             while True:
                 fleet_json = json.loads(get(web + "fleet.json"))
                 [dev] = fleet_json["devices"]
-                if (dev["cloud_frames"] == FRAMES and dev["online"] is False) or time.monotonic() > end:
+                refused = "splitedge_cloud_frames_refused_total{" in get(worker_metrics)
+                if (dev["cloud_frames"] == FRAMES and dev["online"] is False and refused) or time.monotonic() > end:
                     break
                 time.sleep(0.1)
             yield Scenario(worker_metrics, fleet_metrics, web, split, manifest.wire_bundle_id, answers, fleet_json)
@@ -182,7 +193,11 @@ def test_the_worker_metrics_count_the_frames_bytes_and_tail_times(scenario: Scen
     assert sample(fams, "splitedge_cloud_frames_received", "splitedge_cloud_frames_received_total", **key) == FRAMES
     assert sample(fams, "splitedge_cloud_frames_answered", "splitedge_cloud_frames_answered_total", **key) == FRAMES
     assert sample(fams, "splitedge_cloud_frames_shed", "splitedge_cloud_frames_shed_total", **key) == 0
-    assert not fams["splitedge_cloud_frames_refused"].samples  # no refusal of any code
+    [refused] = fams["splitedge_cloud_frames_refused"].samples  # the one garbage payload, no cut known
+    assert refused.labels == {"worker": "m-w1", "device": "pi4-01", "cut": "?", "code": "malformed"}
+    assert refused.value == 1
+    garbage = {**key, "cut": "?"}
+    assert sample(fams, "splitedge_cloud_frames_received", "splitedge_cloud_frames_received_total", **garbage) == 1
     nbytes = sample(fams, "splitedge_cloud_received_bytes", "splitedge_cloud_received_bytes_total", **key)
     assert nbytes > FRAMES * 60  # at least a 60-byte header per frame
     for hist in ("splitedge_cloud_tail_seconds", "splitedge_cloud_queue_wait_seconds"):
@@ -199,7 +214,8 @@ def test_the_worker_metrics_count_the_frames_bytes_and_tail_times(scenario: Scen
     assert sum(s.value * int(s.labels["size"]) for s in fams["splitedge_cloud_batches"].samples
                if s.name.endswith("_total")) == FRAMES  # fmt: skip
     snap = json.loads(get(scenario.worker_metrics + ".json"))  # the JSON snapshot beside it agrees
-    assert snap["devices"]["pi4-01"]["answered"] == FRAMES and snap["totals"]["bytes_received"] == nbytes
+    assert snap["devices"]["pi4-01"]["answered"] == FRAMES and snap["cuts"][str(scenario.split)]["bytes_received"] == nbytes
+    assert snap["totals"]["received"] == FRAMES + 1 == snap["totals"]["answered"] + sum(snap["totals"]["errors"].values())
 
 
 def test_the_fleet_metrics_carry_each_devices_cut_bandwidth_and_cloud_frames(scenario: Scenario) -> None:
@@ -219,7 +235,7 @@ def test_the_fleet_metrics_carry_each_devices_cut_bandwidth_and_cloud_frames(sce
     frames = sample(fams, "splitedge_fleet_device_frames", "splitedge_fleet_device_frames_total", **dev)
     assert FRAMES * 0.7 <= frames <= FRAMES * 1.3  # fps x window, summed over the telemetry
     worker_bytes = sample(families(scenario.worker_metrics), "splitedge_cloud_received_bytes",
-                          "splitedge_cloud_received_bytes_total", device="pi4-01")  # fmt: skip
+                          "splitedge_cloud_received_bytes_total", device="pi4-01", cut=str(scenario.split))  # fmt: skip
     assert sample(fams, "splitedge_fleet_device_cloud_received_bytes", "splitedge_fleet_device_cloud_received_bytes_total",
                   **dev) == worker_bytes  # fmt: skip
     [info] = fams["splitedge_fleet_device_info"].samples
