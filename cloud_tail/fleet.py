@@ -157,6 +157,7 @@ class FleetView:
             "p95 ms",
             "errors",
             "queue",
+            "bundle",
             "age s",
         )
         rows = [head]
@@ -165,14 +166,14 @@ class FleetView:
             online = {True: "yes", False: "OFFLINE", None: "?"}[d.online]
             if t is None:
                 rows.append(
-                    (d.device_id, online, "-", "-", "-", "-", "-", "-", "-", "-", f"{now - d.last_seen:.0f}")
+                    (d.device_id, online, "-", "-", "-", "-", "-", "-", "-", "-", "-", f"{now - d.last_seen:.0f}")
                 )
                 continue
             rows.append((
                 d.device_id, online + (" (emu)" if t.emulated else ""), str(t.cut),
                 "-" if t.bits is None else str(t.bits), f"{t.fps:.1f}", f"{t.exit_rate:.0%}",
                 _rate(t.bandwidth_estimate), "-" if t.p95_ms is None else f"{t.p95_ms:.1f}", str(t.errors),
-                str(t.queue_depth), f"{now - d.last_seen:.0f}",
+                str(t.queue_depth), t.bundle_id or "-", f"{now - d.last_seen:.0f}",
             ))  # fmt: skip
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
