@@ -109,13 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         worker = TailWorker(StoreAndForward(transport, outbox), tails, config)
         server = None
         try:
-            worker.start()
-            if args.metrics_port is not None:
+            if args.metrics_port is not None:  # before subscribing: a taken port refuses no frame
                 from cloud_tail.metrics import serve_registry, worker_registry
 
                 registry = worker_registry(worker.counters, bundles=lambda: _bundle_infos(tails))
                 server = serve_registry(registry, args.metrics_port, host=args.metrics_addr,
                                         json_snapshot=worker.counters.snapshot)  # fmt: skip
+            worker.start()
             cuts = ",".join(str(c) for c in tails.cut_ids)
             metrics = f" metrics http://{args.metrics_addr}:{server.server_port}/metrics" if server else ""
             print(
