@@ -21,8 +21,9 @@ a new message goes behind it, even when the broker is back. It is flushed on the
 callback (and before every later publish, should a reconnect race a store). At the bound
 (``max_messages``, ``max_bytes``: topic + payload) the **oldest** message is dropped: the newest
 telemetry describes the present, and the oldest results are for frames the device answered locally
-long ago. Every drop is counted (``dropped``, ``dropped_bytes``), logged (the first one and then every
-100th), shown in the device's telemetry (``outbox_dropped``) and in the device's and worker's summaries.
+long ago. Every drop is counted (``dropped``, ``dropped_bytes``), logged (the 1st, 10th, 100th,
+1000th, then every 10000th), shown in the device's telemetry (``outbox_dropped``) and in the device's
+and the worker's summaries.
 
 **Spool** (``spool_dir``): the queue is also appended to ``<spool_dir>/<name>.outbox`` and fsynced per
 message, so it survives a crash or a reboot: a restarted process sends what its predecessor could not. A
@@ -359,7 +360,8 @@ class Outbox:
     def _count_drop(self, m: Stored, why: str) -> None:
         self.dropped += 1
         self.dropped_bytes += m.size
-        if self.dropped == 1 or self.dropped % 100 == 0:
+        n = self.dropped
+        if n < 10_000 and str(n).rstrip("0") == "1" or n % 10_000 == 0:  # 1, 10, 100, 1000, then every 10000th
             log.warning("outbox %s: dropped a message for %s (%s); %d dropped so far", self.name, m.topic, why,
                         self.dropped)  # fmt: skip
 
