@@ -281,6 +281,17 @@ def test_the_fleet_command_refuses_a_taken_port_in_one_line(fresh_mosquitto, cap
     assert f"--web-port {port}" in err and "Traceback" not in err
 
 
+def test_the_cloud_command_refuses_a_taken_metrics_port_in_one_line(fresh_mosquitto, reference_bundle, capsys) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        code = cli.main(["cloud", "--bundle", str(reference_bundle), "--broker", fresh_mosquitto.url,
+                         "--metrics-port", str(port)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and f"--metrics-port {port} on 127.0.0.1: cannot listen" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("bad", ["70000", "-1", "http"])
 def test_a_port_that_is_not_a_port_is_refused_by_the_parser(bad: str, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
