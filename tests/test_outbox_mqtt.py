@@ -188,3 +188,37 @@ def test_answers_and_telemetry_of_an_outage_arrive_after_the_restart_in_order_ex
         assert (s.dropped, s.queued, s.forwarded) == (0, 0, s.stored), s
     assert snapshots[-1].outbox_dropped == 0
     assert runner.summary().outbox["forwarded"] == len(during)
+
+
+def test_unacknowledged_qos1_messages_go_before_the_outbox_flush(fresh_mosquitto: EmbeddedBroker) -> None:
+    """The broker is frozen (SIGSTOP) while three results are published: paho holds them unacknowledged. It is
+    then killed, three more are produced during the outage (the outbox), and it restarts: the first three are
+    published again *before* the reconnect callbacks flush the outbox, so all six arrive in order, once."""
+    import signal
+
+    got: list[bytes] = []
+    receiver = MqttTransport(fresh_mosquitto.url, client_id=f"rx-{os.getpid()}", reconnect_min_delay=0.05,
+                             reconnect_max_delay=0.05)  # fmt: skip
+    receiver.subscribe(topics.filter_for(TopicKind.RESULT), lambda m: got.append(m.payload), qos=1)
+    link = MqttTransport(fresh_mosquitto.url, client_id=f"tx-{os.getpid()}", reconnect_min_delay=1.0,
+                         reconnect_max_delay=1.0)  # fmt: skip
+    producer = StoreAndForward(link, Outbox(name="tx"))
+    result = topics.topic("cam-01", TopicKind.RESULT)
+    try:
+        assert fresh_mosquitto.pid is not None
+        os.kill(fresh_mosquitto.pid, signal.SIGSTOP)
+        for i in range(3):
+            producer.publish(result, b"r%d" % i, qos=1)  # written to the socket; no PUBACK comes
+        assert len(producer.outbox) == 0 and producer.sent_direct == 3
+        fresh_mosquitto.kill()
+        wait_for(lambda: not link.connected, 5, "the producer to notice")
+        for i in range(3, 6):
+            producer.publish(result, b"r%d" % i, qos=1)  # kept
+        assert len(producer.outbox) == 3
+        fresh_mosquitto.restart()
+        wait_for(lambda: len(got) >= 6, 10, "six results")
+        time.sleep(0.3)  # nothing more comes
+    finally:
+        producer.close()
+        receiver.close()
+    assert got == [b"r%d" % i for i in range(6)], got
