@@ -74,7 +74,7 @@ class RolloutResult:
 
 
 def make_announce(bundle: Path, manifest: Manifest, group: str, *, version: str | None = None,
-                  chunk_size: int = 256 * 1024, scope: FileScope = FileScope.DEVICE) -> AnnounceMessage:
+                  chunk_size: int = 64 * 1024, scope: FileScope = FileScope.DEVICE) -> AnnounceMessage:
     """The transfer plan of ``bundle`` for ``group`` (nothing is sent)."""
     if not 1 <= chunk_size <= MAX_CHUNK_BYTES:
         raise ConfigError(f"--chunk-kb {chunk_size // 1024}: expected 1..{MAX_CHUNK_BYTES // 1024} KiB per chunk")
@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group", required=True, help="device group (splitedge device --rollout-group)")
     p.add_argument("--trust", type=Path, metavar="PUB.pem", help="check manifest.sig with this key before sending")
     p.add_argument("--version", help="label shown in telemetry (default: the manifest's extra.version or its id)")
-    p.add_argument("--chunk-kb", type=int, default=256, help="chunk size in KiB (default %(default)s)")
+    p.add_argument("--chunk-kb", type=int, default=64, help="chunk size in KiB (default %(default)s)")
     p.add_argument("--files", type=FileScope, choices=list(FileScope), default=FileScope.DEVICE,
                    help="device: manifest, heads and exits (default); all: the tails too")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the broker (default %(default)s)")

@@ -36,8 +36,10 @@ mark errors; every model invocation and every local answer happens on the caller
 
 **Bundle swaps** (:meth:`offer_bundle`, from device_runner/update.py): a verified, loaded bundle is swapped
 in at the start of the next :meth:`process` - a frame boundary - with its executor, policy, payload
-encoder and a fresh estimator (the measured bandwidth carried over as its prior, the heads' times measured
-while preparing). Frames already in flight keep their entries and get their cloud answers (the tail
+encoder; the estimator carries over when the new bundle has the same cuts (its link, bandwidth and tail
+samples describe the network and the workers; a fresh one with only priors made the next answers look
+overdue), else a fresh one with the measured bandwidth as its prior; either way it gets the head times
+measured while preparing. Frames already in flight keep their entries and get their cloud answers (the tail
 workers serve both bundles); the old bundle's late measurements are dropped, not fed to the new estimator.
 
 Per-frame cost (docs/DEVICE.md "Overhead"): :meth:`expire` runs after every frame, so it is O(1)
@@ -139,7 +141,7 @@ class DeviceRunner:
         )  # fmt: skip
         self.executor = executor
         self.options = options or RunnerOptions()
-        self.policy = policy or CutPolicy(manifest, config.device)
+        self.policy = policy or CutPolicy(manifest, config.device, config.policy)
         self.estimator = estimator or make_estimator(manifest, config, prior_bandwidth=self.options.prior_bandwidth)
         self.on_answer = on_answer or (lambda a: None)
         self.clock = clock
@@ -249,11 +251,12 @@ class DeviceRunner:
                 return
             staged, on_swap = offer
             manifest = staged.manifest  # type: ignore[attr-defined]
+            if [c.index for c in manifest.cuts] != [c.index for c in self.manifest.cuts]:
+                self.estimator = make_estimator(manifest, self.config,
+                                                prior_bandwidth=self.estimator.bandwidth or self.options.prior_bandwidth)
             self.manifest = manifest
             self.executor = staged.executor  # type: ignore[attr-defined]
-            self.policy = staged.policy or CutPolicy(manifest, self.settings)  # type: ignore[attr-defined]
-            self.estimator = make_estimator(manifest, self.config,
-                                            prior_bandwidth=self.estimator.bandwidth or self.options.prior_bandwidth)
+            self.policy = staged.policy or CutPolicy(manifest, self.settings, self.config.policy)  # type: ignore[attr-defined]
             for cut, ms in staged.head_ms.items():  # type: ignore[attr-defined]
                 self.estimator.observe_head(cut, ms)
             self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
