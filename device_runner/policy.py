@@ -117,13 +117,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Any
 
 from device_runner.estimator import Estimates
 from sdk.config import DeviceSettings, TauTarget
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.planner import CutCost, Option, Plan, costs_from_manifest, evaluate
+from sdk.policy_options import POLICY_KEYS, PolicyOptions
 
 __all__ = ["Choice", "CutPolicy", "Decision", "escalation_rate", "tau_for"]
 
@@ -217,30 +218,25 @@ class CutPolicy:
         self,
         manifest: Manifest,
         device: DeviceSettings,
+        options: PolicyOptions | None = None,
         *,
-        margin: float = 0.15,
-        patience: int = 3,
-        probe_every: int = 25,
-        max_payload_bytes: int | None = None,
         initial: Choice | None = None,
-        tau_override: float | None = None,
-        allowed_cuts: Collection[int] | None = None,
-        expected_cost: bool = True,
-        plausible_factor: float = 4.0,
-        bandwidth_ceiling: float | None = None,
-        max_backoff: int = 4,
-        explore_backoff: int = 16,
-        max_probe_interval_s: float | None = 20.0,
-        risk: bool = True,
-        shadow_probes: bool = True,
+        **overrides: Any,
     ) -> None:
-        if patience < 1 or probe_every < 0 or margin < 0:
-            raise ValueError(f"need patience >= 1, probe_every >= 0, margin >= 0; got {patience}, {probe_every}, {margin}")
-        if (plausible_factor <= 0 or (bandwidth_ceiling is not None and bandwidth_ceiling <= 0) or max_backoff < 1
-                or explore_backoff < max_backoff):
-            raise ValueError(f"need plausible_factor > 0, bandwidth_ceiling > 0 (or None), max_backoff >= 1, "
-                             f"explore_backoff >= max_backoff; got {plausible_factor}, {bandwidth_ceiling}, "
-                             f"{max_backoff}, {explore_backoff}")
+        """``options``: the profile's ``[policy]`` (``DeviceConfig.policy``; default :class:`PolicyOptions`());
+        ``overrides``: fields of it replaced for this policy (``probe_every=0``, ``allowed_cuts=(51,)``...), so
+        a CLI flag or a benchmark changes one knob without restating the rest."""
+        try:
+            opts = replace(options or PolicyOptions(), **overrides)
+        except TypeError:
+            unknown = sorted(set(overrides) - set(POLICY_KEYS))
+            raise TypeError(f"unknown policy option(s) {unknown}; the options are {', '.join(POLICY_KEYS)}") from None
+        self.options = opts
+        margin, patience, probe_every = opts.margin, opts.patience, opts.probe_every
+        max_payload_bytes, tau_override, allowed_cuts = opts.max_payload_bytes, opts.tau_override, opts.allowed_cuts
+        expected_cost, plausible_factor, bandwidth_ceiling = opts.expected_cost, opts.plausible_factor, opts.bandwidth_ceiling
+        max_backoff, explore_backoff, max_probe_interval_s = opts.max_backoff, opts.explore_backoff, opts.max_probe_interval_s
+        risk, shadow_probes = opts.risk, opts.shadow_probes
         self.manifest = manifest
         self.device = device
         self.margin = margin

@@ -41,6 +41,7 @@ from sdk.datafiles import shipped_dirs
 from sdk.errors import ConfigError
 from sdk.families import ModelFamily
 from sdk.hardware import emulate_timing
+from sdk.policy_options import POLICY_KEYS, PolicyOptions
 
 __all__ = [
     "ALLOWED_BITS",
@@ -247,6 +248,7 @@ class DeviceConfig:
     broker: BrokerSettings
     path: Path | None = None
     outbox: OutboxSettings = OutboxSettings()  # the optional [outbox] section
+    policy: PolicyOptions = PolicyOptions()  # the optional [policy] section (sdk/policy_options.py)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The TOML-shaped dict (paths as absolute strings); `parse_config` reads it back unchanged."""
@@ -254,6 +256,8 @@ class DeviceConfig:
         sections = [("board", self.board), ("device", self.device), ("broker", self.broker)]
         if self.outbox != OutboxSettings():
             sections.append(("outbox", self.outbox))
+        if self.policy != PolicyOptions():
+            sections.append(("policy", self.policy))
         for section, value in sections:
             table: dict[str, Any] = {}
             for field in dataclasses.fields(value):
@@ -393,7 +397,7 @@ _BOARD_KEYS = tuple(f.name for f in dataclasses.fields(BoardSpec))
 _DEVICE_KEYS = tuple(f.name for f in dataclasses.fields(DeviceSettings))
 _BROKER_KEYS = tuple(f.name for f in dataclasses.fields(BrokerSettings))
 _OUTBOX_KEYS = tuple(f.name for f in dataclasses.fields(OutboxSettings))
-_SECTIONS = ("board", "device", "broker", "outbox")
+_SECTIONS = ("board", "device", "broker", "outbox", "policy")
 
 
 _FAMILY_KEYS = tuple(f.value for f in ModelFamily)
@@ -548,6 +552,31 @@ def _parse_outbox(s: _Section) -> OutboxSettings:
     )
 
 
+def _parse_policy(s: _Section) -> PolicyOptions:
+    d = PolicyOptions()
+    cuts = s._get("allowed_cuts", None, "a non-empty list of cut ids")
+    if cuts is not None and (not isinstance(cuts, list) or not cuts
+                             or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cuts)):
+        raise s.fail("allowed_cuts", cuts, "a non-empty list of cut ids (integers >= 0, see splitedge plan)")
+    values = dict(
+        margin=s.number("margin", d.margin, low=0.0), patience=s.integer("patience", d.patience, low=1),
+        probe_every=s.integer("probe_every", d.probe_every, low=0),
+        max_payload_bytes=s.integer("max_payload_bytes", d.max_payload_bytes, low=0),
+        tau_override=s.number("tau_override", d.tau_override, low=0.0), allowed_cuts=cuts,
+        expected_cost=s.boolean("expected_cost", d.expected_cost),
+        plausible_factor=s.number("plausible_factor", d.plausible_factor, low=0.0, low_open=True),
+        bandwidth_ceiling=s.number("bandwidth_ceiling", d.bandwidth_ceiling, low=0.0, low_open=True),
+        max_backoff=s.integer("max_backoff", d.max_backoff, low=1),
+        explore_backoff=s.integer("explore_backoff", d.explore_backoff, low=1),
+        max_probe_interval_s=s.number("max_probe_interval_s", d.max_probe_interval_s, low=0.0, low_open=True),
+        risk=s.boolean("risk", d.risk), shadow_probes=s.boolean("shadow_probes", d.shadow_probes),
+    )  # fmt: skip
+    try:
+        return PolicyOptions(**values)
+    except ValueError as exc:  # a combination (explore_backoff < max_backoff)
+        raise ConfigError(f"[policy] in {s._where()}: {exc}. Fix the values in that file.") from None
+
+
 def _check_broker(b: BrokerSettings, where: str) -> None:
     if (b.cert_file is None) != (b.key_file is None):
         raise ConfigError(
@@ -587,12 +616,16 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> DeviceCon
     outbox = data.get("outbox", {})
     if not isinstance(outbox, Mapping):
         raise ConfigError(f"[outbox] in {where} is not a table; expected keys: {', '.join(_OUTBOX_KEYS)}.")
+    policy = data.get("policy", {})
+    if not isinstance(policy, Mapping):
+        raise ConfigError(f"[policy] in {where} is not a table; expected keys: {', '.join(POLICY_KEYS)}.")
     return DeviceConfig(
         board=_parse_board(tables["board"]),
         device=_parse_device(tables["device"]),
         broker=_parse_broker(tables["broker"]),
         path=file,
         outbox=_parse_outbox(_Section("outbox", outbox, file, _OUTBOX_KEYS)),
+        policy=_parse_policy(_Section("policy", policy, file, POLICY_KEYS)),
     )
 
 

@@ -955,3 +955,40 @@ def test_cloud_tls_password_alternative(broker_dir, brokers):
     assert good.rc == 0
     assert good.subscribe("splitedge/v1/cam-a/result")[0] < 0x80
     good.close()
+
+
+# --------------------------------------------------------------------------- [policy]
+
+
+def test_policy_table_sets_the_dynamic_cut_options_and_round_trips(tmp_path):
+    from sdk.policy_options import PolicyOptions
+
+    doc = base_doc()
+    doc["policy"] = {"margin": 0.1, "probe_every": 10, "allowed_cuts": [51, 109], "shadow_probes": False,
+                     "bandwidth_ceiling": 2e6}
+    cfg = load_config(write(tmp_path, doc))
+    assert cfg.policy == PolicyOptions(margin=0.1, probe_every=10, allowed_cuts=(51, 109), shadow_probes=False,
+                                       bandwidth_ceiling=2e6)
+    assert config_module.parse_config(cfg.to_dict(), cfg.path) == cfg
+    assert load_config(write(tmp_path, base_doc(), "plain.toml")).policy == PolicyOptions()  # the table is optional
+    assert "policy" not in load_config(write(tmp_path, base_doc(), "plain.toml")).to_dict()
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ({"probe_evry": 3}, r"unknown key 'probe_evry' in \[policy\].*did you mean 'probe_every'"),
+        ({"patience": 0}, r"\[policy\] patience = 0 .*expected an integer >= 1"),
+        ({"margin": "0.1"}, r"\[policy\] margin = '0.1' .*expected a number"),
+        ({"allowed_cuts": [51, "x"]}, r"\[policy\] allowed_cuts .*expected a non-empty list of cut ids"),
+        ({"allowed_cuts": []}, r"\[policy\] allowed_cuts .*expected a non-empty list of cut ids"),
+        ({"max_backoff": 8, "explore_backoff": 4}, r"\[policy\] in .*explore_backoff >= max_backoff"),
+        ("not a table", r"\[policy\] in .* is not a table; expected keys: margin, patience"),
+    ],
+)
+def test_bad_policy_values_name_key_and_file(tmp_path, table, fragment):
+    doc: dict[str, Any] = base_doc()
+    doc["policy"] = table
+    path = write(tmp_path, doc) if isinstance(table, dict) else write(tmp_path, 'policy = "x"\n' + dump(base_doc()))
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(path)

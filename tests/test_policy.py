@@ -556,3 +556,22 @@ def test_under_an_escalation_cap_the_exit_budget_point_is_used_when_it_escalates
     assert CutPolicy(with_budget(good), out_of_reach).tau(1, 8) == 0.2
     assert CutPolicy(with_budget(looser), out_of_reach).tau(1, 8) == math.inf
     assert cut.exit_budget == ()
+
+
+def test_the_policy_takes_one_options_object_and_overrides_of_its_fields() -> None:
+    from sdk.policy_options import POLICY_KEYS, PolicyOptions
+
+    opts = PolicyOptions(margin=0.3, probe_every=7, allowed_cuts=[1, 3])  # type: ignore[arg-type]
+    assert opts.allowed_cuts == (1, 3)
+    p = CutPolicy(fake_manifest(), device(), opts, probe_every=0)  # a flag changes one knob, keeps the rest
+    assert p.options == PolicyOptions(margin=0.3, probe_every=0, allowed_cuts=(1, 3))
+    assert p.margin == 0.3 and p.probe_every == 0 and p.cut_indices == (1, 3)
+    assert CutPolicy(fake_manifest(), device()).options == PolicyOptions()
+    with pytest.raises(TypeError, match=r"unknown policy option\(s\) \['probe'\]; the options are margin, patience"):
+        CutPolicy(fake_manifest(), device(), probe=3)
+    with pytest.raises(ValueError, match="patience >= 1"):
+        CutPolicy(fake_manifest(), device(), patience=0)
+    assert POLICY_KEYS[:3] == ("margin", "patience", "probe_every")
+    import sdk.policy_options
+
+    assert sorted(sdk.policy_options.__all__) == ["POLICY_KEYS", "PolicyOptions"]
