@@ -8,7 +8,7 @@ boundary (the frames on the act topic carry v1's id, then v2's, never back), eve
 exactly once (by the cloud, but for the odd frame answered locally as overdue on a busy host), and all
 three report v2 in telemetry. Then v3, a head rewritten and its hash
 updated in the manifest, is rolled out: each device refuses it by the signature, keeps v2 and reports
-``rolled_back`` with why. Bundles are cheap copies of the reference bundle (tests/rollout_bundles.py).
+``rolled_back`` with why; a device publishing an announce of its own is dropped by the ACL. Bundles are cheap copies of the reference bundle (tests/rollout_bundles.py).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import pytest
 pytest.importorskip("cryptography")
 pytest.importorskip("ai_edge_litert")
 
+from cloud_tail.rollout import read_announce  # noqa: E402
 from sdk import cli, topics  # noqa: E402
 from sdk.broker import BrokerTls, EmbeddedBroker  # noqa: E402
 from sdk.manifest import CutKind, load_manifest  # noqa: E402
-from sdk.messages import RolloutState, TelemetryMessage  # noqa: E402
+from sdk.messages import AnnounceMessage, RolloutState, TelemetryMessage  # noqa: E402
 from sdk.mqtt import MqttTransport, TlsConfig  # noqa: E402
 from sdk.signing import new_key_pair  # noqa: E402
 from sdk.topics import TopicKind  # noqa: E402
@@ -176,6 +177,18 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
                 t = telemetry[dev]
                 assert t.bundle_id == f"{m2.wire_bundle_id:08x}" and t.bundle_version == "2", t
                 assert "manifest.sig does not verify" in t.rollout_detail and "modified after signing" in t.rollout_detail
+        # The ACL: a device cannot announce (or replace chunks) for its group; only the fleet identity can.
+        forger = client(b, pki, "cam-1")
+        try:
+            legit = read_announce(fleet, GROUP, 2.0)
+            assert legit is not None and legit.bundle_id == m3.bundle_id
+            forged = AnnounceMessage(**{**legit.to_dict(), "version": "forged"})
+            forger.publish(topics.announce_topic(GROUP), forged.to_bytes(), qos=1, retain=True)
+            forger.publish(topics.chunk_topic(GROUP, m2.bundle_id, 0), b"forged", qos=1, retain=True)
+            time.sleep(0.3)
+            assert read_announce(fleet, GROUP, 2.0) == legit  # dropped by the broker
+        finally:
+            forger.close()
         for p in devices:
             assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
     finally:
