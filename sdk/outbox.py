@@ -49,6 +49,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import struct
 import threading
 import zlib
@@ -87,6 +88,7 @@ _HEADER = struct.Struct("<2sBII")  # magic, kind, body length, crc32 of the body
 _PUT_HEAD = struct.Struct("<QBBH")  # seq, qos, retain, topic length
 _CUT_BODY = struct.Struct("<Q")
 _MAX_BODY = 256 * 1024 * 1024  # an MQTT payload is at most 256 MiB
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 
 
 def keeps_topic(topic_name: str) -> bool:
@@ -183,6 +185,11 @@ class _Spool:
     """The append-only file behind an :class:`Outbox` (module doc)."""
 
     def __init__(self, folder: Path, name: str) -> None:
+        if not _NAME.fullmatch(name):
+            raise SpoolError(
+                f"outbox spool name {name!r} (the device or worker id) cannot be a file name in {folder}; expected "
+                "1-128 characters from A-Z a-z 0-9 . _ - not starting with '.': pick another --worker-id"
+            )
         self.path = folder / f"{name}.outbox"
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,8 @@ class Outbox:
 
     def __init__(self, settings: OutboxSettings | None = None, *, name: str = "outbox") -> None:
         self.settings = settings or OutboxSettings()
+        if self.settings.max_messages < 0 or self.settings.max_bytes < 1:
+            raise ValueError(f"max_messages must be >= 0 and max_bytes >= 1, got {self.settings}")
         self.name = name
         self.lock = threading.RLock()
         self._queue: deque[Stored] = deque()

@@ -275,6 +275,13 @@ def test_one_process_per_spool_file(tmp_path: Path) -> None:
     Outbox(OutboxSettings(spool_dir=tmp_path), name="cam-01").close()  # free again
 
 
+def test_a_worker_id_that_is_no_file_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError, match=r"spool name '\.\./x' .*pick another --worker-id"):
+        Outbox(OutboxSettings(spool_dir=tmp_path), name="../x")
+    with pytest.raises(ValueError, match="max_messages must be >= 0"):
+        Outbox(OutboxSettings(max_messages=-1))
+
+
 def test_an_unusable_spool_folder_is_named(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SpoolError, match=r"outbox spool .*file/sub/cam-01\.outbox: .*spool_dir or --outbox-dir"):
