@@ -28,8 +28,10 @@ and the worker's summaries.
 **Spool** (``spool_dir``): the queue is also appended to ``<spool_dir>/<name>.outbox`` and fsynced per
 message, so it survives a crash or a reboot: a restarted process sends what its predecessor could not. A
 record cut short by a crash (a torn tail, a CRC mismatch) is skipped with a counted warning
-(``corrupt``) and the file is truncated there. The file is locked (``flock``): two processes with the
-same name and folder are refused with a :class:`~sdk.errors.SpoolError`. The record layout is a contract
+(``corrupt``) and the file is truncated there; a record whose seq does not grow ends the file too. Once
+more than half of it is dead (sent or dropped), it is compacted: the live records written to a new file,
+fsynced and renamed over it. ``<name>.outbox.lock`` is held (``flock``) while the process runs: two
+processes with the same name and folder are refused with a :class:`~sdk.errors.SpoolError`. The record layout is a contract
 (tests/test_outbox.py spells it out byte by byte), little-endian::
 
     magic   b"SO"   2 bytes
@@ -175,8 +177,10 @@ def decode_records(data: bytes) -> tuple[list[Stored], int, int]:
                 topic = body[_PUT_HEAD.size : _PUT_HEAD.size + tlen].decode("utf-8")
             except UnicodeDecodeError:
                 break
+            if seq <= last_seq:  # seqs only grow: an older record here is debris, not a message
+                break
             live.append(Stored(seq, topic, bytes(body[_PUT_HEAD.size + tlen :]), qos, bool(retain)))
-            last_seq = max(last_seq, seq)
+            last_seq = seq
         offset = start + length
     return list(live), last_seq, offset
 
@@ -190,23 +194,29 @@ class _Spool:
                 f"outbox spool name {name!r} (the device or worker id) cannot be a file name in {folder}; expected "
                 "1-128 characters from A-Z a-z 0-9 . _ - not starting with '.': pick another --worker-id"
             )
+        self.folder = folder
         self.path = folder / f"{name}.outbox"
-        try:
+        try:  # the lock is a file of its own, so that a compaction can replace the spool atomically
             folder.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._lock_fd = os.open(folder / f"{name}.outbox.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise SpoolError(
                 f"outbox spool {self.path}: {exc.strerror}; expected a folder this user can write "
                 "([outbox] spool_dir or --outbox-dir): create it, fix its permissions, or pick another"
             ) from exc
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            os.close(self._fd)
+            os.close(self._lock_fd)
             raise SpoolError(
                 f"outbox spool {self.path} is in use by another process; expected one process per spool file: "
                 "stop the other one, or give this one another device/worker id or spool folder"
             ) from None
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            os.close(self._lock_fd)
+            raise SpoolError(f"outbox spool {self.path}: {exc.strerror}; expected a file this user can write") from exc
         self.size = os.fstat(self._fd).st_size
         self.dead = 0  # bytes of records no longer live (compaction)
 
@@ -233,19 +243,33 @@ class _Spool:
         self.size += len(record)
 
     def rewrite(self, live: Iterator[Stored]) -> None:
-        """Replace the file's content by the live messages only (after many CUTs)."""
+        """Replace the file by one holding the live messages only (after many CUTs): written aside, fsynced,
+        renamed over the old one, so a crash leaves either file whole."""
         data = b"".join(encode_put(m) for m in live)
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.ftruncate(self._fd, len(data))
-        os.fsync(self._fd)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.replace(tmp, self.path)
+        dir_fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # the rename itself survives a power cut
+        finally:
+            os.close(dir_fd)
+        os.close(self._fd)
+        self._fd = fd
         self.size, self.dead = len(data), 0
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        for fd in (self._fd, self._lock_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Outbox:
