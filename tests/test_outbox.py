@@ -433,3 +433,50 @@ def test_the_cloud_cli_names_an_unusable_spool_in_one_line(
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "outbox spool" in err and "w9.outbox" in err and "--outbox-dir" in err
+
+
+def test_an_older_record_after_the_newest_is_debris(tmp_path: Path) -> None:
+    box = Outbox(OutboxSettings(spool_dir=tmp_path), name="w1")
+    for i in range(3):
+        box.put(RESULT, b"r%d" % i)
+    box.close()
+    with (tmp_path / "w1.outbox").open("ab") as f:
+        f.write(encode_put(outbox_module.Stored(2, RESULT, b"stale")))  # seq 2 again
+    box = Outbox(OutboxSettings(spool_dir=tmp_path), name="w1")
+    assert [m.payload for m in box._queue] == [b"r0", b"r1", b"r2"] and box.corrupt == 1  # noqa: SLF001
+    box.close()
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from sdk.config import OutboxSettings
+from sdk.outbox import Outbox
+box = Outbox(OutboxSettings(spool_dir=Path(sys.argv[1]), max_messages=100000, max_bytes=10**8), name="cam-01")
+i = 0
+while True:
+    box.put("splitedge/v1/cam-01/telemetry", b"%08d" % i + b"x" * 200)
+    print(i, flush=True)
+    i += 1
+"""
+
+
+def test_a_process_killed_mid_stream_loses_nothing_it_stored(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+    assert child.stdout is not None
+    done = -1
+    for line in child.stdout:
+        done = int(line)
+        if done >= 200:
+            break
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    box = Outbox(OutboxSettings(spool_dir=tmp_path, max_messages=100000, max_bytes=10**8), name="cam-01")
+    got = [int(m.payload[:8]) for m in box._queue]  # noqa: SLF001 - what the next start would send
+    assert got == list(range(len(got))) and len(got) > done  # every put that returned is there, in order
+    box.close()
