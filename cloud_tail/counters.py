@@ -137,6 +137,8 @@ class Counters:
         self.max_queue_depth = 0
         self.publish_failed = 0
         self.batches: Counter[int] = Counter()  # batch size -> how many batches ran at that size
+        #: the worker's outbox counters (sdk.outbox.OutboxStats.to_dict), set by TailWorker; read outside the lock
+        self.outbox: Callable[[], dict[str, int]] | None = None
         self.connected = False
         self.disconnects = 0
 
@@ -216,9 +218,11 @@ class Counters:
         }
 
     def state(self) -> dict[str, Any]:
-        """The per-worker numbers (queue, batches, connection), taken under the lock."""
+        """The per-worker numbers (queue, batches, connection, outbox), taken under the lock."""
+        outbox = self.outbox() if self.outbox is not None else {}  # its own lock: never nested in ours
         with self._lock:
             return {
+                "outbox": outbox,
                 "uptime_s": self._clock() - self._started,
                 "connected": self.connected,
                 "disconnects": self.disconnects,

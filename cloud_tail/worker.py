@@ -109,6 +109,7 @@ class TailWorker:
         self.config = config
         self.clock = clock
         self.counters = counters if counters is not None else Counters(config.worker_id, clock=clock)
+        self.counters.outbox = lambda: self.outbox.stats().to_dict()  # in the snapshot (--metrics-json)
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=config.queue_size)
         # (bundle id, cut id) -> admitted jobs (inference thread only): a batch never mixes bundles (tails.BundleTails)
         self._pending: dict[tuple[int, int], list[_Job]] = {}

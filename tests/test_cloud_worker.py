@@ -216,6 +216,7 @@ def test_broker_outage_is_counted_not_raised_and_the_replies_wait_in_the_outbox(
     w.drain()
     assert [r.seq for r in results(replies, "a", ResultMessage)] == [1, 2]
     assert w.outbox.stats().forwarded == 2 and w.outbox.stats().dropped == 0
+    assert w.counters.snapshot()["outbox"]["forwarded"] == 2  # in --metrics-json too
 
 
 def test_stop_answers_queued_frames_overloaded(setup) -> None:
