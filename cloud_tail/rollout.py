@@ -164,11 +164,20 @@ def publish_rollout(transport: Transport, bundle: Path, announce: AnnounceMessag
     return RolloutResult(announce, chunks, nbytes, cleared, time.perf_counter() - t0)
 
 
-def clear_rollout(transport: Transport, group: str, previous: AnnounceMessage | None) -> int:
-    """Empty the group's announce and its bundle's chunks; returns the chunk topics emptied."""
-    cleared = _clear_chunks(transport, previous) if previous is not None else 0
-    transport.publish(topics.announce_topic(group), b"", qos=1, retain=True)
-    read_announce(transport, group, 0.5)  # a round trip: the broker has had everything before it
+def clear_rollout(transport: Transport, group: str, previous: AnnounceMessage | None, *, timeout: float = 60.0) -> int:
+    """Empty the group's bundle chunks and then its announce; returns once the broker echoes the empty announce
+    (everything before it was received); returns the chunk topics emptied."""
+    echoed = threading.Event()
+    t_announce = topics.announce_topic(group)
+    transport.subscribe(t_announce, lambda msg: echoed.set() if not msg.payload else None, qos=1)
+    try:
+        cleared = _clear_chunks(transport, previous) if previous is not None else 0
+        transport.publish(t_announce, b"", qos=1, retain=True)
+        if not echoed.wait(timeout):
+            raise TransportError(f"the broker did not echo the cleared announce of group {group} within {timeout:.0f} s; "
+                                 f"check the ACL (the fleet identity writes {t_announce}) and run --clear again")
+    finally:
+        transport.unsubscribe(t_announce)
     return cleared
 
 
@@ -209,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         previous = read_announce(transport, args.group)
         if announce is None:
-            cleared = clear_rollout(transport, args.group, previous)
+            cleared = clear_rollout(transport, args.group, previous, timeout=args.timeout)
             print(json.dumps({"group": args.group, "cleared": previous.bundle_id[:8] if previous else None,
                               "chunks": cleared}))
             return 0

@@ -214,3 +214,25 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
         assert len(local) <= FRAMES // 20, local
         print(f"{dev}: switched at frame {switch}; answered locally (frame - switch, reason): {local}")
     print(f"rollout: announce to v2 active on all {len(DEVICES)} devices in {switch_s:.2f} s")
+
+
+def test_rollout_refuses_a_bad_signature_before_sending_and_clear_removes_the_group(world, capsys) -> None:
+    b, pki, pub = world["broker"], world["pki"], world["pub"]
+    fleet_flags = ["--broker", b.url, *tls_flags(pki, "splitedge-fleet")]
+    code = cli.main(["rollout", str(world["v3"]), "--group", "hall", "--trust", str(pub), *fleet_flags])
+    err = capsys.readouterr().err
+    assert code == 1 and "manifest.sig does not verify" in err and len(err.strip().splitlines()) == 1
+    fleet = client(b, pki, "splitedge-fleet")
+    try:
+        assert read_announce(fleet, "hall", 0.5) is None  # nothing was sent
+        assert cli.main(["rollout", str(world["v2"]), "--group", "hall", *fleet_flags]) == 0
+        out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert out["bundle_id"] == load_manifest(world["v2"]).bundle_id[:8] and out["signed"] is True
+        assert read_announce(fleet, "hall", 2.0) is not None
+        assert cli.main(["rollout", "--clear", "--group", "hall", *fleet_flags]) == 0
+        assert json.loads(capsys.readouterr().out)["chunks"] == out["chunks"]
+        assert read_announce(fleet, "hall", 0.5) is None
+    finally:
+        fleet.close()
+    with pytest.raises(SystemExit):
+        cli.main(["rollout", "--group", "hall", *fleet_flags])  # neither a bundle nor --clear

@@ -215,3 +215,14 @@ def test_the_device_refuses_a_rollout_group_without_a_trusted_key(bundles, tmp_p
     assert code == 1 and "--rollout-group lobby needs --trust" in err and "Traceback" not in err
     assert device_cli.parse_args(["--bundle", "b", "--config", "c", "--rollout-group", "g"]).rollout_group == "g"
     shutil.rmtree(tmp_path / "updates", ignore_errors=True)
+
+
+def test_public_apis_are_pinned():
+    from cloud_tail import rollout, tails
+    from device_runner import update
+
+    assert sorted(rollout.__all__) == sorted(["FileScope", "RolloutResult", "clear_rollout", "iter_chunks", "main",
+                                              "make_announce", "parse_args", "publish_rollout", "read_announce"])
+    assert sorted(update.__all__) == sorted(["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle",
+                                             "active_bundle", "litert_prepare"])
+    assert sorted(tails.__all__) == sorted(["BundleTails", "Refusal", "Tails", "TailSet", "softmax", "topk"])
