@@ -225,7 +225,11 @@ class BundleUpdater:
             log.warning("undecodable announce on %s: %s", msg.topic, exc)
             return
         with self._lock:
-            if a.group != self.group or a.bundle_id == self.current_id or a.bundle_id in self._failed:
+            running = a.bundle_id == self.current_id
+            if a.group != self.group or running or a.bundle_id in self._failed:
+                if running and a.group == self.group and self.state[0] is None:  # e.g. restarted from UPDATE_DIR/active
+                    self.state = (RolloutState.ACTIVE, a.bundle_id[:8], None)
+                    self.runner.set_rollout(RolloutState.ACTIVE, a.bundle_id[:8], None)  # type: ignore[attr-defined]
                 return
             d = self._download
             if d is not None and d.announce.bundle_id == a.bundle_id:

@@ -149,6 +149,12 @@ def test_a_device_switches_mid_stream_and_every_frame_is_answered_once_by_the_cl
     assert (rig.update_dir / ACTIVE_NAME).read_text().strip() == v2.bundle_id[:16]
     path, m = active_bundle(rig.update_dir, bundles["pub"])  # what the next start runs
     assert m.bundle_id == v2.bundle_id and path == rig.update_dir / v2.bundle_id[:16]
+    restarted = DeviceRunner(m, rig.cfg, rig.hub.transport("cam-1b"), LiteRTHeads(path, m, rig.cfg.board),
+                             options=RunnerOptions(measure_heads=False), clock=rig.clock)
+    BundleUpdater(rig.hub.transport("cam-1b-updates"), GROUP, rig.update_dir, trust=bundles["pub"], current=m,
+                  runner=restarted, prepare=litert_prepare(rig.cfg.board)).start()
+    t = restarted.telemetry()  # the group's retained announce is the bundle it runs: active, nothing fetched
+    assert (t.bundle_id, t.rollout, t.rollout_bundle) == (f"{v2.wire_bundle_id:08x}", "active", v2.bundle_id[:8])
 
 
 def test_a_tampered_bundle_is_refused_by_name_and_the_running_one_kept(bundles, tmp_path):
