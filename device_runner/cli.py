@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--rollout-group: {exc}") from None
         update_dir = args.update_dir or _default_update_dir(cfg.device.device_id)
     manifest = load_manifest(args.bundle, trust=trust)
-    if update_dir is not None and (last := active_bundle(update_dir, trust)) is not None:
+    base = manifest  # the --bundle: UPDATE_DIR/active is used only while it is still the one it replaced
+    if update_dir is not None and (last := active_bundle(update_dir, trust, base.bundle_id)) is not None:
         if tuple(last[1].input.shape) == tuple(manifest.input.shape):
             print(f"splitedge device: starting from the bundle last rolled out, {last[0]} ({last[1].version})",
                   file=sys.stderr)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
             updater = BundleUpdater(downlink, args.rollout_group, update_dir, trust=trust, current=manifest,
                                     runner=runner, prepare=litert_prepare(board, make_policy),
-                                    max_bytes=args.update_max_mb * 1024 * 1024)
+                                    max_bytes=args.update_max_mb * 1024 * 1024, base=base)
             updater.start()
         try:
             summary = runner.run(source, frames=args.frames)

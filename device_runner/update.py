@@ -27,8 +27,9 @@ Any failure - a bad chunk, a plan that does not add up, a signature, a hash, a h
 keeps the running bundle and reports ``rolled_back`` with the error's one line (telemetry
 ``rollout_detail``); that bundle is not tried again until the device restarts. The announce is only a
 transfer plan: its paths are checked (relative, no ``..``), its total size is capped (``max_bytes``).
-After a swap, ``UPDATE_DIR/active`` names the running bundle's folder; ``splitedge device`` starts from it
-next time (:func:`active_bundle`).
+After a swap, ``UPDATE_DIR/active`` names the running bundle's folder and the ``--bundle`` it replaced;
+``splitedge device`` starts from it next time while ``--bundle`` is still that one (:func:`active_bundle`):
+a bundle installed by hand since then wins.
 
 Threads: transport handlers only write chunks and bookkeeping (under a lock); hashing, loading and
 running heads happen on the updater's thread, at the lowest CPU priority (nice 19, Linux): on the shared
@@ -39,6 +40,7 @@ the swap itself happens on the runner's thread (a frame boundary).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -62,7 +64,7 @@ __all__ = ["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle", "active_bu
 
 log = logging.getLogger(__name__)
 
-ACTIVE_NAME = "active"  # UPDATE_DIR/active: the folder name of the bundle the device last switched to
+ACTIVE_NAME = "active"  # UPDATE_DIR/active: {"folder": the bundle last switched to, "base": --bundle's bundle_id}
 MAX_FILES = 4096
 
 
@@ -111,12 +113,24 @@ def litert_prepare(board: BoardSpec, make_policy: Callable[[Manifest], object] |
     return prepare
 
 
-def active_bundle(update_dir: Path, trust: str | Path | None) -> tuple[Path, Manifest] | None:
-    """The bundle the device last switched to (UPDATE_DIR/active), if it still loads with ``trust``."""
+def active_bundle(update_dir: Path, trust: str | Path | None, base: str) -> tuple[Path, Manifest] | None:
+    """The bundle the device last switched to (UPDATE_DIR/active), if it still loads with ``trust`` and the device
+    still starts from the ``--bundle`` it replaced (``base``: that bundle's id); a new ``--bundle`` wins."""
     marker = Path(update_dir) / ACTIVE_NAME
     if not marker.is_file():
         return None
-    path = Path(update_dir) / marker.read_text(encoding="utf-8").strip()
+    try:
+        doc = json.loads(marker.read_text(encoding="utf-8"))
+        folder, recorded = str(doc["folder"]), str(doc["base"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s is not a record of the active bundle (%s); starting from --bundle", marker, exc)
+        return None
+    if recorded != base:
+        log.info("--bundle is not the one the last rollout replaced; starting from --bundle")
+        return None
+    path = Path(update_dir) / folder
+    if path.name != folder or folder in ("", ".", ".."):
+        return None
     try:
         manifest = load_manifest(path, verify=False, trust=trust)
         verify_files(path, manifest.device_files)
@@ -165,7 +179,7 @@ class BundleUpdater:
 
     def __init__(self, transport: Transport, group: str, update_dir: str | Path, *, trust: str | Path,
                  current: Manifest, runner: object, prepare: Prepare, max_bytes: int = 1 << 30,
-                 window: int = 2) -> None:
+                 window: int = 2, base: Manifest | None = None) -> None:
         self.transport = transport
         self.group = topics.validate_group(group)
         self.update_dir = Path(update_dir)
@@ -175,6 +189,7 @@ class BundleUpdater:
         self.max_bytes = max_bytes
         self.window = max(1, window)
         self.current_id = current.bundle_id
+        self.base_id = (base or current).bundle_id  # the --bundle this device was started with (UPDATE_DIR/active)
         self.current_input = tuple(current.input.shape)
         self._lock = threading.Lock()
         self._download: _Download | None = None
@@ -395,7 +410,7 @@ class BundleUpdater:
         self.state = (RolloutState.ACTIVE, staged.manifest.bundle_id[:8], None)
         try:
             tmp = self.update_dir / (ACTIVE_NAME + ".tmp")
-            tmp.write_text(staged.path.name + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps({"folder": staged.path.name, "base": self.base_id}) + "\n", encoding="utf-8")
             os.replace(tmp, self.update_dir / ACTIVE_NAME)
         except OSError as exc:
             log.warning("could not record the active bundle in %s: %s", self.update_dir, exc)

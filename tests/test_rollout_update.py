@@ -146,8 +146,9 @@ def test_a_device_switches_mid_stream_and_every_frame_is_answered_once_by_the_cl
     t = rig.runner.telemetry()
     assert (t.bundle_id, t.bundle_version, t.rollout, t.rollout_bundle) == (
         f"{v2.wire_bundle_id:08x}", "2", RolloutState.ACTIVE.value, v2.bundle_id[:8])
-    assert (rig.update_dir / ACTIVE_NAME).read_text().strip() == v2.bundle_id[:16]
-    path, m = active_bundle(rig.update_dir, bundles["pub"])  # what the next start runs
+    assert json.loads((rig.update_dir / ACTIVE_NAME).read_text()) == {"folder": v2.bundle_id[:16], "base": v1.bundle_id}
+    assert active_bundle(rig.update_dir, bundles["pub"], base="f" * 64) is None  # a new --bundle installed: it wins
+    path, m = active_bundle(rig.update_dir, bundles["pub"], base=v1.bundle_id)  # what the next start runs
     assert m.bundle_id == v2.bundle_id and path == rig.update_dir / v2.bundle_id[:16]
     restarted = DeviceRunner(m, rig.cfg, rig.hub.transport("cam-1b"), LiteRTHeads(path, m, rig.cfg.board),
                              options=RunnerOptions(measure_heads=False), clock=rig.clock)
@@ -155,6 +156,23 @@ def test_a_device_switches_mid_stream_and_every_frame_is_answered_once_by_the_cl
                   runner=restarted, prepare=litert_prepare(rig.cfg.board)).start()
     t = restarted.telemetry()  # the group's retained announce is the bundle it runs: active, nothing fetched
     assert (t.bundle_id, t.rollout, t.rollout_bundle) == (f"{v2.wire_bundle_id:08x}", "active", v2.bundle_id[:8])
+
+
+
+def test_the_device_command_starts_from_the_bundle_last_rolled_out(bundles, tmp_path, capsys):
+    from sdk import cli
+
+    rig = Rig(bundles, tmp_path)
+    rig.frames(2)
+    rig.rollout(bundles["v2"])
+    rig.frames(2)  # swapped: UPDATE_DIR/active written
+    argv = ["device", "--bundle", str(bundles["v1"]), "--config", str(tmp_path / "cam.toml"), "--rollout-group", GROUP,
+            "--trust", str(bundles["pub"]), "--update-dir", str(rig.update_dir), "--frames", "2",
+            "--connect-timeout", "0.2", "--out", str(tmp_path / "a.jsonl")]  # fmt: skip
+    assert cli.main(argv) == 0  # no broker there: answered locally, from v2
+    err = capsys.readouterr().err
+    assert f"starting from the bundle last rolled out, {rig.update_dir / load_manifest(bundles['v2']).bundle_id[:16]}" in err
+    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == 2
 
 
 def test_a_tampered_bundle_is_refused_by_name_and_the_running_one_kept(bundles, tmp_path):
