@@ -251,8 +251,9 @@ class BundleUpdater:
                 return  # already on it (a re-sent announce after a reconnect)
             if d is not None:
                 self._download = None
-        if d is not None:
+        if d is not None:  # a newer bundle replaces the one being fetched
             self._stop_chunks(d)
+            shutil.rmtree(d.root, ignore_errors=True)
         try:
             offsets = _check_plan(a, self.max_bytes)
             root = self.update_dir / f"{a.bundle_id[:16]}.part"

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("cryptography")
 pytest.importorskip("ai_edge_litert")
 
-from cloud_tail.rollout import FileScope, make_announce, publish_rollout, read_announce  # noqa: E402
+from cloud_tail.rollout import FileScope, iter_chunks, make_announce, publish_rollout, read_announce  # noqa: E402
 from cloud_tail.tails import BundleTails  # noqa: E402
 from cloud_tail.worker import TailWorker, WorkerConfig  # noqa: E402
 from device_runner import cli as device_cli  # noqa: E402
@@ -250,3 +250,29 @@ def test_public_apis_are_pinned():
     assert sorted(update.__all__) == sorted(["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle",
                                              "active_bundle", "litert_prepare"])
     assert sorted(tails.__all__) == sorted(["BundleTails", "Refusal", "Tails", "TailSet", "softmax", "topk"])
+
+
+def test_a_damaged_chunk_rolls_back_and_a_newer_announce_replaces_a_download(bundles, tmp_path):
+    rig = Rig(bundles, tmp_path)
+    v2 = load_manifest(bundles["v2"])
+    a = make_announce(bundles["v2"], v2, GROUP, chunk_size=64 * 1024)
+    first = next(iter(iter_chunks(bundles["v2"], a)))
+    damaged = bytearray(first[1])
+    damaged[-1] ^= 0xFF  # the data no longer matches the chunk's sha256
+    rig.fleet.publish(first[0], bytes(damaged), retain=True)
+    rig.fleet.publish(topics.announce_topic(GROUP), a.to_bytes(), retain=True)
+    t = rig.runner.telemetry()
+    assert t.rollout == RolloutState.ROLLED_BACK.value and "damaged in transit" in t.rollout_detail
+    # An announce whose chunks are not there yet: downloading; a newer rollout replaces it and lands.
+    v3 = make_version(bundles["v1"], tmp_path / "v3ok", "3", bundles["key"])
+    m3 = load_manifest(v3)
+    pending = make_announce(v3, m3, GROUP)
+    rig.fleet.publish(topics.announce_topic(GROUP), AnnounceMessage(**{**pending.to_dict(), "bundle_id": "ab" * 32})
+                      .to_bytes(), retain=True)  # fmt: skip
+    assert rig.runner.telemetry().rollout == RolloutState.DOWNLOADING.value
+    assert (rig.update_dir / ("ab" * 8 + ".part")).is_dir()
+    rig.rollout(v3)
+    rig.frames(1)
+    t = rig.runner.telemetry()
+    assert (t.bundle_id, t.rollout) == (f"{m3.wire_bundle_id:08x}", RolloutState.ACTIVE.value)
+    assert not (rig.update_dir / ("ab" * 8 + ".part")).exists()
