@@ -575,3 +575,16 @@ def test_the_policy_takes_one_options_object_and_overrides_of_its_fields() -> No
     import sdk.policy_options
 
     assert sorted(sdk.policy_options.__all__) == ["POLICY_KEYS", "PolicyOptions"]
+
+
+def test_a_lone_miss_of_a_payload_within_the_noise_caps_nothing_a_second_does() -> None:
+    e = Estimator(head_prior={}, tail_prior={}, prior_bandwidth=1e6, prior_link_ms=None)
+    e.observe_network(1, 300, 2.3)  # latency 2 ms
+    e.observe_network(2, 20_000, 102.0)  # 200 kB/s
+    # 250 B (1.25 ms at 200 kB/s, under 2 x the 1 ms noise floor) unanswered after 25 ms: a stall of the
+    # broker or the host. Before, it capped the estimate at 250 B / 23 ms = 11 kB/s.
+    e.observe_timeout(1, 250, 25.0)
+    assert e.bandwidth == pytest.approx(200e3, rel=0.01) and e.noise_misses == 1
+    assert e.snapshot().miss_streak == 1 and e.miss_rate > 0  # still outage risk
+    e.observe_timeout(1, 250, 25.0)  # a second in a row: the link may be stalled; capped as before
+    assert e.bandwidth < 20e3 and e.noise_misses == 1
