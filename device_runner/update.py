@@ -3,7 +3,9 @@
 :class:`BundleUpdater` follows one device group (``splitedge device --rollout-group G``). On the group's
 retained :class:`~sdk.messages.AnnounceMessage` (``splitedge rollout``, cloud_tail/rollout.py) of a
 bundle other than the one running, it fetches that bundle's retained chunks and writes each into
-``UPDATE_DIR/<bundle>.part/`` at its offset (any order, duplicates harmless).
+``UPDATE_DIR/<bundle>.part/`` at its offset (any order, duplicates harmless): ``manifest.json`` first,
+then only the files this side runs (``needs``: a device's heads and exits; a rollout ``--files all``
+also carries the tails, which a device leaves on the broker).
 
 **Pulled, a window at a time.** The chunks come down the connection that carries the cloud's answers,
 so the updater subscribes to ``window`` chunk topics at a time (one per chunk) and asks for the next when
@@ -55,7 +57,7 @@ from sdk import topics
 from sdk.chunks import MAX_CHUNK_BYTES, decode_chunk
 from sdk.config import BoardSpec
 from sdk.errors import BundleError, IntegrityError, ManifestError, SplitEdgeError
-from sdk.manifest import MANIFEST_NAME, CutKind, Manifest, load_manifest, verify_files
+from sdk.manifest import MANIFEST_NAME, CutKind, FileRef, Manifest, load_manifest, verify_files
 from sdk.messages import AnnounceMessage, RolloutState
 from sdk.signing import SIGNATURE_NAME
 from sdk.transport import Message, Transport
@@ -92,9 +94,12 @@ class _Download:
     announce: AnnounceMessage
     root: Path
     offsets: list[tuple[int, int, int]]  # chunk n -> (file index, chunk index, expected length)
+    wanted: list[int] = field(default_factory=list)  # chunk numbers to fetch, in order (manifest.json's first)
+    files: set[int] = field(default_factory=set)  # indices (into announce.files) of the files fetched
     received: set[int] = field(default_factory=set)
     requested: set[int] = field(default_factory=set)  # chunk topics subscribed to now (the window)
-    next_n: int = 0  # the next chunk to ask for
+    next_i: int = 0  # the next index into wanted to ask for
+    manifest_phase: bool = True  # only manifest.json is wanted so far
     done: bool = False
 
 
@@ -179,7 +184,9 @@ class BundleUpdater:
 
     def __init__(self, transport: Transport, group: str, update_dir: str | Path, *, trust: str | Path,
                  current: Manifest, runner: object, prepare: Prepare, max_bytes: int = 1 << 30,
-                 window: int = 2, base: Manifest | None = None) -> None:
+                 window: int = 2, base: Manifest | None = None,
+                 needs: Callable[[Manifest], tuple[FileRef, ...]] | None = None, same_input: bool = True,
+                 keep_old: bool = False) -> None:
         self.transport = transport
         self.group = topics.validate_group(group)
         self.update_dir = Path(update_dir)
@@ -191,6 +198,9 @@ class BundleUpdater:
         self.current_id = current.bundle_id
         self.base_id = (base or current).bundle_id  # the --bundle this device was started with (UPDATE_DIR/active)
         self.current_input = tuple(current.input.shape)
+        self.needs = needs or (lambda m: m.device_files)  # the files fetched out of the announce's (module doc)
+        self.same_input = same_input
+        self.keep_old = keep_old  # a tail worker keeps serving the bundles it had
         self._lock = threading.Lock()
         self._download: _Download | None = None
         self._failed: dict[str, str] = {}  # bundle id -> why (not retried until a restart)
@@ -258,23 +268,16 @@ class BundleUpdater:
             offsets = _check_plan(a, self.max_bytes)
             root = self.update_dir / f"{a.bundle_id[:16]}.part"
             shutil.rmtree(root, ignore_errors=True)
-            for path, _sha, size in a.files:
-                f = root / path
-                f.parent.mkdir(parents=True, exist_ok=True)
-                with open(f, "wb") as fh:
-                    fh.truncate(size)
+            d = _Download(a, root, offsets)
+            self._add_files(d, [0])
         except (SplitEdgeError, OSError) as exc:
             self._fail(a, exc)
             return
-        d = _Download(a, root, offsets)
         with self._lock:
             self._download = d
         self._set(RolloutState.DOWNLOADING, a.bundle_id)
         log.info("bundle %s (%s) announced: %d files, %d chunks", a.bundle_id[:8], a.version, len(a.files),
                  len(offsets))
-        if not offsets:
-            self._complete(d)
-            return
         self._request(d, self.window)
 
     def _on_chunk(self, msg: Message) -> None:
@@ -291,6 +294,8 @@ class BundleUpdater:
             h = chunk.header
             if h.bundle_id != a.wire_bundle_id:
                 return  # another bundle's chunk on a stale subscription
+            if n in d.received or h.file_index not in d.files:
+                return  # a duplicate (after a reconnect), or a chunk of a file this side does not fetch
             if not 0 <= n < len(d.offsets) or d.offsets[n][:2] != (h.file_index, h.index) \
                     or len(chunk.data) != d.offsets[n][2] or h.count != a.chunk_count(h.file_index):
                 raise IntegrityError(f"chunk {n} on {msg.topic} is file {h.file_index} chunk {h.index}/{h.count} "
@@ -309,26 +314,70 @@ class BundleUpdater:
             return
         with self._lock:
             d.received.add(n)
-            complete = len(d.received) == len(d.offsets) and not d.done
-            if complete:
-                d.done = True
+            complete = len(d.received) == len(d.wanted) and not d.done
             fresh = n in d.requested
             d.requested.discard(n)
         if fresh:
             self._unsubscribe(topics.chunk_topic(self.group, a.bundle_id, n))
-        if complete:
+        if complete and d.manifest_phase:
+            self._select_files(d)
+        elif complete:
             self._complete(d)
         elif fresh:
             self._request(d, 1)
+
+    def _add_files(self, d: _Download, indices: list[int]) -> None:
+        """Create the files (their final size) and want their chunks, in the announce's order."""
+        for i in indices:
+            path, _sha, size = d.announce.files[i]
+            f = d.root / path
+            f.parent.mkdir(parents=True, exist_ok=True)
+            with open(f, "wb") as fh:
+                fh.truncate(size)
+        d.files.update(indices)
+        chosen = set(indices)
+        d.wanted += [n for n, (i, _, _) in enumerate(d.offsets) if i in chosen]
+
+    def _select_files(self, d: _Download) -> None:
+        """manifest.json is in: fetch the files this side runs (``needs``), not the whole announce (a tail
+        worker's ``--files all`` rollout carries the tails too). The manifest is only *read* here; the
+        signature over it is checked once everything is in (``_verify``)."""
+        a = d.announce
+        try:
+            raw = (d.root / MANIFEST_NAME).read_bytes()
+            if hashlib.sha256(raw).hexdigest() != a.manifest_sha256:
+                raise IntegrityError(f"{MANIFEST_NAME} reassembled to another sha256 than the announced manifest_sha256")
+            manifest = Manifest.from_dict(json.loads(raw.decode("utf-8")), where=f"announced {MANIFEST_NAME}")
+            index = {path: i for i, (path, _, _) in enumerate(a.files)}
+            needed = [r.path for r in self.needs(manifest)]
+            missing = sorted(p for p in needed if p not in index)
+            if missing:
+                raise BundleError(f"the rollout did not send {missing}, which this side runs; roll it out again "
+                                  "(splitedge rollout sends heads and exits by default, --files all adds the tails)")
+            with self._lock:
+                d.manifest_phase = False
+                self._add_files(d, sorted({index[p] for p in needed} - d.files))
+                complete = len(d.received) == len(d.wanted)
+        except (SplitEdgeError, OSError, ValueError) as exc:
+            with self._lock:
+                if self._download is d:
+                    self._download = None
+            self._stop_chunks(d)
+            self._fail(a, exc, d.root)
+            return
+        if complete:
+            self._complete(d)
+        else:
+            self._request(d, self.window)
 
     def _request(self, d: _Download, k: int) -> None:
         """Subscribe to the next ``k`` chunk topics: their retained chunks come down, at most ``window`` at once."""
         for _ in range(k):
             with self._lock:
-                if d.done or d.next_n >= len(d.offsets) or self._download is not d:
+                if d.done or d.next_i >= len(d.wanted) or self._download is not d:
                     return
-                n = d.next_n
-                d.next_n += 1
+                n = d.wanted[d.next_i]
+                d.next_i += 1
                 d.requested.add(n)
             self.transport.subscribe(topics.chunk_topic(self.group, d.announce.bundle_id, n), self._on_chunk, qos=1)
 
@@ -376,7 +425,8 @@ class BundleUpdater:
 
     def _verify(self, d: _Download) -> tuple[Manifest, Path]:
         a, root = d.announce, d.root
-        for path, sha, _size in a.files:
+        fetched = [a.files[i] for i in sorted(d.files)]
+        for path, sha, _size in fetched:
             h = hashlib.sha256()
             with open(root / path, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
@@ -389,13 +439,12 @@ class BundleUpdater:
         manifest = load_manifest(root, verify=False, trust=self.trust)  # the signature over the exact bytes
         if manifest.bundle_id != a.bundle_id:
             raise ManifestError(f"the manifest is bundle {manifest.bundle_id[:8]}, the announce said {a.bundle_id[:8]}")
-        sent = {path for path, _, _ in a.files}
-        missing = sorted(r.path for r in manifest.device_files if r.path not in sent)
+        sent = {path for path, _, _ in fetched}
+        missing = sorted(r.path for r in self.needs(manifest) if r.path not in sent)
         if missing:
-            raise BundleError(f"the rollout did not send {missing}, which the device runs; roll it out again "
-                              "(splitedge rollout sends them by default)")
+            raise BundleError(f"the rollout did not send {missing}, which this side runs; roll it out again")
         verify_files(root, tuple(r for r in manifest.files if r.path in sent))
-        if tuple(manifest.input.shape) != self.current_input:
+        if self.same_input and tuple(manifest.input.shape) != self.current_input:
             raise BundleError(f"its input is {tuple(manifest.input.shape)}, the running bundle's is "
                               f"{self.current_input}; the camera source was opened for that: restart the device "
                               "with the new bundle instead")
@@ -415,6 +464,8 @@ class BundleUpdater:
             os.replace(tmp, self.update_dir / ACTIVE_NAME)
         except OSError as exc:
             log.warning("could not record the active bundle in %s: %s", self.update_dir, exc)
+            return
+        if self.keep_old:
             return
         for old in self.update_dir.iterdir():  # earlier updates: nothing runs them any more
             if old.is_dir() and old.name != staged.path.name and not old.name.endswith(".part"):

@@ -276,3 +276,14 @@ def test_a_damaged_chunk_rolls_back_and_a_newer_announce_replaces_a_download(bun
     t = rig.runner.telemetry()
     assert (t.bundle_id, t.rollout) == (f"{m3.wire_bundle_id:08x}", RolloutState.ACTIVE.value)
     assert not (rig.update_dir / ("ab" * 8 + ".part")).exists()
+
+
+def test_from_a_rollout_with_the_tails_a_device_fetches_only_what_it_runs(bundles, tmp_path):
+    rig = Rig(bundles, tmp_path)
+    a = rig.rollout(bundles["v2"], scope=FileScope.ALL)
+    assert any(p.endswith("tail.tflite") for p, _, _ in a.files)
+    rig.frames(1)
+    v2 = load_manifest(bundles["v2"])
+    assert rig.runner.telemetry().bundle_id == f"{v2.wire_bundle_id:08x}"
+    staged = rig.update_dir / v2.bundle_id[:16]
+    assert sorted(str(p.relative_to(staged)) for p in staged.rglob("*.tflite")) == sorted(r.path for r in v2.device_files)
