@@ -24,7 +24,9 @@ from cloud_tail.counters import write_json
 from cloud_tail.httpd import port_number
 from cloud_tail.tails import BundleTails
 from cloud_tail.worker import TailWorker, WorkerConfig
+from sdk import topics
 from sdk.config import OutboxSettings
+from sdk.errors import ConfigError
 from sdk.outbox import Outbox, StoreAndForward
 from sdk.signals import stop_on_signals
 from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
@@ -76,7 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-interval", type=float, default=1.0, help="seconds between --metrics-json writes"
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log every refused frame")
+    p.add_argument("--rollout-group", metavar="G",
+                   help="also serve each bundle 'splitedge rollout --group G --files all' offers (needs --trust)")
+    p.add_argument("--update-dir", type=Path, metavar="DIR",
+                   help="where those bundles are kept (default: $SPLITEDGE_CACHE or ~/.cache/splitedge, then "
+                   "updates/cloud-WORKER_ID); the ones there are served again on the next start")
     args = p.parse_args(argv)
+    if args.rollout_group:
+        try:
+            topics.validate_group(args.rollout_group)
+        except ValueError as exc:
+            p.error(f"--rollout-group: {exc}")
     if args.outbox_max_messages < 0 or args.outbox_max_bytes < 1:
         p.error(f"--outbox-max-messages must be >= 0 and --outbox-max-bytes >= 1, got {args.outbox_max_messages} "
                 f"and {args.outbox_max_bytes}")
@@ -103,11 +115,22 @@ def main(argv: list[str] | None = None) -> int:
                                    Path(args.outbox_dir).resolve() if args.outbox_dir else None),
                     name=worker_id)  # a spool that cannot be used stops here, before connecting  # fmt: skip
     tails = BundleTails(args.bundle, threads=args.threads, trust=args.trust)
+    update_dir = None
+    if args.rollout_group:
+        from cloud_tail.rollout import restore_staged
+
+        if not args.trust:
+            raise ConfigError(f"--rollout-group {args.rollout_group} needs --trust PUB.pem: a worker only serves "
+                              "rolled-out bundles signed by the key it trusts")
+        update_dir = args.update_dir or Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge")) \
+            / "updates" / f"cloud-{worker_id}"
+        restore_staged(tails, update_dir, args.trust)
     tails.load_all()
     with stop_on_signals() as stop:
         transport = connect_transport(broker, client_id=f"splitedge-cloud-{worker_id}")
         worker = TailWorker(StoreAndForward(transport, outbox), tails, config)
         server = None
+        updater = None
         try:
             if args.metrics_port is not None:  # before subscribing: a taken port refuses no frame
                 from cloud_tail.metrics import serve_registry, worker_registry
@@ -116,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                 server = serve_registry(registry, args.metrics_port, host=args.metrics_addr,
                                         json_snapshot=worker.counters.snapshot)  # fmt: skip
             worker.start()
+            if update_dir is not None:
+                from cloud_tail.rollout import follow_rollouts
+
+                updater = follow_rollouts(transport, tails, args.rollout_group, update_dir, trust=args.trust,
+                                          say=lambda line: print(line, flush=True))
             cuts = ",".join(str(c) for c in tails.cut_ids)
             metrics = f" metrics http://{args.metrics_addr}:{server.server_port}/metrics" if server else ""
             print(
@@ -127,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.metrics_json:
                     write_json(worker.counters, args.metrics_json)
         finally:
+            if updater is not None:
+                updater.close()
             worker.stop()
             worker.transport.close()  # flushes what it can; a spool keeps the rest for the next start
             if server is not None:

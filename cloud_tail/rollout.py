@@ -39,22 +39,24 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+from cloud_tail.tails import BundleTails, TailSet
 from sdk import topics
 from sdk.chunks import MAX_CHUNK_BYTES, encode_chunk
-from sdk.errors import ConfigError, TransportError, WireError
-from sdk.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file
-from sdk.messages import AnnounceMessage
+from sdk.errors import ConfigError, SplitEdgeError, TransportError, WireError
+from sdk.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file, verify_files
+from sdk.messages import AnnounceMessage, RolloutState
 from sdk.signing import SIGNATURE_NAME
 from sdk.tls import add_broker_arguments, broker_from_args, connect_transport
 from sdk.transport import Message, Transport
 
-__all__ = ["FileScope", "RolloutResult", "clear_rollout", "iter_chunks", "main", "make_announce", "parse_args",
-           "publish_rollout", "read_announce"]  # fmt: skip
+__all__ = ["FileScope", "RolloutResult", "TailsFollower", "clear_rollout", "follow_rollouts", "iter_chunks", "main",
+           "make_announce", "parse_args", "publish_rollout", "read_announce", "restore_staged"]  # fmt: skip
 
 
 class FileScope(StrEnum):
@@ -179,6 +181,64 @@ def clear_rollout(transport: Transport, group: str, previous: AnnounceMessage | 
     finally:
         transport.unsubscribe(t_announce)
     return cleared
+
+
+class TailsFollower:
+    """Where a tail worker's updater hands verified bundles (``splitedge cloud --rollout-group G``): each one is
+    added to the bundles served, none is dropped. ``say`` reports it (the CLI prints to stdout)."""
+
+    def __init__(self, tails: BundleTails, say: Callable[[str], None] = print) -> None:
+        self.tails = tails
+        self.say = say
+
+    def offer_bundle(self, staged: Any, on_swap: Callable[[Any], None] | None = None) -> None:
+        t = self.tails.add(staged.executor)
+        self.say(f"serving bundle 0x{t.bundle_id:08x} ({staged.manifest.version}) from {staged.path}")
+        if on_swap is not None:
+            on_swap(staged)
+
+    def set_rollout(self, state: RolloutState, bundle: str | None, detail: str | None = None) -> None:
+        if state is RolloutState.ROLLED_BACK:
+            self.say(f"refused bundle {bundle}: {detail}")
+
+
+def restore_staged(tails: BundleTails, update_dir: Path, trust: str | Path) -> list[Path]:
+    """Serve again the bundles an earlier run of this worker fetched (UPDATE_DIR/<bundle>/); returns them."""
+    added = []
+    if not Path(update_dir).is_dir():
+        return added
+    for folder in sorted(Path(update_dir).iterdir()):
+        if not folder.is_dir() or folder.name.endswith(".part"):
+            continue
+        try:
+            manifest = load_manifest(folder, verify=False, trust=trust)
+            verify_files(folder, manifest.tail_files)
+            tails.add(TailSet(folder, threads=tails.threads, manifest=manifest))
+        except SplitEdgeError as exc:
+            print(f"splitedge cloud: not serving {folder} again: {exc}", file=sys.stderr)
+            continue
+        added.append(folder)
+    return added
+
+
+def follow_rollouts(transport: Transport, tails: BundleTails, group: str, update_dir: Path, *, trust: str | Path,
+                    say: Callable[[str], None] = print) -> Any:
+    """Start a BundleUpdater (device_runner/update.py) that fetches each bundle announced to ``group`` - its
+    manifest and tails, from a ``--files all`` rollout - and adds it to ``tails``; returns it (close() it)."""
+    from device_runner.update import BundleUpdater, StagedBundle
+
+    def prepare(path: Path, manifest: Manifest) -> StagedBundle:
+        t = TailSet(path, threads=tails.threads, manifest=manifest)
+        t.load_all()  # loaded and warmed up here, on the updater's thread: frames never wait for it
+        return StagedBundle(path, manifest, t)
+
+    first = tails.get(tails.bundle_ids[0])
+    assert first is not None
+    updater = BundleUpdater(transport, group, update_dir, trust=trust, current=first.manifest,
+                            runner=TailsFollower(tails, say), prepare=prepare, needs=lambda m: m.tail_files,
+                            same_input=False, keep_old=True, have=tails.has_bundle)
+    updater.start()
+    return updater
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -215,6 +215,10 @@ class BundleTails:
         """Every cut some served bundle has a tail for."""
         return tuple(sorted({c for t in self._sets.values() for c in t.cut_ids}))
 
+    def has_bundle(self, bundle_id: str) -> bool:
+        """Whether the bundle of this manifest ``bundle_id`` (64 hex digits) is served."""
+        return any(t.manifest.bundle_id == bundle_id for t in self._sets.values())
+
     def get(self, bundle_id: int) -> TailSet | None:
         return self._sets.get(bundle_id)
 

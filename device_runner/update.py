@@ -186,7 +186,7 @@ class BundleUpdater:
                  current: Manifest, runner: object, prepare: Prepare, max_bytes: int = 1 << 30,
                  window: int = 2, base: Manifest | None = None,
                  needs: Callable[[Manifest], tuple[FileRef, ...]] | None = None, same_input: bool = True,
-                 keep_old: bool = False) -> None:
+                 keep_old: bool = False, have: Callable[[str], bool] | None = None) -> None:
         self.transport = transport
         self.group = topics.validate_group(group)
         self.update_dir = Path(update_dir)
@@ -201,6 +201,7 @@ class BundleUpdater:
         self.needs = needs or (lambda m: m.device_files)  # the files fetched out of the announce's (module doc)
         self.same_input = same_input
         self.keep_old = keep_old  # a tail worker keeps serving the bundles it had
+        self.have = have  # bundle id -> already served here (a tail worker serves several)
         self._lock = threading.Lock()
         self._download: _Download | None = None
         self._failed: dict[str, str] = {}  # bundle id -> why (not retried until a restart)
@@ -250,7 +251,7 @@ class BundleUpdater:
             log.warning("undecodable announce on %s: %s", msg.topic, exc)
             return
         with self._lock:
-            running = a.bundle_id == self.current_id
+            running = a.bundle_id == self.current_id or (self.have is not None and self.have(a.bundle_id))
             if a.group != self.group or running or a.bundle_id in self._failed:
                 if running and a.group == self.group and self.state[0] is None:  # e.g. restarted from UPDATE_DIR/active
                     self.state = (RolloutState.ACTIVE, a.bundle_id[:8], None)

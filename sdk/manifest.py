@@ -277,6 +277,12 @@ class Manifest:
         return tuple(ref for ref in self.files if ref.path in used)
 
     @property
+    def tail_files(self) -> tuple[FileRef, ...]:
+        """The files a tail worker runs (every cut's tail), in ``files`` order."""
+        used = {c.tail.path for c in self.cuts if c.tail is not None}
+        return tuple(ref for ref in self.files if ref.path in used)
+
+    @property
     def version(self) -> str:
         """A label for people: ``extra["version"]`` when the bundle has one, else the first 8 hex of bundle_id."""
         v = self.extra.get("version")

@@ -245,8 +245,9 @@ def test_public_apis_are_pinned():
     from cloud_tail import rollout, tails
     from device_runner import update
 
-    assert sorted(rollout.__all__) == sorted(["FileScope", "RolloutResult", "clear_rollout", "iter_chunks", "main",
-                                              "make_announce", "parse_args", "publish_rollout", "read_announce"])
+    assert sorted(rollout.__all__) == sorted(["FileScope", "RolloutResult", "TailsFollower", "clear_rollout",
+                                              "follow_rollouts", "iter_chunks", "main", "make_announce", "parse_args",
+                                              "publish_rollout", "read_announce", "restore_staged"])
     assert sorted(update.__all__) == sorted(["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle",
                                              "active_bundle", "litert_prepare"])
     assert sorted(tails.__all__) == sorted(["BundleTails", "Refusal", "Tails", "TailSet", "softmax", "topk"])
@@ -287,3 +288,38 @@ def test_from_a_rollout_with_the_tails_a_device_fetches_only_what_it_runs(bundle
     assert rig.runner.telemetry().bundle_id == f"{v2.wire_bundle_id:08x}"
     staged = rig.update_dir / v2.bundle_id[:16]
     assert sorted(str(p.relative_to(staged)) for p in staged.rglob("*.tflite")) == sorted(r.path for r in v2.device_files)
+
+
+def test_a_tail_worker_following_a_group_serves_each_rolled_out_bundle_and_again_after_a_restart(bundles, tmp_path):
+    from cloud_tail.rollout import follow_rollouts, restore_staged
+
+    hub = InMemoryHub(synchronous=True, raise_handler_errors=True)
+    said: list[str] = []
+    tails = BundleTails([bundles["v1"]], trust=bundles["pub"])
+    updates = tmp_path / "cloud-updates"
+    updater = follow_rollouts(hub.transport("w-updates"), tails, "cloud", updates, trust=bundles["pub"], say=said.append)
+    fleet = hub.transport("fleet")
+    v2 = load_manifest(bundles["v2"])
+    device_only = make_announce(bundles["v2"], v2, "cloud")  # no tails in it: refused by name, nothing served
+    publish_rollout(fleet, bundles["v2"], device_only)
+    assert updater.wait_idle(60)
+    assert said and said[-1].startswith(f"refused bundle {v2.bundle_id[:8]}") and "tail.tflite" in said[-1]
+    assert tails.get(v2.wire_bundle_id) is None
+    v4 = make_version(bundles["v1"], tmp_path / "v4", "4", bundles["key"])
+    m4 = load_manifest(v4)
+    # 1 MiB chunks: the synchronous in-memory hub delivers a retained chunk inside the subscribe that asks for it,
+    # so each chunk nests a level deeper (a real broker's come on the network thread, one after the other).
+    publish_rollout(fleet, v4, make_announce(v4, m4, "cloud", scope=FileScope.ALL, chunk_size=1 << 20),
+                    previous=read_announce(fleet, "cloud", 0.0))
+    assert updater.wait_idle(60)
+    assert said[-1].startswith(f"serving bundle 0x{m4.wire_bundle_id:08x} (4)"), said
+    assert tails.bundle_ids == (load_manifest(bundles["v1"]).wire_bundle_id, m4.wire_bundle_id)
+    image = np.zeros((1, *m4.input.shape), dtype=np.uint8)
+    from sdk.wire import decode_frame, encode_raw
+
+    frame = decode_frame(encode_raw(device_id="cam", seq=1, bundle_id=m4.wire_bundle_id, image=image, capture_ts=1.0))
+    assert tails.admit(frame) is None and tails.run(0, [frame]).shape == (1, m4.num_classes)
+    updater.close()
+    restarted = BundleTails([bundles["v1"]], trust=bundles["pub"])
+    assert restore_staged(restarted, updates, bundles["pub"]) == [updates / m4.bundle_id[:16]]
+    assert restarted.has_bundle(m4.bundle_id)
