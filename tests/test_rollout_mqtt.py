@@ -1,9 +1,10 @@
 """The rollout done-when test: 3 devices switch bundles mid-stream on a real Mosquitto, every frame answered once.
 
 The broker runs the shipped ``cloud-tls.conf`` and ACL (``EmbeddedBroker(config="cloud-tls")``) with
-``splitedge pki`` certificates; every client is a real command: one ``splitedge cloud`` serving bundles
-v1 and v2 (``--trust``), three ``splitedge device --rollout-group lobby --trust`` on v1, and
-``splitedge rollout`` as the fleet identity. Mid-stream v2 is rolled out: every device switches at a frame
+``splitedge pki`` certificates; every client is a real command: one ``splitedge cloud`` on v1 following the
+group ``cloud`` (``--rollout-group cloud --trust``), three ``splitedge device --rollout-group lobby --trust``
+on v1, and ``splitedge rollout`` as the fleet identity. Mid-stream v2 is rolled out, to the worker first
+(``--files all``: it then serves v1 and v2) and then to the devices: every device switches at a frame
 boundary (the frames on the act topic carry v1's id, then v2's, never back), every frame id is answered
 exactly once (by the cloud, but for the odd frame answered locally as overdue on a busy host), and all
 three report v2 in telemetry. Then v3, a head rewritten and its hash
@@ -133,8 +134,9 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
     fleet.subscribe(topics.filter_for(TopicKind.TELEMETRY), on_telemetry, qos=0)
     sniffer.subscribe(topics.filter_for(TopicKind.ACT), on_act, qos=1)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "sdk.cli", "cloud", "--bundle", str(world["v1"]), "--bundle", str(world["v2"]),
-         "--trust", str(pub), "--broker", b.url, "--worker-id", "w1", *tls_flags(pki, "splitedge-tail")],
+        [sys.executable, "-m", "sdk.cli", "cloud", "--bundle", str(world["v1"]), "--rollout-group", "cloud",
+         "--update-dir", str(d / "w1-updates"), "--trust", str(pub), "--broker", b.url, "--worker-id", "w1",
+         *tls_flags(pki, "splitedge-tail")],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     devices: list[subprocess.Popen] = []
@@ -142,7 +144,9 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
         assert worker.stdout is not None
         ready, _, _ = select.select([worker.stdout], [], [], 60)
         line = worker.stdout.readline() if ready else ""
-        assert line.startswith("ready w1") and f"0x{m1.wire_bundle_id:08x},0x{m2.wire_bundle_id:08x}" in line, line
+        assert line.startswith("ready w1") and f"bundle 0x{m1.wire_bundle_id:08x} cuts" in line, line
+        worker_lines: list[str] = []
+        threading.Thread(target=lambda: worker_lines.extend(iter(worker.stdout.readline, "")), daemon=True).start()
         split = next(c.index for c in m1.cuts if c.kind is CutKind.SPLIT)
         for dev in DEVICES:
             (d / f"{dev}.toml").write_text(PROFILE.format(device_id=dev, url=b.url, pki=pki))
@@ -162,6 +166,12 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
 
         wait_for("v1 running on every device", all_report(lambda t: t.bundle_id == f"{m1.wire_bundle_id:08x}"
                                                          and t.fps > 0), 60, procs)
+        t0 = time.monotonic()  # v2 to the worker first, tails included; then to the devices
+        assert cli.main(["rollout", str(world["v2"]), "--group", "cloud", "--files", "all", "--broker", b.url,
+                         "--trust", str(pub), *tls_flags(pki, "splitedge-fleet")]) == 0  # fmt: skip
+        wait_for("the worker serving v2", lambda: any(x.startswith(f"serving bundle 0x{m2.wire_bundle_id:08x}")
+                                                      for x in list(worker_lines)), 60, procs)
+        worker_s = time.monotonic() - t0
         t0 = time.monotonic()
         assert cli.main(["rollout", str(world["v2"]), "--group", GROUP, "--broker", b.url, "--trust", str(pub),
                          "--chunk-kb", "64", *tls_flags(pki, "splitedge-fleet")]) == 0  # fmt: skip
@@ -213,7 +223,8 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
         # this shared 2-core host that happens now and then, rollout or not. Most frames are the cloud's.
         assert len(local) <= FRAMES // 20, local
         print(f"{dev}: switched at frame {switch}; answered locally (frame - switch, reason): {local}")
-    print(f"rollout: announce to v2 active on all {len(DEVICES)} devices in {switch_s:.2f} s")
+    print(f"rollout: v2 served by the worker {worker_s:.2f} s after its rollout (21 MB of tails); "
+          f"active on all {len(DEVICES)} devices {switch_s:.2f} s after theirs")
 
 
 def test_rollout_refuses_a_bad_signature_before_sending_and_clear_removes_the_group(world, capsys) -> None:
