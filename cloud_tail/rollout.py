@@ -26,6 +26,10 @@ cost: the broker holds the bundle in memory (a digits bundle's device files are 
 Past tens of MB per bundle or hundreds of devices, an HTTP(S) file server with the same announce
 would be the better carrier; the announce already carries everything a device needs to check the files.
 
+Tail workers can follow a group too (``splitedge cloud --rollout-group G``, :func:`follow_rollouts`): from a
+``--files all`` rollout they fetch the manifest and the tails, and serve the new bundle next to the others
+(:class:`TailsFollower`); :func:`restore_staged` serves those again after a restart.
+
 The announce is not what is trusted: the device checks ``manifest.json`` against ``manifest.sig`` with
 its own ``--trust`` key, and every file against the manifest (device_runner/update.py). ``--trust`` here
 checks the signature before anything is sent.
