@@ -253,7 +253,8 @@ class BundleUpdater:
         with self._lock:
             running = a.bundle_id == self.current_id or (self.have is not None and self.have(a.bundle_id))
             if a.group != self.group or running or a.bundle_id in self._failed:
-                if running and a.group == self.group and self.state[0] is None:  # e.g. restarted from UPDATE_DIR/active
+                if running and a.group == self.group and self.state[:2] != (RolloutState.ACTIVE, a.bundle_id[:8]):
+                    # restarted from UPDATE_DIR/active, or the group was rolled back to what this side runs
                     self.state = (RolloutState.ACTIVE, a.bundle_id[:8], None)
                     self.runner.set_rollout(RolloutState.ACTIVE, a.bundle_id[:8], None)  # type: ignore[attr-defined]
                 return

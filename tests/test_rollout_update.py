@@ -191,6 +191,9 @@ def test_a_tampered_bundle_is_refused_by_name_and_the_running_one_kept(bundles, 
     assert not any(rig.update_dir.iterdir())  # nothing of it is kept
     rig.rollout(bundles["v3"])  # announced again: not retried until the device restarts
     assert rig.runner.telemetry().rollout == RolloutState.ROLLED_BACK.value
+    rig.rollout(bundles["v1"])  # the group rolled back to what the device runs: nothing fetched, active again
+    t = rig.runner.telemetry()
+    assert (t.rollout, t.rollout_bundle, t.rollout_detail) == (RolloutState.ACTIVE.value, v1.bundle_id[:8], None)
 
 
 def test_an_unsigned_bundle_and_a_path_outside_the_bundle_are_refused(bundles, tmp_path):
