@@ -25,7 +25,7 @@ a thread of its own:
    exit and run it once on a blank frame, build the policy), then hands the result to the runner
    (:meth:`DeviceRunner.offer_bundle`), which swaps at its next frame boundary.
 
-Any failure - a bad chunk, a plan that does not add up, a signature, a hash, a head that does not load -
+Any failure - a bad chunk, no new chunk for ``stall_s`` while connected (the broker lost them), a plan that does not add up, a signature, a hash, a head that does not load -
 keeps the running bundle and reports ``rolled_back`` with the error's one line (telemetry
 ``rollout_detail``); that bundle is not tried again until the device restarts. The announce is only a
 transfer plan: its paths are checked (relative, no ``..``), its total size is capped (``max_bytes``).
@@ -47,6 +47,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -101,6 +102,7 @@ class _Download:
     next_i: int = 0  # the next index into wanted to ask for
     manifest_phase: bool = True  # only manifest.json is wanted so far
     done: bool = False
+    progress_at: float = field(default_factory=time.monotonic)  # the last new chunk (or the start); see stall_s
 
 
 def litert_prepare(board: BoardSpec, make_policy: Callable[[Manifest], object] | None = None) -> Prepare:
@@ -186,7 +188,7 @@ class BundleUpdater:
                  current: Manifest, runner: object, prepare: Prepare, max_bytes: int = 1 << 30,
                  window: int = 2, base: Manifest | None = None,
                  needs: Callable[[Manifest], tuple[FileRef, ...]] | None = None, same_input: bool = True,
-                 keep_old: bool = False, have: Callable[[str], bool] | None = None) -> None:
+                 keep_old: bool = False, have: Callable[[str], bool] | None = None, stall_s: float = 120.0) -> None:
         self.transport = transport
         self.group = topics.validate_group(group)
         self.update_dir = Path(update_dir)
@@ -202,6 +204,8 @@ class BundleUpdater:
         self.same_input = same_input
         self.keep_old = keep_old  # a tail worker keeps serving the bundles it had
         self.have = have  # bundle id -> already served here (a tail worker serves several)
+        self.stall_s = stall_s  # connected, and no new chunk for this long: the download fails (module doc)
+        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._download: _Download | None = None
         self._failed: dict[str, str] = {}  # bundle id -> why (not retried until a restart)
@@ -211,8 +215,28 @@ class BundleUpdater:
     def start(self) -> None:
         self.update_dir.mkdir(parents=True, exist_ok=True)
         self.transport.subscribe(topics.announce_topic(self.group), self._on_announce, qos=1)
+        threading.Thread(target=self._watch, name="update-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Fail a download that makes no progress for ``stall_s`` while connected (its retained chunks are gone)."""
+        while not self._stop.wait(min(1.0, max(0.05, self.stall_s / 4))):
+            with self._lock:
+                d = self._download
+                if d is None or d.done:
+                    continue
+                if not self.transport.connected:
+                    d.progress_at = time.monotonic()  # offline time does not count
+                    continue
+                if time.monotonic() - d.progress_at < self.stall_s:
+                    continue
+                self._download = None
+            self._stop_chunks(d)
+            self._fail(d.announce, ManifestError(
+                f"no new chunk arrived for {self.stall_s:.0f} s ({len(d.received)} of {len(d.wanted)} so far): the "
+                "broker no longer holds its retained chunks (restarted?); roll the bundle out again"), d.root)
 
     def close(self) -> None:
+        self._stop.set()
         try:
             self.transport.unsubscribe(topics.announce_topic(self.group))
         except SplitEdgeError:
@@ -316,6 +340,7 @@ class BundleUpdater:
             return
         with self._lock:
             d.received.add(n)
+            d.progress_at = time.monotonic()
             complete = len(d.received) == len(d.wanted) and not d.done
             fresh = n in d.requested
             d.requested.discard(n)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,22 @@ def test_a_tail_worker_following_a_group_serves_each_rolled_out_bundle_and_again
     restarted = BundleTails([bundles["v1"]], trust=bundles["pub"])
     assert restore_staged(restarted, updates, bundles["pub"]) == [updates / m4.bundle_id[:16]]
     assert restarted.has_bundle(m4.bundle_id)
+
+
+def test_a_download_whose_chunks_are_gone_fails_after_stall_s(bundles, tmp_path):
+    rig = Rig(bundles, tmp_path)
+    rig.updater.close()
+    updater = BundleUpdater(rig.hub.transport("cam-1-stall"), GROUP, rig.update_dir, trust=bundles["pub"],
+                            current=rig.manifest, runner=rig.runner, prepare=litert_prepare(rig.cfg.board),
+                            stall_s=0.2)  # fmt: skip
+    updater.start()
+    a = make_announce(bundles["v2"], load_manifest(bundles["v2"]), GROUP)
+    rig.fleet.publish(topics.announce_topic(GROUP), a.to_bytes(), retain=True)  # announced, no chunk on the broker
+    assert rig.runner.telemetry().rollout == RolloutState.DOWNLOADING.value
+    deadline = time.monotonic() + 10
+    while rig.runner.telemetry().rollout != RolloutState.ROLLED_BACK.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t = rig.runner.telemetry()
+    assert t.rollout == RolloutState.ROLLED_BACK.value and "no new chunk arrived for 0 s (0 of 1 so far)" in t.rollout_detail
+    assert not any(rig.update_dir.iterdir())
+    updater.close()
