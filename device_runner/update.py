@@ -209,6 +209,7 @@ class BundleUpdater:
         self._lock = threading.Lock()
         self._download: _Download | None = None
         self._failed: dict[str, str] = {}  # bundle id -> why (not retried until a restart)
+        self._offered: str | None = None  # the bundle handed to the runner, waiting for its frame boundary
         self._threads: list[threading.Thread] = []
         self.state: tuple[RolloutState | None, str | None, str | None] = (None, None, None)
 
@@ -283,7 +284,7 @@ class BundleUpdater:
                     self.runner.set_rollout(RolloutState.ACTIVE, a.bundle_id[:8], None)  # type: ignore[attr-defined]
                 return
             d = self._download
-            if d is not None and d.announce.bundle_id == a.bundle_id:
+            if (d is not None and d.announce.bundle_id == a.bundle_id) or a.bundle_id == self._offered:
                 return  # already on it (a re-sent announce after a reconnect)
             if d is not None:
                 self._download = None
@@ -448,6 +449,7 @@ class BundleUpdater:
         with self._lock:
             if self._download is d:
                 self._download = None
+            self._offered = a.bundle_id
         self.runner.offer_bundle(staged, self._activated)  # type: ignore[attr-defined]
 
     def _verify(self, d: _Download) -> tuple[Manifest, Path]:
