@@ -259,7 +259,8 @@ class BundleUpdater:
         self.runner.set_rollout(state, bundle[:8], detail)  # type: ignore[attr-defined]
 
     def _fail(self, a: AnnounceMessage, exc: BaseException, root: Path | None = None) -> None:
-        detail = f"bundle {a.version} ({a.bundle_id[:8]}) rolled back, the running one kept: {exc}"
+        why = " ".join(str(exc).split()) if isinstance(exc, SplitEdgeError) else f"{type(exc).__name__}: {exc}"
+        detail = f"bundle {a.version} ({a.bundle_id[:8]}) rolled back, the running one kept: {' '.join(why.split())}"
         log.warning("%s", detail)
         self._failed[a.bundle_id] = detail
         if root is not None:
