@@ -346,3 +346,32 @@ def test_a_download_whose_chunks_are_gone_fails_after_stall_s(bundles, tmp_path)
     assert t.rollout == RolloutState.ROLLED_BACK.value and "no new chunk arrived for 0 s (0 of 1 so far)" in t.rollout_detail
     assert not any(rig.update_dir.iterdir())
     updater.close()
+
+
+def test_a_signed_bundle_whose_head_does_not_load_rolls_back(bundles, tmp_path):
+    """Signed and hash-consistent, but a head is not a model: it fails in LiteRT while loading, before any frame."""
+    rig = Rig(bundles, tmp_path)
+    broken = make_version(bundles["v1"], tmp_path / "broken", "5", None)
+    doc = json.loads((broken / MANIFEST_NAME).read_text())
+    ref = next(f for f in doc["files"] if f["path"].endswith("head.tflite"))
+    (broken / ref["path"]).write_bytes(b"not a flatbuffer" * 64)
+    tamper_bytes = broken / ref["path"]
+    from sdk.manifest import sha256_file
+    from tests.rollout_bundles import bundle_id_of
+
+    ref["sha256"], ref["size"] = sha256_file(tamper_bytes), tamper_bytes.stat().st_size
+    for cut in doc["cuts"]:
+        if cut.get("head") and cut["head"]["path"] == ref["path"]:
+            cut["head"].update(sha256=ref["sha256"], size=ref["size"])
+    doc["bundle_id"] = bundle_id_of(doc["files"])
+    (broken / MANIFEST_NAME).write_text(json.dumps(doc, indent=1) + "\n")
+    sign_bundle(broken, bundles["key"])  # the release key signed it: only loading can tell
+    rig.frames(2)
+    a = rig.rollout(broken)
+    rig.frames(2)
+    t = rig.runner.telemetry()
+    assert t.bundle_id == f"{rig.manifest.wire_bundle_id:08x}"  # still v1
+    assert (t.rollout, t.rollout_bundle) == (RolloutState.ROLLED_BACK.value, a.bundle_id[:8])
+    assert f"{ref['path']}: LiteRT cannot load this model" in t.rollout_detail  # named, from the loader
+    assert t.rollout_detail.startswith("bundle 5 (") and "\n" not in t.rollout_detail
+    assert [x.answered_by for x in rig.answers] == [AnsweredBy.CLOUD] * 4
