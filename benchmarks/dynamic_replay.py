@@ -1,66 +1,73 @@
-"""The replay behind ``splitedge bench dynamic``: measure a bundle once, replay a bandwidth trace per policy.
+"""The replay behind ``splitedge bench dynamic``: the real ``DeviceRunner`` on a bandwidth trace, in simulated time.
 
 What is measured once per bundle (:func:`measure`, LiteRT on N reference test frames): every cut's int8
-head + early exit on each frame (the device runner's own ``LiteRTHeads``), the real wire bytes of each
-activation at each bit width (``sdk.wire.encode_activation`` with the profile's codec) and whether the
-cloud tail is right on the decoded activation; the raw frame's bytes and the float model's answer; the
-frame as JPEG at qualities 95..30 (PIL) with the float model's accuracy on the decoded JPEG.
+head + early exit on each frame (the device runner's own ``LiteRTHeads``): its activations and its
+prediction, kept; the real wire bytes of each activation at each bit width (``sdk.wire.encode_activation``
+with the profile's codec) and the cloud tail's answer on the decoded activation; the raw frame's bytes and
+the float model's answer; the frame as JPEG at qualities 95..30 (PIL) with the float model's answer on it.
 
-What is replayed (:func:`simulate`): frames arrive at ``fps``; device compute is serial (a cut costs the
-manifest's head + exit ms times the board's speed factor); the uplink is a FIFO whose transfers end at
-``trace.transfer_end(start, bytes)``; an answer comes back ``link_ms`` + the tail's ms after the transfer.
-A confident exit (``tau`` from the policy) answers at the end of the device compute. With a deadline
-(default: the profile's), a frame still unanswered then is answered locally at the deadline (as the
-runner does; raw/JPEG frames also run the device model), and counts as a ``deadline`` answer. The
-policies that are the runner (``dynamic*`` and the static cuts, cloud-raw included: the runner pinned to
-one cut) answer earlier when the answer is overdue, after ``CutPolicy.answer_within_ms`` from the send
-at their own live estimates (also a ``deadline`` answer here); cloud-jpeg (a plain client) and the
-oracles wait for the deadline.
+What is replayed (:func:`replay`): the device runner itself - ``DeviceRunner.run`` with its ``CutPolicy``,
+``Estimator``, in-flight map, exit test, overdue wait, deadline fallback and shadow probes - on a
+simulated clock (``benchmarks.sim_clock``; nothing sleeps in real time). Only its surroundings are
+simulated: the heads return the recorded outputs after their measured board time
+(``benchmarks.sim_heads``); the ``act`` uplink is the live run's ``TraceShaper`` (FIFO, bytes at the
+trace's rate, plus ``link_ms``) on an in-memory hub, and a simulated worker answers each payload with the
+recorded tail output after the tail's time (``benchmarks.sim_link``). When the policy or the runner
+changes, the replay changes with it: it is the same code.
 
-Policies (:func:`compare`): ``dynamic`` (the runner's own ``CutPolicy`` + ``Estimator``, fed only what a
-device learns: the network time of its own sent frames when the answer arrives, and timeouts at the
-deadline), three diagnostics (``dynamic-no-probes``, ``dynamic-perfect-bw``: the policy planning with
-the trace's true rate over the next second, ``dynamic-escalated-cost``: without the exit in the plan),
-every static cut at its smallest bit width within the accuracy budget, ``best-static`` (in hindsight),
-``cloud-raw``, ``cloud-jpeg``, ``edge-only`` and two oracles that know the link and the queue:
-``oracle`` (per frame the argmin of that frame's true latency over the policy's candidates, exit
-outcome included) and ``oracle-link`` (knows the link, not the exit).
+Policies (:func:`compare`): ``dynamic`` (the shipped policy), three diagnostics (``dynamic-no-probes``,
+``dynamic-perfect-bw``: planning with the trace's true rate over the next second,
+``dynamic-escalated-cost``: without the exit in the plan), every static cut at its smallest bit width within
+the accuracy budget, ``cloud-raw`` and ``edge-only`` (the runner pinned to one route), ``best-static`` (in
+hindsight), ``oracle`` / ``oracle-link`` (per frame the route whose answer comes first at the link's true
+state, knowing the frame's exit outcome or not) - all run by the real runner (``benchmarks.replay_policies``)
+- and ``cloud-jpeg``, a plain client that is not the runner (``replay_policies.plain_client``).
 
 The reporting and the command line are in ``benchmarks.bench_dynamic``.
 """
 
 from __future__ import annotations
 
-import heapq
 import io
 import itertools
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from device_runner.estimator import Estimates, Estimator
-from device_runner.policy import CutPolicy
-from device_runner.runner import make_estimator
+from benchmarks.replay_policies import OraclePolicy, PerfectBandwidth, PinnedPolicy, plain_client
+from benchmarks.sim_clock import SimClock
+from benchmarks.sim_heads import Recorded, RecordedHeads
+from benchmarks.sim_link import SimTail, SimUplink
+from device_runner.answers import Answer, AnsweredBy
+from device_runner.estimator import Estimator
+from device_runner.heads import Prediction
+from device_runner.link import TraceShaper
+from device_runner.policy import Choice, CutPolicy
+from device_runner.runner import DeviceRunner, RunnerOptions, make_estimator
 from sdk.config import DeviceConfig, load_board
 from sdk.families import model_family
 from sdk.host_speed import board_factor
 from sdk.manifest import CutKind, Manifest
 from sdk.planner import significant_drop
 from sdk.traces import BandwidthTrace
+from sdk.transport import InMemoryHub
 from sdk.wire import Codec, decode_frame, encode_activation, encode_raw
 
 __all__ = [
-    "DEFAULT_FRAMES", "JPEG_QUALITIES", "Dynamic", "FrameData", "Oracle", "Pinned", "PolicyRun", "Route", "Scenario", "Setup",
-    "Static", "TraceLink", "compare", "make_setup", "measure", "outcome", "reference_frames", "simulate",
+    "DEFAULT_FRAMES", "JPEG_QUALITIES", "FrameData", "PolicyRun", "Route", "Scenario", "Setup", "answers_run",
+    "compare", "dynamic_policy", "make_setup", "measure", "oracle_policy", "pinned_policy", "recorded_outputs",
+    "reference_frames", "replay",
 ]  # fmt: skip
 
 JPEG_QUALITIES = tuple(range(95, 25, -5))
 REF_SEED = 4321  # not the calibration seed (1234): frames the converter never saw
 DEFAULT_FRAMES = 200
+DEVICE_ID = "bench-dynamic"
+NO_DEADLINE_MS = 3_600_000.0  # a scenario without a deadline: the runner waits an hour
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -75,7 +82,7 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class FrameData:
-    """Per reference frame, measured once: bytes on the wire, cloud/local correctness, confidences."""
+    """Per reference frame, measured once: bytes on the wire, the cloud's and the heads' answers, confidences."""
 
     labels: np.ndarray
     nbytes: Mapping[Route, np.ndarray]  # wire bytes per frame (0 for the device cut)
@@ -88,6 +95,13 @@ class FrameData:
     #: stretches (the manifest's head_ms are at the converter's threads: 2 threads shorten the wide late
     #: layers more than a small head, so they understate a split cut's share); empty: the manifest's
     host_ms: Mapping[int, float] = field(default_factory=dict)
+    #: the replayed frames (None: blank frames of the bundle's input shape)
+    frames: np.ndarray | None = field(default=None, repr=False)
+    #: cut -> per frame (activations, prediction) as the head and exit produced them (empty: zero
+    #: activations of the manifest's shapes and predictions made from ``conf``/``local_ok``, for fake bundles)
+    outputs: Mapping[int, Sequence[Recorded]] = field(default_factory=dict, repr=False)
+    #: route -> per frame the class the cloud answers (empty: the label when ``cloud_ok``, else another)
+    cloud_cls: Mapping[Route, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -128,35 +142,6 @@ class Setup:
         return Route(c.index) if c is not None else None
 
 
-class TraceLink:
-    """``BandwidthTrace.transfer_end`` with the cumulative table computed once (the same arithmetic)."""
-
-    def __init__(self, trace: BandwidthTrace) -> None:
-        self.trace = trace
-        durations = np.diff(np.append(trace.starts, trace.period))
-        self.cum = np.concatenate([[0.0], np.cumsum(trace.rates * durations)])
-        self.per_period = float(self.cum[-1])
-        self.starts, self.rates, self.period = trace.starts, trace.rates, trace.period
-
-    def delivered(self, t: float) -> float:
-        loops, tt = divmod(t, self.period)
-        i = int(np.searchsorted(self.starts, tt, side="right") - 1)
-        return loops * self.per_period + float(self.cum[i]) + float(self.rates[i]) * (tt - self.starts[i])
-
-    def transfer_end(self, t0: float, nbytes: float) -> float:
-        if nbytes <= 0:
-            return t0
-        loops, rem = divmod(self.delivered(t0) + nbytes, self.per_period)
-        if rem == 0:
-            loops, rem = loops - 1, self.per_period
-        i = min(max(int(np.searchsorted(self.cum, rem, side="left") - 1), 0), len(self.rates) - 1)
-        while self.rates[i] <= 0:
-            i += 1
-        return loops * self.period + float(self.starts[i]) + (rem - float(self.cum[i])) / float(self.rates[i])
-
-    def rate_ahead(self, t: float, window_s: float = 1.0) -> float:
-        return max((self.delivered(t + window_s) - self.delivered(t)) / window_s, 1.0)
-
 
 # ---------------------------------------------------------------------------------------------- measuring
 _MEASURED: dict[tuple[str, int, str], FrameData] = {}
@@ -178,11 +163,12 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
     heads = LiteRTHeads(bundle, m, replace(load_board("pi5").board, emulate_timing=False, memory_budget_mb=4096, threads=1))
     host_ms: dict[int, float] = {}
     nbytes: dict[Route, np.ndarray] = {}
-    cloud_ok: dict[Route, np.ndarray] = {}
+    cloud_cls: dict[Route, np.ndarray] = {}
     conf: dict[int, np.ndarray] = {}
     local_ok: dict[int, np.ndarray] = {}
+    outputs: dict[int, list[Recorded]] = {}
     jpeg_ms: dict[int, tuple[float, float]] = {}
-    common = dict(device_id="bench", bundle_id=m.wire_bundle_id, capture_ts=0.0, codec=codec)
+    common = dict(device_id=DEVICE_ID, bundle_id=m.wire_bundle_id, capture_ts=0.0, codec=codec)
     for cut in m.cuts:
         if cut.kind is CutKind.RAW:
             assert cut.tail is not None
@@ -190,12 +176,13 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
             key = next(iter(model.inputs))
             nbytes[Route(cut.index)] = np.array([len(encode_raw(seq=i, image=x[i][None], name=cut.tensors[0].name,
                                                                 cut_id=cut.index, **common)) for i in range(len(x))])  # type: ignore[arg-type]
-            cloud_ok[Route(cut.index)] = _argmax(model.run_batched({key: x})) == y
+            cloud_cls[Route(cut.index)] = _argmax(model.run_batched({key: x}))
             plain = dict(common, codec=Codec.NONE)
             header = len(encode_raw(seq=0, image=x[0][None], name=cut.tensors[0].name, **plain)) - int(x[0].size)  # type: ignore[arg-type]
-            _measure_jpeg(model, key, x, y, header, nbytes, cloud_ok, jpeg_ms)
+            _measure_jpeg(model, key, x, header, nbytes, cloud_cls, jpeg_ms)
             continue
         outs = [heads.run(cut, x[i]) for i in range(len(x))]
+        outputs[cut.index] = [(o.activations, o.prediction) for o in outs]
         host_ms[cut.index] = float(np.percentile([o.head_ms + o.exit_ms for o in outs], 10))  # as host_scale
         conf[cut.index] = np.array([o.prediction.confidence if o.prediction else 0.0 for o in outs])
         local_ok[cut.index] = np.array([o.prediction is not None and o.prediction.cls == y[i] for i, o in enumerate(outs)])
@@ -211,17 +198,18 @@ def _measure(bundle: Path, m: Manifest, x: np.ndarray, y: np.ndarray, codec: Cod
             deq = [decode_frame(p).dequantized() for p in payloads]
             feeds = {t.name: np.stack([d[t.name].reshape(t.shape) for d in deq]).astype(np.float32) for t in cut.tensors}
             nbytes[Route(cut.index, bits)] = np.array([len(p) for p in payloads])
-            cloud_ok[Route(cut.index, bits)] = _argmax(tail.run_batched(feeds)) == y
-    return FrameData(y, nbytes, cloud_ok, conf, local_ok, jpeg_ms, codec.name.lower(), host_ms)
+            cloud_cls[Route(cut.index, bits)] = _argmax(tail.run_batched(feeds))
+    cloud_ok = {r: v == y for r, v in cloud_cls.items()}
+    return FrameData(y, nbytes, cloud_ok, conf, local_ok, jpeg_ms, codec.name.lower(), host_ms, x, outputs, cloud_cls)
 
 
 def _argmax(outs: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.argmax(next(iter(outs.values())).reshape(len(next(iter(outs.values()))), -1), axis=1)
 
 
-def _measure_jpeg(model: object, key: str, x: np.ndarray, y: np.ndarray, header: int, nbytes: dict,
-                  cloud_ok: dict, jpeg_ms: dict) -> None:
-    """The frame as a JPEG (PIL) at each quality: bytes (+ the wire header), float-model accuracy, host ms."""
+def _measure_jpeg(model: object, key: str, x: np.ndarray, header: int, nbytes: dict, cloud_cls: dict,
+                  jpeg_ms: dict) -> None:
+    """The frame as a JPEG (PIL) at each quality: bytes (+ the wire header), the float model's answer, host ms."""
     from PIL import Image
 
     for q in JPEG_QUALITIES:
@@ -236,7 +224,7 @@ def _measure_jpeg(model: object, key: str, x: np.ndarray, y: np.ndarray, header:
             t_enc, t_dec = t_enc + t1 - t0, t_dec + time.perf_counter() - t1
             sizes.append(len(data) + header)
         nbytes[Route(0, 0, q)] = np.array(sizes)
-        cloud_ok[Route(0, 0, q)] = _argmax(model.run_batched({key: np.stack(decoded)})) == y  # type: ignore[attr-defined]
+        cloud_cls[Route(0, 0, q)] = _argmax(model.run_batched({key: np.stack(decoded)}))  # type: ignore[attr-defined]
         jpeg_ms[q] = (t_enc / len(x) * 1000.0, t_dec / len(x) * 1000.0)
 
 
@@ -291,53 +279,8 @@ def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, off
     return Setup(manifest, config, data, dev_ms, cloud_ms, tau, candidates, tuple(statics), jpeg, tuple(notes))
 
 
+
 # ---------------------------------------------------------------------------------------------- replay
-@dataclass(frozen=True, slots=True)
-class _Out:
-    dev_end: float
-    done: float  # when the answer would arrive (uncapped)
-    link_free: float
-    nbytes: int
-    sent: bool
-    correct: bool
-    latency: float  # seconds, after the deadline fallback
-    deadline: bool
-    due: float = math.inf  # when the runner answers locally if the cloud has not (deadline or overdue wait)
-
-
-def outcome(s: Setup, link: TraceLink, sc: Scenario, k: int, r: Route, probe: bool, arrival: float,
-             start: float, link_free: float, wait: Callable[[Route, int], float | None] | None = None) -> _Out:
-    """What serving frame ``k`` (arrived at ``arrival``, device free at ``start``) by route ``r`` gives.
-
-    ``wait(r, nbytes)``: ms after the send (the end of the device compute) at which the runner answers
-    a frame still unanswered (the overdue wait), None: the scenario's deadline only.
-    """
-    d = s.data
-    kind = s.manifest.cut(r.cut).kind
-    dev_end = start + s.dev_ms[r] / 1000.0
-    local = kind is CutKind.DEVICE or (kind is CutKind.SPLIT and not probe and d.conf[r.cut][k] >= s.tau[r])
-    if local:
-        ok = bool(d.local_ok[r.cut][k])
-        return _Out(dev_end, dev_end, link_free, 0, False, ok, dev_end - arrival, False)
-    nb = int(d.nbytes[r][k])
-    tx_end = link.transfer_end(max(dev_end, link_free), nb)
-    done = tx_end + (sc.link_ms + s.cloud_ms[r]) / 1000.0
-    latency, ok, late = done - arrival, bool(d.cloud_ok[r][k]), False
-    due = arrival + sc.deadline_ms / 1000.0 if sc.deadline_ms is not None else math.inf
-    wait_ms = wait(r, nb) if wait is not None else None
-    if wait_ms is not None:
-        due = min(due, dev_end + wait_ms / 1000.0)
-    if done > due:
-        late, latency = True, due - arrival
-        if kind is CutKind.SPLIT:
-            ok = bool(d.local_ok[r.cut][k])
-        else:  # no exit: the runner runs the device cut's model at the deadline
-            dc = s.device
-            ok = dc is not None and bool(d.local_ok[dc.cut][k])
-            latency += s.dev_ms[dc] / 1000.0 if dc is not None else 0.0
-    return _Out(dev_end, done, tx_end, nb, True, ok, latency, late, due)
-
-
 @dataclass(frozen=True, slots=True)
 class PolicyRun:
     name: str
@@ -350,6 +293,7 @@ class PolicyRun:
     switches: int
     probes: int
     route: str = ""
+    answers: tuple[Answer, ...] = field(default=(), repr=False)  # the runner's own, by seq (empty: not the runner)
 
     def summary(self) -> dict[str, object]:
         lat = self.latency_ms
@@ -362,176 +306,111 @@ class PolicyRun:
         }  # fmt: skip
 
 
-class _Chooser:
-    name = ""
-    probes = 0
-    shadow: Route | None = None  # set by choose(): a shadow probe, the frame is answered by this local route
-
-    def before(self, t: float) -> None: ...
-
-    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
-        raise NotImplementedError
-
-    def after(self, r: Route, probe: bool, arrival: float, out: _Out) -> None: ...
-
-    def wait_ms(self, r: Route, nbytes: int) -> float | None:
-        return None  # the scenario's deadline only
+def answers_run(name: str, answers: Sequence[Answer], labels: np.ndarray, switches: int, probes: int,
+                route: str = "") -> PolicyRun:
+    """A run's table row from the runner's answers (the replay's and the live run's alike)."""
+    a = tuple(sorted(answers, key=lambda v: v.seq))
+    y = labels[np.array([v.seq for v in a], dtype=np.int64) % len(labels)]
+    return PolicyRun(
+        name, np.array([v.latency_ms for v in a]), np.array([v.bytes for v in a], dtype=np.int64),
+        np.array([v.cls for v in a]) == y, np.array([v.bytes > 0 for v in a], dtype=bool),
+        np.array([v.answered_by is AnsweredBy.DEADLINE for v in a], dtype=bool),
+        np.array([v.cut for v in a], dtype=np.int64), switches, probes, route, a,
+    )  # fmt: skip
 
 
-def simulate(s: Setup, sc: Scenario, chooser: _Chooser, link: TraceLink | None = None) -> PolicyRun:
-    """Replay ``sc.frames`` frames at ``sc.fps`` through the serial device and the FIFO uplink."""
-    link = link or TraceLink(sc.trace)
-    n = sc.frames
-    lat, nb = np.zeros(n), np.zeros(n, dtype=np.int64)
-    ok, sent, late = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
-    cuts = np.zeros(n, dtype=np.int64)
-    dev_free = link_free = 0.0
-    last: Route | None = None
-    switches = 0
-    for i in range(n):
-        arrival = i / sc.fps
-        start = max(arrival, dev_free)
-        chooser.before(start)
-        r, probe = chooser.choose(i % s.data.n, arrival, start, link_free)
-        serve = chooser.shadow
-        if serve is None:
-            answer = outcome(s, link, sc, i % s.data.n, r, probe, arrival, start, link_free, chooser.wait_ms)
-            chooser.after(r, probe, arrival, answer)
+def _other(cls: int, classes: int) -> int:
+    return (cls + 1) % max(classes, 2)
+
+
+def recorded_outputs(manifest: Manifest, data: FrameData) -> dict[int, list[Recorded]]:
+    """The heads' outputs to replay: the measured ones, or (fake bundles) zero activations of the manifest's
+    shapes with predictions made from ``conf`` and ``local_ok`` (the label, or another class)."""
+    out: dict[int, list[Recorded]] = {c: list(v) for c, v in data.outputs.items()}
+    for cut in manifest.cuts:
+        if cut.kind is CutKind.RAW or cut.index in out or cut.index not in data.conf:
+            continue
+        acts = {} if cut.kind is CutKind.DEVICE else {
+            t.name: np.zeros((1, *t.shape), dtype=np.int8) for t in cut.tensors}
+        rows: list[Recorded] = []
+        for k in range(data.n):
+            y = int(data.labels[k])
+            cls = y if data.local_ok[cut.index][k] else _other(y, manifest.num_classes)
+            conf = float(data.conf[cut.index][k])
+            rows.append((acts, Prediction(cls, conf, ((cls, conf),))))
+        out[cut.index] = rows
+    return out
+
+
+class _CloudAnswers:
+    """(cut, bits, seq) -> the recorded class the cloud answers for that frame's payload (module doc)."""
+
+    def __init__(self, data: FrameData, manifest: Manifest) -> None:
+        self.data, self.classes = data, manifest.num_classes
+
+    def __call__(self, cut: int, bits: int, seq: int) -> tuple[int, tuple[tuple[int, float], ...]]:
+        d, r, k = self.data, Route(cut, bits), seq % self.data.n
+        if r in d.cloud_cls:
+            cls = int(d.cloud_cls[r][k])
         else:
-            answer = _shadow_probe(s, link, sc, i % s.data.n, r, serve, arrival, start, link_free, chooser)
-        dev_free, link_free = answer.dev_end, answer.link_free
-        lat[i], nb[i], ok[i], sent[i], late[i], cuts[i] = (answer.latency * 1000, answer.nbytes, answer.correct,
-                                                           answer.sent, answer.deadline, serve.cut if serve else r.cut)
-        if not probe:
-            switches += last is not None and r != last
-            last = r
-    return PolicyRun(chooser.name, lat, nb, ok, sent, late, cuts, switches, chooser.probes)
+            y = int(d.labels[k])
+            cls = y if r in d.cloud_ok and d.cloud_ok[r][k] else _other(y, self.classes)
+        return cls, ((cls, 1.0),)
 
 
-class _Runner(_Chooser):
-    """What every policy that *is* the runner shares: its ``Estimator``, fed only what a device observes
-    (head times; for each sent frame, when its answer arrives, the tail and network times; a timeout
-    when it is answered locally first), and the overdue wait (``CutPolicy.answer_within_ms``)."""
+def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw: bool = False,
+           route: str = "") -> PolicyRun:
+    """The real ``DeviceRunner`` on ``sc`` in simulated time (module doc).
 
-    def __init__(self, s: Setup, sc: Scenario, policy: CutPolicy, estimator: Estimator | None = None) -> None:
-        self.s, self.sc, self.policy = s, sc, policy
-        self.est = estimator or make_estimator(s.manifest, s.config)
-        for cut in policy.cut_indices:  # the runner times every candidate head on start (RunnerOptions.measure_heads)
-            if s.manifest.cut(cut).kind is not CutKind.RAW:
-                self.est.observe_head(cut, next(v for r, v in s.dev_ms.items() if r.cut == cut and not r.jpeg))
-        self._events: list[tuple[float, int, str, int, int, float, float]] = []
-        self._ids = itertools.count()
-
-    def before(self, t: float) -> None:
-        while self._events and self._events[0][0] <= t:
-            _, _, kind, cut, nbytes, a, b = heapq.heappop(self._events)
-            if kind == "net":
-                self.est.observe_tail(cut, b)
-                self.est.observe_network(cut, nbytes, a)
-            else:
-                self.est.observe_timeout(cut, nbytes, a)
-
-    def wait_ms(self, r: Route, nbytes: int) -> float | None:
-        return self.policy.answer_within_ms(self.est.snapshot(), r.cut, nbytes)
-
-    def after(self, r: Route, probe: bool, arrival: float, out: _Out) -> None:
-        if self.s.manifest.cut(r.cut).kind is not CutKind.RAW:
-            self.est.observe_head(r.cut, self.s.dev_ms[r])
-        if not out.sent:
-            return
-        cloud = self.s.cloud_ms[r]
-        net_ms = (out.done - out.dev_end) * 1000.0 - cloud  # device clock only, minus what the cloud reports
-        heapq.heappush(self._events, (out.done, next(self._ids), "net", r.cut, out.nbytes, net_ms, cloud))
-        if out.deadline:
-            heapq.heappush(self._events, (out.due, next(self._ids), "timeout", r.cut, out.nbytes,
-                                          (out.due - out.dev_end) * 1000.0, 0.0))
+    ``make_policy(device, shaper, clock)`` builds the runner's policy for the scenario's device settings
+    (fps, deadline); ``perfect_bw``: the estimator's snapshots carry the trace's true rate.
+    """
+    m, d = s.manifest, s.data
+    clock = SimClock()
+    device = replace(s.config.device, device_id=DEVICE_ID, fps_cap=sc.fps,
+                     deadline_ms=sc.deadline_ms if sc.deadline_ms is not None else NO_DEADLINE_MS)
+    cfg = replace(s.config, device=device)
+    hub = InMemoryHub(clock=clock)
+    SimTail(hub.transport("sim-tail"), clock, _CloudAnswers(d, m),
+            lambda cut: s.cloud_ms.get(Route(cut), m.cut(cut).tail_ms))
+    shaper = TraceShaper(sc.trace, latency_s=sc.link_ms / 1000.0)
+    uplink = SimUplink(hub.transport(DEVICE_ID), shaper, clock)
+    frames = d.frames if d.frames is not None else np.zeros((d.n, *m.input.shape), dtype=np.uint8)
+    board_ms = {r.cut: v for r, v in s.dev_ms.items() if not r.jpeg}
+    heads = RecordedHeads(clock, frames, recorded_outputs(m, d), board_ms)
+    policy = make_policy(device, shaper, clock)  # type: ignore[operator]
+    options = RunnerOptions()
+    estimator: Estimator = make_estimator(m, cfg, prior_bandwidth=options.prior_bandwidth)
+    if perfect_bw:
+        estimator = PerfectBandwidth(estimator, shaper, clock, sc.link_ms)  # type: ignore[assignment]
+    answers: list[Answer] = []
+    runner = DeviceRunner(m, cfg, uplink, heads, policy=policy, estimator=estimator, on_answer=answers.append,
+                          clock=clock, sleep=clock.sleep, wait=clock.wait, options=options)
+    try:
+        runner.start()  # times every candidate head (before the trace starts, as live)
+        shaper.t0 = clock()
+        summary = runner.run((frames[i % len(frames)] for i in itertools.count()), frames=sc.frames)
+    finally:
+        runner.close()
+    return answers_run(name, answers, d.labels, summary.switches, summary.probes, route)
 
 
-def _shadow_probe(s: Setup, link: TraceLink, sc: Scenario, k: int, probe: Route, serve: Route, arrival: float,
-                  start: float, link_free: float, chooser: _Chooser) -> _Out:
-    """A shadow probe, as the runner does it: the frame is served by ``serve`` (its payload, if any, goes
-    first), then the probed head runs and its payload is sent; its answer only feeds the chooser's
-    estimates. The probed head keeps the device busy (the next frame may wait for it), not the frame."""
-    kind = s.manifest.cut(probe.cut).kind
-    mine = outcome(s, link, sc, k, serve, False, arrival, start, link_free, chooser.wait_ms)
-    chooser.after(serve, False, arrival, mine)
-    probe_end = mine.dev_end + s.dev_ms[probe] / 1000.0
-    if kind is CutKind.DEVICE:  # nothing to send: the probe measured the head only
-        chooser.after(probe, True, arrival, replace(mine, dev_end=probe_end, sent=False, nbytes=0))
-        return replace(mine, dev_end=probe_end)
-    nb = int(s.data.nbytes[probe][k])
-    tx_end = link.transfer_end(max(probe_end, mine.link_free), nb)
-    done = tx_end + (sc.link_ms + s.cloud_ms[probe]) / 1000.0
-    chooser.after(probe, True, arrival, _Out(probe_end, done, tx_end, nb, True, False, done - arrival, False))
-    return replace(mine, dev_end=probe_end, link_free=tx_end, nbytes=mine.nbytes + nb)
+def dynamic_policy(s: Setup, *, probe_every: int = 25, expected_cost: bool = True,
+                   allowed: Sequence[int] | None = None) -> object:
+    """The shipped policy over the setup's candidate cuts (or ``allowed``), for :func:`replay`."""
+    cuts = list(allowed) if allowed is not None else sorted({r.cut for r in s.candidates})
+    return lambda device, shaper, clock: CutPolicy(s.manifest, device, probe_every=probe_every, allowed_cuts=cuts,
+                                                   expected_cost=expected_cost)
 
 
-class Static(_Chooser):
-    """One route for every frame, waiting for the scenario's deadline (a plain client: cloud-jpeg)."""
-
-    def __init__(self, name: str, route: Route) -> None:
-        self.name, self.route = name, route
-
-    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
-        return self.route, False
+def pinned_policy(s: Setup, r: Route) -> object:
+    """The runner pinned to ``r`` (a static baseline), for :func:`replay`."""
+    return lambda device, shaper, clock: PinnedPolicy(s.manifest, device, Choice(r.cut, r.bits))
 
 
-class Pinned(_Runner):
-    """The runner pinned to one route (every static cut, cloud-raw, edge-only): the same route for every
-    frame, with the runner's estimates and overdue wait."""
-
-    def __init__(self, name: str, route: Route, s: Setup, sc: Scenario) -> None:
-        super().__init__(s, sc, CutPolicy(s.manifest, s.config.device, probe_every=0))
-        self.name, self.route = name, route
-
-    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
-        return self.route, False
-
-
-class Oracle(_Chooser):
-    """Knows the link and the queue: per frame the candidate with the earliest answer (``exits``: knowing
-    that frame's exit outcome too; otherwise planning as if it escalates)."""
-
-    def __init__(self, name: str, s: Setup, sc: Scenario, link: TraceLink, *, exits: bool = True) -> None:
-        self.name, self.s, self.sc, self.link, self.exits = name, s, sc, link, exits
-
-    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
-        def cost(r: Route) -> tuple[float, int, int]:
-            o = outcome(self.s, self.link, self.sc, k, r, not self.exits, arrival, start, link_free)
-            return (round(o.done, 9), o.nbytes, r.cut)
-
-        return min(self.s.candidates, key=cost), False
-
-
-class Dynamic(_Runner):
-    """The runner's CutPolicy + Estimator, fed what a device observes (``perfect``: the true rate)."""
-
-    def __init__(self, name: str, s: Setup, sc: Scenario, link: TraceLink, *, probe_every: int = 25,
-                 perfect: bool = False, estimator: Estimator | None = None, allowed: Sequence[int] | None = None,
-                 expected_cost: bool = True) -> None:
-        allowed = allowed if allowed is not None else sorted({r.cut for r in s.candidates})
-        super().__init__(s, sc, CutPolicy(s.manifest, s.config.device, probe_every=probe_every, allowed_cuts=allowed,
-                                          expected_cost=expected_cost), estimator)  # fmt: skip
-        self.name, self.link, self.perfect = name, link, perfect
-        self.trail: list[tuple[float, int]] = []  # (decision time, chosen cut) of non-probe frames
-        self._peak = 0.0  # perfect: the highest true rate so far (the estimator's peak, known exactly)
-
-    @property
-    def probes(self) -> int:  # type: ignore[override]
-        return self.policy.probes
-
-    def choose(self, k: int, arrival: float, start: float, link_free: float) -> tuple[Route, bool]:
-        snap = self.est.snapshot()
-        if self.perfect:
-            rate = self.link.rate_ahead(start)
-            self._peak = max(self._peak, rate)
-            snap = Estimates(rate, self.sc.link_ms, snap.head_ms, snap.tail_ms, snap.last_sample, True, self._peak,
-                             measured_peak_bytes_per_s=self._peak)
-        d = self.policy.decide(snap)
-        if not d.probe:
-            self.trail.append((start, d.choice.cut))
-        self.shadow = Route(d.answer_with.cut, d.answer_with.bits) if d.answer_with is not None else None
-        return Route(d.choice.cut, d.choice.bits), d.probe
+def oracle_policy(s: Setup, sc: Scenario, *, exits: bool) -> object:
+    """Per frame the route whose answer comes first at the link's true state, for :func:`replay`."""
+    return lambda device, shaper, clock: OraclePolicy(s, device, shaper, clock, sc.link_ms, exits=exits)
 
 
 def _label(s: Setup, r: Route) -> str:
@@ -541,27 +420,25 @@ def _label(s: Setup, r: Route) -> str:
 
 
 def compare(s: Setup, sc: Scenario, *, diagnostics: bool = True) -> dict[str, PolicyRun]:
-    """Every policy on one scenario, in one run (same frames, same trace)."""
-    link = TraceLink(sc.trace)
-    runs: dict[str, PolicyRun] = {}
-    choosers: list[_Chooser] = [Dynamic("dynamic", s, sc, link)]
+    """Every policy on one scenario (same frames, same trace), each a run of the real runner but cloud-jpeg."""
+    runs: dict[str, PolicyRun] = {"dynamic": replay(s, sc, dynamic_policy(s), "dynamic")}
     if diagnostics:
-        choosers += [Dynamic("dynamic-no-probes", s, sc, link, probe_every=0),
-                     Dynamic("dynamic-perfect-bw", s, sc, link, perfect=True),
-                     Dynamic("dynamic-escalated-cost", s, sc, link, expected_cost=False)]
-    choosers += [Pinned(f"static:{_label(s, r)}", r, s, sc) for r in s.statics]
+        runs["dynamic-no-probes"] = replay(s, sc, dynamic_policy(s, probe_every=0), "dynamic-no-probes")
+        runs["dynamic-perfect-bw"] = replay(s, sc, dynamic_policy(s), "dynamic-perfect-bw", perfect_bw=True)
+        runs["dynamic-escalated-cost"] = replay(s, sc, dynamic_policy(s, expected_cost=False), "dynamic-escalated-cost")
+    for r in s.statics:
+        name = f"static:{_label(s, r)}"
+        runs[name] = replay(s, sc, pinned_policy(s, r), name, route=_label(s, r))
     raw = s.manifest.raw_cut
-    if raw is not None:
-        choosers.append(Pinned("cloud-raw", Route(raw.index), s, sc))
+    if raw is not None:  # what sending the frame would give, even where privacy forbids it (best-static skips it then)
+        open_ = replace(s, config=replace(s.config, device=replace(s.config.device, privacy=False)))
+        runs["cloud-raw"] = replay(open_, sc, pinned_policy(open_, Route(raw.index)), "cloud-raw", route="raw")
     if s.jpeg is not None:
-        choosers.append(Static("cloud-jpeg", s.jpeg))
+        runs["cloud-jpeg"] = replace(plain_client(s, sc, s.jpeg, "cloud-jpeg"), route=_label(s, s.jpeg))
     if s.device is not None:
-        choosers.append(Pinned("edge-only", s.device, s, sc))
-    choosers += [Oracle("oracle", s, sc, link), Oracle("oracle-link", s, sc, link, exits=False)]
-    for ch in choosers:
-        run_ = simulate(s, sc, ch, link)
-        label = _label(s, getattr(ch, "route", Route(-1))) if isinstance(ch, Static | Pinned) else ""
-        runs[ch.name] = replace(run_, route=label)
+        runs["edge-only"] = replay(s, sc, pinned_policy(s, s.device), "edge-only", route="device")
+    runs["oracle"] = replay(s, sc, oracle_policy(s, sc, exits=True), "oracle")
+    runs["oracle-link"] = replay(s, sc, oracle_policy(s, sc, exits=False), "oracle-link")
     allowed_static = [n for n in runs if n.startswith("static:") or n == "edge-only"
                       or (n == "cloud-raw" and not s.config.device.privacy)]
     feasible = [n for n in allowed_static if _route_of(s, runs[n]) in s.candidates] or allowed_static

@@ -44,6 +44,7 @@ def fake_data(m: Manifest, n: int = 4, conf: float = 0.0) -> bd.FrameData:
 
 
 def setup(**device: object) -> bd.Setup:
+    """The fake bundle on PROFILE's board with ``device`` keys changed."""
     cfg = parse_config({**PROFILE, "device": {**PROFILE["device"], **device}})
     m = fake_manifest()
     return bd.make_setup(m, cfg, fake_data(m))
@@ -57,88 +58,81 @@ def step(high: float, low: float, at: float) -> BandwidthTrace:
     return BandwidthTrace("step", np.array([0.0, at]), np.array([high, low]), 3 * at)
 
 
-# ------------------------------------------------------------------------------------ queueing math
-def test_trace_link_matches_the_trace_exactly() -> None:
-    rng = np.random.default_rng(3)
-    trace = BandwidthTrace("t", np.arange(50) * 0.1, rng.choice([0.0, 1e3, 5e4], 50), 5.0)
-    link = bd.TraceLink(trace)
-    for t0, nbytes in zip(rng.uniform(0, 20, 200), rng.integers(0, 40_000, 200), strict=True):
-        assert link.transfer_end(float(t0), int(nbytes)) == pytest.approx(trace.transfer_end(float(t0), int(nbytes)), abs=1e-9)
+# ------------------------------------------------------------------------------------ the runner, replayed
+def pinned(s: bd.Setup, sc: bd.Scenario, route: bd.Route) -> bd.PolicyRun:
+    return bd.replay(s, sc, bd.pinned_policy(s, route), "pinned")
 
 
-def test_constant_rate_static_latency_is_head_plus_transfer_plus_tail() -> None:
-    s = setup()
-    sc = bd.Scenario(constant(100_000.0), fps=1.0, duration_s=5.0, link_ms=5.0)
-    run = bd.simulate(s, sc, bd.Static("c1", bd.Route(1, 4)))
-    assert run.latency_ms == pytest.approx([1.0 + 1024 / 100_000 * 1000 + 5.0 + 2.0] * 5)  # 18.24 ms
-    assert run.nbytes.tolist() == [1024] * 5 and run.sent.all() and run.switches == 0
-    edge = bd.simulate(s, sc, bd.Static("edge", bd.Route(3)))
+def test_constant_rate_latency_is_head_plus_transfer_plus_round_trip_plus_tail() -> None:
+    s = setup(overdue_factor=0.0)  # wait for the deadline only: every answer is the cloud's
+    sc = bd.Scenario(constant(100_000.0), fps=1.0, duration_s=5.0, link_ms=5.0, deadline_ms=1000.0)
+    run = pinned(s, sc, bd.Route(1, 4))
+    assert [a.answered_by.value for a in run.answers] == ["cloud"] * 5
+    nbytes = run.nbytes[0]
+    assert nbytes > 1024 and (run.nbytes == nbytes).all()  # the 4-bit activation plus the wire header
+    # head 1 ms, the real payload at 100 kB/s, the 5 ms round trip, the tail's 2 ms: the runner's own clock
+    assert run.latency_ms == pytest.approx([1.0 + nbytes / 100_000 * 1000 + 5.0 + 2.0] * 5)
+    edge = pinned(s, sc, bd.Route(3))
     assert edge.latency_ms == pytest.approx([20.0] * 5) and edge.nbytes.sum() == 0
-    jpeg = bd.simulate(s, sc, bd.Static("jpeg", bd.Route(0, 0, 80)))  # encode 0.5 ms, decode 0.25 + raw tail 5
+    jpeg = bd.compare(s, sc, diagnostics=False)["cloud-jpeg"]  # a plain client: encode 0.5, decode 0.25 + raw tail 5
     assert jpeg.latency_ms == pytest.approx([0.5 + 10.0 + 5.0 + 0.25 + 5.0] * 5)
 
 
 def test_fifo_uplink_queues_when_frames_come_faster_than_the_link() -> None:
-    s = setup()
-    # 2048 B at 10 kB/s = 204.8 ms per transfer, a frame every 100 ms: frame i waits for i earlier transfers.
-    run = bd.simulate(s, bd.Scenario(constant(10_000.0), fps=10.0, duration_s=0.5), bd.Static("c1", bd.Route(1, 8)))
-    assert run.latency_ms == pytest.approx([207.8 + 104.8 * i for i in range(5)])
-    # The device is serial too: a 20 ms model at 100 fps.
-    edge = bd.simulate(s, bd.Scenario(constant(1e6), fps=100.0, duration_s=0.05), bd.Static("e", bd.Route(3)))
-    assert edge.latency_ms == pytest.approx([20.0 + 10.0 * i for i in range(5)])
+    s = setup(overdue_factor=0.0)
+    sc = bd.Scenario(constant(10_000.0), fps=10.0, duration_s=0.5, deadline_ms=10_000.0)
+    run = pinned(s, sc, bd.Route(1, 8))
+    nb = int(run.nbytes[0])
+    free, expected = 0.0, []
+    for i in range(5):  # frame i is captured at i / 10 s, its head takes 1 ms, then it waits for the link
+        free = max(i * 0.1 + 0.001, free) + nb / 10_000.0
+        expected.append((free - i * 0.1) * 1000.0 + 2.0)  # + the tail (no round trip here)
+    assert run.latency_ms == pytest.approx(expected)
+    assert expected[-1] > expected[0] + 300  # it did queue
 
 
 def test_deadline_answers_locally_and_exits_answer_at_the_device_time() -> None:
     m = fake_manifest()
-    s = setup()
-    late = bd.simulate(s, bd.Scenario(constant(10_000.0), fps=1.0, duration_s=2.0, deadline_ms=100.0),
-                       bd.Static("c1", bd.Route(1, 8)))
+    s = setup(overdue_factor=0.0)
+    late = pinned(s, bd.Scenario(constant(10_000.0), fps=1.0, duration_s=2.0, deadline_ms=100.0), bd.Route(1, 8))
     assert late.latency_ms == pytest.approx([100.0, 100.0]) and late.deadline.all() and late.sent.all()
-    cfg = parse_config(PROFILE)
-    confident = bd.make_setup(m, cfg, fake_data(m, conf=0.95))  # tau is 0.9: every frame exits
-    run = bd.simulate(confident, bd.Scenario(constant(10.0), fps=1.0, duration_s=3.0), bd.Static("c2", bd.Route(2, 4)))
+    assert [a.reason for a in late.answers] == ["deadline", "deadline"]
+    confident = bd.make_setup(m, parse_config(PROFILE), fake_data(m, conf=0.95))  # tau is 0.9: every frame exits
+    run = pinned(confident, bd.Scenario(constant(10.0), fps=1.0, duration_s=3.0), bd.Route(2, 4))
     assert run.latency_ms == pytest.approx([3.0] * 3) and not run.sent.any()
+    assert {a.reason for a in run.answers} == {"exit"}
 
 
-# ------------------------------------------------------------------------------------ policies
-def test_the_oracle_is_never_worse_than_any_static_route_per_frame() -> None:
+def test_the_overdue_wait_is_the_runners() -> None:
+    # The shipped overdue wait (2 x the expected time + 30 ms) ends a frame stuck behind a 2 s outage long
+    # before the 1 s deadline: the replay runs the runner's own rule, so the reason says "overdue".
+    s = setup()
+    sc = bd.Scenario(step(1e6, 1.0, 2.0), fps=10.0, duration_s=3.0, deadline_ms=1000.0)
+    run = pinned(s, sc, bd.Route(1, 4))
+    reasons = [a.reason for a in run.answers]
+    assert reasons[:15] == ["cloud"] * 15 and "overdue" in reasons[20:]
+    assert max(run.latency_ms) < 1000.0
+
+
+def test_the_oracle_is_no_worse_than_the_best_static_cut() -> None:
     s = setup()
     sc = bd.Scenario(step(1e6, 20e3, 3.0), fps=20.0, duration_s=6.0)
-    link = bd.TraceLink(sc.trace)
-    oracle = bd.Oracle("oracle", s, sc, link)
-
-    class Check(bd.Static):
-        checked = 0
-
-        def choose(self, k, arrival, start, link_free):  # type: ignore[no-untyped-def]
-            r, _ = oracle.choose(k, arrival, start, link_free)
-            best = bd.outcome(s, link, sc, k, r, False, arrival, start, link_free).done
-            for other in s.candidates:
-                assert best <= bd.outcome(s, link, sc, k, other, False, arrival, start, link_free).done + 1e-12
-            Check.checked += 1
-            return r, False
-
-    run = bd.simulate(s, sc, Check("check", bd.Route(1, 4)), link)
-    assert Check.checked == sc.frames
     runs = bd.compare(s, sc)
     for name in [n for n in runs if n.startswith("static:")] + ["edge-only", "best-static"]:
         assert runs["oracle"].latency_ms.mean() <= runs[name].latency_ms.mean() + 1e-9, name
-    assert run.latency_ms.mean() == pytest.approx(runs["oracle"].latency_ms.mean())
+    assert runs["oracle"].switches > 0  # it follows the link
 
 
-def test_dynamic_moves_to_a_later_cut_after_a_bandwidth_drop_later_than_the_oracle() -> None:
+def test_dynamic_moves_to_a_later_cut_after_a_bandwidth_drop() -> None:
     s = setup()
     sc = bd.Scenario(step(10e6, 20e3, 20.0), fps=10.0, duration_s=40.0)
-    link = bd.TraceLink(sc.trace)
-    dyn = bd.Dynamic("dynamic", s, sc, link, allowed=[1, 2])
-    bd.simulate(s, sc, dyn, link)
-    before = [c for t, c in dyn.trail if 1.0 <= t < 20.0]
-    after = [c for t, c in dyn.trail if t >= 25.0]
-    assert set(before) == {1} and set(after) == {2}
-    switched = min(t for t, c in dyn.trail if t >= 20.0 and c == 2)
-    oracle = bd.simulate(s, sc, bd.Oracle("oracle", s, sc, link), link)
+    run = bd.replay(s, sc, bd.dynamic_policy(s, allowed=[1, 2]), "dynamic")
+    trail = [(a.seq / sc.fps, a.cut) for a in run.answers if not a.probe]
+    assert {c for t, c in trail if 1.0 <= t < 20.0} == {1} and {c for t, c in trail if t >= 25.0} == {2}
+    switched = min(t for t, c in trail if t >= 20.0 and c == 2)
+    oracle = bd.compare(s, sc, diagnostics=False)["oracle"]
     first = int(np.argmax(oracle.cuts == 2))
-    assert first / sc.fps == pytest.approx(20.0)  # the oracle switches on the first frame after the drop
+    assert first / sc.fps == pytest.approx(20.0, abs=0.11)  # the oracle switches on the first frames after the drop
     assert 20.0 < switched < 22.0  # dynamic learns it from its own frames' network times, a few frames later
 
 
@@ -199,11 +193,12 @@ def test_start_replays_the_trace_from_later_on(fake_bundle: Path, tmp_path: Path
     assert "--start must be >= 0" in capsys.readouterr().err
 
 
-def test_the_docs_robustness_table_has_every_start_and_a_mean_per_trace() -> None:
+def test_the_docs_robustness_table_has_every_start_and_a_mean_per_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bd, "START_SECONDS", 10.0)
     s = setup()
-    lines = bd._starts(s, s.config, [step(1e6, 2e3, 100.0)])  # a 300 s loop
+    lines = bd._starts(s, s.config, [step(1e6, 2e3, 10.0)])  # a 30 s loop
     rows = [ln for ln in lines if ln.startswith("| step")]
-    assert [r.split(" | ")[1] for r in rows] == ["0", "100", "200"]
+    assert [r.split(" | ")[1] for r in rows] == ["0", "10", "20"]
     mean = next(ln for ln in lines if ln.startswith("| **step, mean**"))
     assert mean.count("|") == 10 and "--start S" in "\n".join(lines)
 
@@ -263,6 +258,7 @@ def test_the_docs_tables_show_every_round_trip(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(bd, "load_trace", lambda path: step(1e6, 2e3, 2.0))
     monkeypatch.setattr(bd, "RUN_BOARDS", {"digits": (("host", 4.0, True),)})
     monkeypatch.setattr(bd, "START_FRACTIONS", (0.0,))
+    monkeypatch.setattr(bd, "START_SECONDS", 4.0)
     monkeypatch.setattr(bd, "LIVE_SECONDS", 2.0)
     monkeypatch.setattr(bd, "live", lambda bundle, manifest, config, sc, **kw: bd.compare(
         bd.make_setup(manifest, config, fake_data(manifest)), sc, diagnostics=False)["dynamic"])
@@ -301,6 +297,14 @@ def test_measure_on_the_reference_bundle(reference_bundle: Path) -> None:
             assert ((data.conf[c.index] >= 0) & (data.conf[c.index] <= 1)).all()
     sizes = [float(data.nbytes[bd.Route(raw.index, 0, q)].mean()) for q in bd.JPEG_QUALITIES]
     assert sizes[0] > sizes[-1]  # q95 is bigger than q30
+    for c in m.cuts:  # what the replay's heads return: the real activations and predictions, per frame
+        if c.kind is not CutKind.RAW:
+            assert len(data.outputs[c.index]) == 6
+            acts, pred = data.outputs[c.index][0]
+            assert pred is not None and pred.confidence == pytest.approx(data.conf[c.index][0])
+            assert sorted(acts) == ([] if c.kind is CutKind.DEVICE else sorted(t.name for t in c.tensors))
+    assert data.frames is not None and len(data.frames) == 6
+    assert (data.cloud_ok[bd.Route(raw.index)] == (data.cloud_cls[bd.Route(raw.index)] == data.labels)).all()
 
 
 def test_an_uninformative_exit_is_not_a_candidate_under_an_escalation_rate_target() -> None:
