@@ -144,7 +144,10 @@ def warm_up(heads: LiteRTHeads, cuts: tuple[CutSpec, ...], frame: np.ndarray) ->
 def make_scenario(bundle: Path, manifest: Manifest) -> Scenario:
     split, device = early_split(manifest), manifest.device_cut
     assert device is not None, "the bundle has no device cut"
-    measured = host_ms(bundle, manifest, (split, device))
+    # Host noise only adds time: the fastest of three measurements (a suite's earlier tests, or another
+    # job on a shared host, had made the split head look half of the device cut's and failed the precondition).
+    rounds = [host_ms(bundle, manifest, (split, device)) for _ in range(3)]
+    measured = {c: min(r[c] for r in rounds) for c in rounds[0]}
     host_split, host_device = measured[split.index], measured[device.index]
     device_ms = max(MIN_DEVICE_MS, HOST_SHARE * host_device)
     factor = device_ms / host_device
