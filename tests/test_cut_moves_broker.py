@@ -10,7 +10,7 @@ The scenario is derived from the bundle, so a new reference model changes the nu
 
 * two cuts only (``allowed_cuts``): the *early split* (the split cut with the smallest head + exit
   time among those shipping at most ``MAX_PAYLOAD`` bytes at 8 bits) and the *device* cut;
-* the board's ``speed_factor`` makes the device cut take ``device_ms`` board milliseconds (50, or 8x
+* the board's ``speed_factor`` makes the device cut take ``device_ms`` board milliseconds (80, or 8x
   its host time if that is more), from head times measured here the way the runner measures them
   (``LiteRTHeads``, one thread, cuts alternating with pauses): the manifest's head_ms are the
   converter's, at two threads, about half of that for the small model;
@@ -69,7 +69,7 @@ from sdk.planner import CutCost, Plan, evaluate
 pytestmark = pytest.mark.broker
 
 DEVICE_ID = "cut-moves-01"
-MIN_DEVICE_MS = 50.0  # board ms of the device cut (at least; more for a model slow on this host)
+MIN_DEVICE_MS = 80.0  # board ms of the device cut (at least): the fixed round trip stays a small share (at 50 ms the split head measured 0.47 of the device cut in the full suite and missed the precondition)
 HOST_SHARE = 8.0  # the board is >= 8x slower than this host: the real head/tail times stay small
 HIGH_TRANSFER = 0.02  # split payload's transfer at the high rate, as a fraction of device_ms
 LOW_TRANSFER = 4.0  # ... and at the low rate
@@ -144,7 +144,10 @@ def warm_up(heads: LiteRTHeads, cuts: tuple[CutSpec, ...], frame: np.ndarray) ->
 def make_scenario(bundle: Path, manifest: Manifest) -> Scenario:
     split, device = early_split(manifest), manifest.device_cut
     assert device is not None, "the bundle has no device cut"
-    measured = host_ms(bundle, manifest, (split, device))
+    # Host noise only adds time: the fastest of three measurements (a suite's earlier tests, or another
+    # job on a shared host, had made the split head look half of the device cut's and failed the precondition).
+    rounds = [host_ms(bundle, manifest, (split, device)) for _ in range(3)]
+    measured = {c: min(r[c] for r in rounds) for c in rounds[0]}
     host_split, host_device = measured[split.index], measured[device.index]
     device_ms = max(MIN_DEVICE_MS, HOST_SHARE * host_device)
     factor = device_ms / host_device
