@@ -341,7 +341,8 @@ def run(workloads: Sequence[str] | None = None) -> str:
     missing = [w for w in (workloads or names()) if w not in chosen]
     paths = shared_traces()
     traces = [load_trace(p) for p in paths] or [synthetic_trace(0)]
-    out = ["Replay of each trace (exact FIFO uplink, serial device, measured heads/tails/bytes/exits on "
+    out = ["Replay of each trace: the real device runner, policy and estimator in simulated time (exact FIFO "
+           "uplink, heads/tails/bytes/exits measured on "
            f"{DEFAULT_FRAMES} labelled test frames of each workload; see docs/DYNAMIC.md). Latencies in board ms; "
            "deadline = the profile's. `RTT ms`: the fixed round trip each offloaded frame pays beyond bytes / "
            f"bandwidth (THEORY.md; {', '.join(f'{r:g}' for r in BENCH_RTTS_MS)} ms: near the operator's core, LTE - "
