@@ -86,14 +86,20 @@ def report(runs: Mapping[str, PolicyRun]) -> dict[str, dict[str, object]]:
 
 def table(runs: Mapping[str, PolicyRun]) -> str:
     o = float(runs["oracle"].latency_ms.mean())
-    lines = ["| policy | route | mean ms | p95 ms | bytes/frame | accuracy | escalated | deadline | switches | vs oracle |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy | route | mean ms | p95 ms | bytes/frame | accuracy | escalated | deadline | switches | vs oracle "
+             "| estimate / true |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         m = r.summary()
         lines.append(f"| {name} | {m['route']} | {m['mean_ms']:.2f} | {m['p95_ms']:.2f} | {m['bytes_per_frame']:.0f} | "
                      f"{m['accuracy']:.3f} | {m['escalation_rate']:.1%} | {m['deadline_rate']:.1%} | {m['cut_switches']} | "
-                     f"{float(r.latency_ms.mean()) / o - 1:+.1%} |")
+                     f"{float(r.latency_ms.mean()) / o - 1:+.1%} | {_tracking(m)} |")
     return "\n".join(lines)
+
+
+def _tracking(summary: Mapping[str, object]) -> str:
+    """The median estimate / true ratio and over how many answers of sent frames ("-": none)."""
+    med = summary.get("estimate_over_true")
+    return "-" if med is None else f"{med:.2f}x ({summary['estimate_samples']})"
 
 
 # ---------------------------------------------------------------------------------------------- live
@@ -270,7 +276,7 @@ def _why(trace: BandwidthTrace, runs: Mapping[str, PolicyRun], rtt_ms: float) ->
     names = ("dynamic", "dynamic-no-probes", "dynamic-perfect-bw", "dynamic-escalated-cost", "oracle-link", "oracle")
     cells = " | ".join(f"{float(runs[n].latency_ms.mean()):.2f}" for n in names)
     d = runs["dynamic"].summary()
-    return f"| {trace.name} | {rtt_ms:g} | {cells} | {d['probes']} | {d['deadline_rate']:.1%} |"
+    return f"| {trace.name} | {rtt_ms:g} | {cells} | {d['probes']} | {d['deadline_rate']:.1%} | {_tracking(d)} |"
 
 
 START_FRACTIONS = (0.0, 1 / 3, 2 / 3)  # of each trace's period: where the robustness replays start
@@ -309,7 +315,7 @@ def _workload_tables(workload: str, traces: Sequence[BandwidthTrace]) -> list[st
     head = ("| trace | RTT ms | Mbit/s | dynamic mean / p95 | oracle | best static | edge-only | cloud-raw | cloud-jpeg | "
             "vs oracle | gain vs best static | G | accuracy | switches |\n|" + "---|" * 14)
     why_head = ("| trace | RTT ms | dynamic | no probes | perfect bw | no exit in plan | oracle-link | oracle | probes | "
-                "deadline |\n|" + "---|" * 10)
+                "deadline | estimate / true |\n|" + "---|" * 11)
     for board, seconds, with_offload_only in RUN_BOARDS[workload]:
         config = load_board(board)
         data = measure(bundle, manifest, codec=codec_for(config.device.codec))

@@ -294,6 +294,8 @@ class PolicyRun:
     probes: int
     route: str = ""
     answers: tuple[Answer, ...] = field(default=(), repr=False)  # the runner's own, by seq (empty: not the runner)
+    #: per answer of a sent frame: the device's bandwidth estimate / the trace's mean rate in the second before
+    est_ratios: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     def summary(self) -> dict[str, object]:
         lat = self.latency_ms
@@ -302,8 +304,13 @@ class PolicyRun:
             "bytes_sent": int(self.nbytes.sum()), "bytes_per_frame": round(float(self.nbytes.mean()), 1),
             "accuracy": round(float(self.correct.mean()), 4), "escalation_rate": round(float(self.sent.mean()), 4),
             "deadline_rate": round(float(self.deadline.mean()), 4), "cut_switches": self.switches, "probes": self.probes,
-            "frames": int(len(lat)),
+            "frames": int(len(lat)), "estimate_over_true": _median_or_none(self.est_ratios),
+            "estimate_samples": int(len(self.est_ratios)),
         }  # fmt: skip
+
+
+def _median_or_none(values: np.ndarray) -> float | None:
+    return round(float(np.median(values)), 3) if len(values) else None
 
 
 def answers_run(name: str, answers: Sequence[Answer], labels: np.ndarray, switches: int, probes: int,
@@ -384,7 +391,18 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
     if perfect_bw:
         estimator = PerfectBandwidth(estimator, shaper, clock, sc.link_ms)  # type: ignore[assignment]
     answers: list[Answer] = []
-    runner = DeviceRunner(m, cfg, uplink, heads, policy=policy, estimator=estimator, on_answer=answers.append,
+    ratios: list[float] = []
+
+    def on_answer(a: Answer) -> None:
+        """Keep the answer; for a frame that sent a payload, once a bandwidth is measured, the estimate over the
+        trace's mean rate in the second before (the demo's estimate / true, outages left out)."""
+        answers.append(a)
+        est = runner.estimator.bandwidth
+        true = sc.trace.rate_before(shaper.trace_time(clock()))
+        if est and (a.bytes or a.probe) and true >= 1e3:
+            ratios.append(est / true)
+
+    runner = DeviceRunner(m, cfg, uplink, heads, policy=policy, estimator=estimator, on_answer=on_answer,
                           clock=clock, sleep=clock.sleep, wait=clock.wait, options=options)
     try:
         runner.start()  # times every candidate head (before the trace starts, as live)
@@ -392,7 +410,8 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
         summary = runner.run((frames[i % len(frames)] for i in itertools.count()), frames=sc.frames)
     finally:
         runner.close()
-    return answers_run(name, answers, d.labels, summary.switches, summary.probes, route)
+    return replace(answers_run(name, answers, d.labels, summary.switches, summary.probes, route),
+                   est_ratios=np.array(ratios))
 
 
 def dynamic_policy(s: Setup, *, probe_every: int = 25, expected_cost: bool = True,

@@ -21,10 +21,12 @@ import numpy as np
 
 from sdk.errors import TraceError
 
-__all__ = ["MAHIMAHI_PACKET_BYTES", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
+__all__ = ["MAHIMAHI_PACKET_BYTES", "TRACK_WINDOW_S", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
 
 MAHIMAHI_PACKET_BYTES = 1500
 MAHIMAHI_BIN_S = 0.010
+#: the window (s) of the trace's mean rate a bandwidth estimate is compared with (estimate / true)
+TRACK_WINDOW_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,13 @@ class BandwidthTrace:
         """The true rate (bytes/s) at time t (looping)."""
         tt = t % self.period
         return float(self.rates[np.searchsorted(self.starts, tt, side="right") - 1])
+
+    def rate_before(self, t: float, window: float = TRACK_WINDOW_S) -> float:
+        """The mean rate (bytes/s) over the ``window`` seconds before ``t`` (from 0 when ``t < window``): the
+        "true" rate a bandwidth estimate made at ``t`` is compared with (the demo's and the replay's
+        estimate / true ratio)."""
+        start = max(0.0, t - window)
+        return (self.delivered(t) - self.delivered(start)) / window if t > start else self.rate_at(t)
 
     def delivered(self, t: float) -> float:
         """Bytes the link could have carried from 0 to t (looping), a non-decreasing function."""

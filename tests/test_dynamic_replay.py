@@ -217,3 +217,16 @@ def test_the_live_gap_compares_frame_by_frame() -> None:
     assert other["same_cut"] < 1.0 and other["mean_gap"] > 0
 
 
+
+
+def test_the_replay_reports_the_devices_estimate_over_the_true_rate() -> None:
+    """cut1 pinned on a steady 50 kB/s link without a round trip (every answer is mostly transfer): every
+    escalated frame's answer after the first measured bandwidth is one ratio, and the estimate lands on the
+    trace's rate. The device cut sends nothing: no ratio."""
+    s = dr.make_setup(fake_manifest(), parse_config(profile()), frame_data())
+    sc = dr.Scenario(trace((0.0, 50e3), period=10.0), fps=10.0, duration_s=10.0, link_ms=0.0)
+    run = dr.replay(s, sc, dr.pinned_policy(s, dr.Route(1, 8)), "cut1")
+    summary = run.summary()
+    assert summary["estimate_samples"] == len(run.est_ratios) >= 90
+    assert 0.9 <= summary["estimate_over_true"] <= 1.1, summary
+    assert dr.replay(s, sc, dr.pinned_policy(s, dr.Route(3)), "device").summary()["estimate_samples"] == 0

@@ -123,3 +123,12 @@ def test_a_file_that_is_not_a_trace_is_one_config_error_that_says_what_a_trace_i
     assert isinstance(info.value, ConfigError) and isinstance(info.value, ValueError)
     with pytest.raises(TraceError, match=r"trace .*missing.up does not exist: pass a mahimahi .up file"):
         load_trace(tmp_path / "missing.up")
+
+
+def test_rate_before_is_the_mean_rate_over_the_window_before_t() -> None:
+    """1 kB/s for 2 s, then 3 kB/s: the second before t=2.5 is half at each rate; before 1 s it divides by the
+    whole window (the demo's and the replay's estimate / true use the same rule)."""
+    tr = BandwidthTrace("step", np.array([0.0, 2.0]), np.array([1000.0, 3000.0]), 4.0)
+    assert tr.rate_before(2.5) == pytest.approx(2000.0)
+    assert tr.rate_before(3.5, window=1.0) == pytest.approx(3000.0)
+    assert tr.rate_before(0.5) == pytest.approx(500.0)
