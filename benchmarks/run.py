@@ -27,9 +27,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "device": ("benchmarks.bench_device", "Device runner: per-frame overhead"),
     "dynamic": ("benchmarks.bench_dynamic", "Dynamic vs static cuts: trace replay"),
     "exits": ("benchmarks.bench_exits", "Early exits: escalation rate at 1 pp, frames kept on the camera, E[T]"),
+    "predict": ("benchmarks.bench_predict", "Link prediction: transfer time at a quantile on real uplink traces"),
 }
 #: benchmarks with their own command line (``main(argv) -> int``): ``NAME --option ...`` runs it.
-CLIS = frozenset({"dynamic", "exits"})
+CLIS = frozenset({"dynamic", "exits", "predict"})
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HEADER = """# Benchmarks
 

@@ -22,6 +22,9 @@ The implementations (which one wins, measured, is in docs/DYNAMIC.md, "Link pred
   quantile of the recent per-transfer rates (empirical, or a lognormal fitted to their logarithms);
 * :class:`EwmaLogNormalPredictor` - a distribution around today's EWMA: the EWMA of the log-rate and an
   EWMA of its squared deviation give a lognormal;
+* :class:`ResidualQuantilePredictor` - any point predictor calibrated on its own errors (split-conformal
+  style): the ``q`` time is the base's time times the ``q`` quantile of ``actual / predicted`` over its
+  recent transfers, so the spread is measured in transfer times, whatever makes them vary;
 * :class:`ChangePointPredictor` - wraps any of them with a two-sided CUSUM on the standardised log-rate
   and, at a detected change, drops the history before it, so the next plan uses the new regime at once.
 
@@ -45,6 +48,7 @@ __all__ = [
     "HarmonicPredictor",
     "Predictor",
     "QuantilePredictor",
+    "ResidualQuantilePredictor",
 ]
 
 _NORMAL = NormalDist()
@@ -288,3 +292,39 @@ class ChangePointPredictor:
 
     def predict_ms(self, nbytes: int, quantile: float = 0.5) -> float:
         return self.base.predict_ms(nbytes, quantile)
+
+
+class ResidualQuantilePredictor:
+    """A point predictor times the ``q`` quantile of its own recent ``actual / predicted`` ratios (module doc).
+
+    Before a sample reaches the base, the base's median prediction for that payload is compared with the
+    actual time; the last ``window`` log-ratios form an empirical distribution (numpy's linear-interpolated
+    quantile). Until ``min_samples`` ratios exist, the base's own quantile is returned.
+    """
+
+    def __init__(self, base: Predictor | None = None, *, window: int = 50, min_samples: int = 5) -> None:
+        if window < 1 or not 1 <= min_samples <= window:
+            raise ValueError(f"need window >= 1 and 1 <= min_samples <= window, got {window} and {min_samples}")
+        self.base: Predictor = base if base is not None else EwmaPredictor()
+        self.min_samples = min_samples
+        self._logs: deque[float] = deque(maxlen=window)
+
+    def observe(self, t: float, nbytes: int, seconds: float) -> None:
+        if _rate(nbytes, seconds) is None:
+            return
+        predicted = self.base.predict_ms(nbytes, 0.5)
+        if predicted > 0:
+            self._logs.append(math.log(seconds * 1000.0 / predicted))
+        self.base.observe(t, nbytes, seconds)
+
+    def ratio(self, quantile: float) -> float:
+        """The ``quantile`` of ``actual / predicted`` over the window (1 before ``min_samples``)."""
+        if len(self._logs) < self.min_samples:
+            return 1.0
+        return math.exp(float(np.quantile(np.fromiter(self._logs, dtype=np.float64), quantile)))
+
+    def predict_ms(self, nbytes: int, quantile: float = 0.5) -> float:
+        _check_quantile(quantile)
+        if len(self._logs) < self.min_samples:
+            return self.base.predict_ms(nbytes, quantile)
+        return self.base.predict_ms(nbytes, 0.5) * self.ratio(quantile)

@@ -13,6 +13,7 @@ from device_runner.predict import (
     HarmonicPredictor,
     Predictor,
     QuantilePredictor,
+    ResidualQuantilePredictor,
 )
 
 
@@ -24,7 +25,7 @@ def feed(p: Predictor, rates: list[float], nbytes: int = 1000) -> None:
 
 def test_every_predictor_is_a_predictor():
     for p in (EwmaPredictor(), HarmonicPredictor(), QuantilePredictor(), EwmaLogNormalPredictor(),
-              ChangePointPredictor(QuantilePredictor)):
+              ChangePointPredictor(QuantilePredictor), ResidualQuantilePredictor()):
         assert isinstance(p, Predictor)
 
 
@@ -129,3 +130,23 @@ def test_bad_arguments():
     p.observe(0.0, 0, 1.0)  # no bytes: ignored
     p.observe(0.0, 10, 0.0)  # no time: ignored
     assert len(p.rates()) == 0
+
+
+def test_residual_quantile_scales_the_base_by_its_own_errors():
+    class Fixed:
+        """A point predictor that always says 10 ms per 1000 B (100 kB/s)."""
+
+        def observe(self, t: float, nbytes: int, seconds: float) -> None:
+            pass
+
+        def predict_ms(self, nbytes: int, quantile: float = 0.5) -> float:
+            return nbytes / 100.0
+
+    p = ResidualQuantilePredictor(Fixed(), window=10, min_samples=5)
+    for i, actual_ms in enumerate([10.0, 20.0, 40.0, 10.0]):
+        p.observe(float(i), 1000, actual_ms / 1000.0)
+    assert p.predict_ms(1000, 0.95) == pytest.approx(10.0)  # 4 ratios < min_samples: the base as is
+    p.observe(4.0, 1000, 0.080)  # ratios 1, 2, 4, 1, 8: log2 0, 1, 2, 0, 3
+    # 75th percentile of log2 [0, 0, 1, 2, 3] is 2 -> ratio 4; the median is 1 -> ratio 2
+    assert p.predict_ms(2000, 0.75) == pytest.approx(20.0 * 4)
+    assert p.predict_ms(1000, 0.5) == pytest.approx(10.0 * 2)
