@@ -43,6 +43,7 @@ from device_runner.predict import (
     Predictor,
     QuantilePredictor,
     ResidualQuantilePredictor,
+    TrackedQuantilePredictor,
 )
 from sdk.defaults import CELLULAR_RTT_MS
 from sdk.traces import BandwidthTrace, load_trace, shared_traces
@@ -69,6 +70,9 @@ PREDICTORS: dict[str, Callable[[], Predictor]] = {
     "change-point + ewma-lognormal": lambda: ChangePointPredictor(EwmaLogNormalPredictor),
     "ewma + residual quantile": ResidualQuantilePredictor,
     "change-point + ewma + residual quantile": lambda: ChangePointPredictor(ResidualQuantilePredictor),
+    "ewma + tracked quantile": TrackedQuantilePredictor,
+    "harmonic + tracked quantile": lambda: TrackedQuantilePredictor(HarmonicPredictor(discount=False)),
+    "ewma-lognormal + tracked quantile": lambda: TrackedQuantilePredictor(EwmaLogNormalPredictor()),
 }
 #: with no transfer completed for this long the plan sends the smallest payload as a shadow probe (as the
 #: runner's probes do), so a predictor that priced every payload out can learn that the link recovered

@@ -25,6 +25,10 @@ The implementations (which one wins, measured, is in docs/DYNAMIC.md, "Link pred
 * :class:`ResidualQuantilePredictor` - any point predictor calibrated on its own errors (split-conformal
   style): the ``q`` time is the base's time times the ``q`` quantile of ``actual / predicted`` over its
   recent transfers, so the spread is measured in transfer times, whatever makes them vary;
+* :class:`TrackedQuantilePredictor` - any point predictor times a scale per quantile, learnt online by
+  quantile tracking (stochastic gradient on the pinball loss, on the logarithm): every transfer slower
+  than the scaled time raises the scale by ``gamma * q``, every faster one lowers it by ``gamma * (1 - q)``,
+  so in equilibrium a share ``1 - q`` of transfers is slower than predicted, whatever the link does;
 * :class:`ChangePointPredictor` - wraps any of them with a two-sided CUSUM on the standardised log-rate
   and, at a detected change, drops the history before it, so the next plan uses the new regime at once.
 
@@ -49,6 +53,7 @@ __all__ = [
     "Predictor",
     "QuantilePredictor",
     "ResidualQuantilePredictor",
+    "TrackedQuantilePredictor",
 ]
 
 _NORMAL = NormalDist()
@@ -328,3 +333,38 @@ class ResidualQuantilePredictor:
         if len(self._logs) < self.min_samples:
             return self.base.predict_ms(nbytes, quantile)
         return self.base.predict_ms(nbytes, 0.5) * self.ratio(quantile)
+
+
+class TrackedQuantilePredictor:
+    """A point predictor times a per-quantile scale learnt by online quantile tracking (module doc).
+
+    A quantile gets its scale (1 to start with) the first time it is asked for; every later sample updates
+    every known scale against the base's median prediction made before the sample reaches the base:
+    ``log s_q += gamma * (q if slower than the scaled time else -(1 - q))``.
+    """
+
+    def __init__(self, base: Predictor | None = None, *, gamma: float = 0.05) -> None:
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        self.base: Predictor = base if base is not None else EwmaPredictor()
+        self.gamma = gamma
+        self._log_scale: dict[float, float] = {}
+
+    def scale(self, quantile: float) -> float:
+        """The current factor on the base's median time for ``quantile`` (1 until it has learnt)."""
+        return math.exp(self._log_scale.get(quantile, 0.0))
+
+    def observe(self, t: float, nbytes: int, seconds: float) -> None:
+        if _rate(nbytes, seconds) is None:
+            return
+        median = self.base.predict_ms(nbytes, 0.5)
+        actual = seconds * 1000.0
+        for q, log_s in self._log_scale.items():
+            slower = actual > median * math.exp(log_s)
+            self._log_scale[q] = log_s + self.gamma * (q if slower else -(1.0 - q))
+        self.base.observe(t, nbytes, seconds)
+
+    def predict_ms(self, nbytes: int, quantile: float = 0.5) -> float:
+        _check_quantile(quantile)
+        self._log_scale.setdefault(quantile, 0.0)
+        return self.base.predict_ms(nbytes, 0.5) * self.scale(quantile)

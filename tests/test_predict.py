@@ -14,6 +14,7 @@ from device_runner.predict import (
     Predictor,
     QuantilePredictor,
     ResidualQuantilePredictor,
+    TrackedQuantilePredictor,
 )
 
 
@@ -25,7 +26,7 @@ def feed(p: Predictor, rates: list[float], nbytes: int = 1000) -> None:
 
 def test_every_predictor_is_a_predictor():
     for p in (EwmaPredictor(), HarmonicPredictor(), QuantilePredictor(), EwmaLogNormalPredictor(),
-              ChangePointPredictor(QuantilePredictor), ResidualQuantilePredictor()):
+              ChangePointPredictor(QuantilePredictor), ResidualQuantilePredictor(), TrackedQuantilePredictor()):
         assert isinstance(p, Predictor)
 
 
@@ -150,3 +151,28 @@ def test_residual_quantile_scales_the_base_by_its_own_errors():
     # 75th percentile of log2 [0, 0, 1, 2, 3] is 2 -> ratio 4; the median is 1 -> ratio 2
     assert p.predict_ms(2000, 0.75) == pytest.approx(20.0 * 4)
     assert p.predict_ms(1000, 0.5) == pytest.approx(10.0 * 2)
+
+
+def test_tracked_quantile_steps_by_gamma():
+    p = TrackedQuantilePredictor(EwmaPredictor(prior_bytes_per_s=1000.0, alpha=1.0), gamma=0.1)
+    assert p.predict_ms(1000, 0.9) == pytest.approx(1000.0)  # registers q = 0.9 at scale 1
+    p.observe(0.0, 1000, 2.0)  # 2000 ms > 1000 ms predicted: log s += 0.1 * 0.9
+    assert p.scale(0.9) == pytest.approx(math.exp(0.09))
+    # the base (alpha 1) now says 500 B/s: 1000 B in 2000 ms; a faster sample lowers the scale by 0.1 * 0.1
+    p.observe(1.0, 1000, 1.0)
+    assert p.scale(0.9) == pytest.approx(math.exp(0.08))
+    assert p.predict_ms(1000, 0.9) == pytest.approx(1000.0 * math.exp(0.08))
+
+
+def test_tracked_quantile_converges_to_the_target_share():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    p = TrackedQuantilePredictor(gamma=0.05)
+    slower = []
+    for i, r in enumerate(1000.0 * np.exp(rng.normal(0, 0.5, 4000))):
+        predicted = p.predict_ms(1000, 0.95)
+        actual = 1000 / r * 1000
+        slower.append(actual > predicted)
+        p.observe(float(i), 1000, actual / 1000)
+    assert abs(np.mean(slower[1000:]) - 0.05) < 0.02
