@@ -181,11 +181,19 @@ class Estimates:
     jitter_ms: Mapping[int, float] = field(default_factory=dict)
     #: the broker refused a publish and no answer has come back since (observe_unreachable)
     unreachable: bool = False
+    #: spread of the bandwidth on its logarithm: the root of an EWMA (``log_var_alpha``) of the squared
+    #: deviation of each bandwidth sample from the estimate before it; with ``bandwidth_bytes_per_s`` a
+    #: lognormal the policy plans a quantile of (``PolicyOptions.plan_quantile``)
+    bandwidth_log_sd: float = 0.0
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
     return new if old is None else (1.0 - alpha) * old + alpha * new
 
+
+#: a move of ``Estimates.bandwidth_log_sd`` that is news (absolute, on the logarithm: ~3 % of a 95 % plan's
+#: bandwidth); a relative tolerance would publish every sample while a steady link's spread decays to 0
+_LOG_SD_TOL = 0.02
 
 #: The bandwidth cap while the broker is unreachable (bytes/s): a link of zero bandwidth, kept positive.
 UNREACHABLE_BYTES_PER_S = 1.0
@@ -218,6 +226,7 @@ class Estimator:
         fit_ratio: float = 4.0,
         noise_factor: float = 2.0,
         noise_floor_ms: float = 1.0,
+        log_var_alpha: float = 0.1,
     ) -> None:
         if prior_bandwidth <= 0:
             raise ValueError(f"prior_bandwidth must be > 0 bytes/s, got {prior_bandwidth}")
@@ -232,6 +241,8 @@ class Estimator:
         if fit_window < 2 or fit_ratio <= 1:
             raise ValueError(f"need fit_window >= 2 and fit_ratio > 1, got {fit_window} and {fit_ratio}")
         self.fit_ratio = fit_ratio
+        self.log_var_alpha = log_var_alpha
+        self._log_var = 0.0  # EWMA of the squared log-deviation of bandwidth samples (Estimates.bandwidth_log_sd)
         self.noise_factor = noise_factor
         self.noise_floor_ms = noise_floor_ms
         self.noisy_samples = 0  # bandwidth samples below the noise, used as lower bounds only
@@ -336,6 +347,7 @@ class Estimator:
                 head_min_ms=dict(self._head_min),
                 miss_rate=self.miss_rate,
                 sampled_bandwidth_bytes_per_s=self._sampled_bw,
+                bandwidth_log_sd=math.sqrt(self._log_var),
                 miss_streak=self._miss_streak,
                 jitter_ms=dict(self._jitter),
                 unreachable=self._unreachable,
@@ -465,6 +477,10 @@ class Estimator:
             self._set_bandwidth(rate)  # the first measurement above a cap replaces it (module doc)
         else:
             alpha = self.jump_alpha if stale or rate > self.jump_factor * self._bandwidth else self.alpha
+            dev = math.log(rate) - math.log(self._bandwidth)
+            self._log_var = (1.0 - self.log_var_alpha) * self._log_var + self.log_var_alpha * dev * dev
+            if self._snap is not None and abs(math.sqrt(self._log_var) - self._snap.bandwidth_log_sd) > _LOG_SD_TOL:
+                self._changed()
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
         self._sampled_bw = self._bandwidth
 

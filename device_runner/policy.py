@@ -118,6 +118,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 from typing import Any
 
 from device_runner.estimator import Estimates
@@ -363,13 +364,22 @@ class CutPolicy:
         return min(dev.deadline_ms, dev.overdue_factor * expected_ms + slack_ms)
 
     # ---- planning
+    def planning_bandwidth(self, est: Estimates) -> float:
+        """The bandwidth a plan prices transfers at: the estimate, or with ``plan_quantile`` the bandwidth that
+        makes the transfer time that quantile of the lognormal (``Estimates.bandwidth_log_sd``) - on bursty
+        cellular traces planning at the mean missed a 5 % deadline target (docs/DYNAMIC.md, "Link prediction")."""
+        q = self.options.plan_quantile
+        if q is None or not est.measured or est.bandwidth_log_sd <= 0:
+            return est.bandwidth_bytes_per_s
+        return est.bandwidth_bytes_per_s * math.exp(NormalDist().inv_cdf(1.0 - q) * est.bandwidth_log_sd)
+
     def plan(self, est: Estimates) -> Plan:
         costs = [
             replace(c, head_ms=est.head_ms.get(c.index, c.head_ms), tail_ms=est.tail_ms.get(c.index, c.tail_ms))
             for c in self._base
         ]
         kwargs = dict(
-            bandwidth_bytes_per_s=est.bandwidth_bytes_per_s,
+            bandwidth_bytes_per_s=self.planning_bandwidth(est),
             link_latency_ms=est.link_ms,
             bits=self.bits,
             allow_raw=self.allow_raw,

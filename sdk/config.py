@@ -570,6 +570,7 @@ def _parse_policy(s: _Section) -> PolicyOptions:
         explore_backoff=s.integer("explore_backoff", d.explore_backoff, low=1),
         max_probe_interval_s=s.number("max_probe_interval_s", d.max_probe_interval_s, low=0.0, low_open=True),
         risk=s.boolean("risk", d.risk), shadow_probes=s.boolean("shadow_probes", d.shadow_probes),
+        plan_quantile=s.number("plan_quantile", d.plan_quantile, low=0.0, low_open=True),
     )  # fmt: skip
     try:
         return PolicyOptions(**values)

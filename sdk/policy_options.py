@@ -35,6 +35,10 @@ class PolicyOptions:
     max_probe_interval_s: float | None = 20.0  # the back-off bounded in time at the profile's fps_cap
     risk: bool = True  # charge escalating options for the recent unexplained miss rate
     shadow_probes: bool = True  # probe with a copy of the frame, answered by the current choice
+    #: plan transfers at this quantile of the bandwidth's lognormal (Estimates.bandwidth_log_sd), e.g. 0.95
+    #: for a 5 % deadline-miss target; None: at the estimate itself, a geometric mean (docs/DYNAMIC.md,
+    #: "Link prediction")
+    plan_quantile: float | None = None
 
     def __post_init__(self) -> None:
         if self.allowed_cuts is not None:
@@ -49,6 +53,8 @@ class PolicyOptions:
                              f"{self.max_backoff}, {self.explore_backoff}")
         if self.max_payload_bytes is not None and self.max_payload_bytes < 0:
             raise ValueError(f"need max_payload_bytes >= 0 (or None), got {self.max_payload_bytes}")
+        if self.plan_quantile is not None and not 0 < self.plan_quantile < 1:
+            raise ValueError(f"need 0 < plan_quantile < 1 (or None), got {self.plan_quantile}")
         if self.max_probe_interval_s is not None and self.max_probe_interval_s <= 0:
             raise ValueError(f"need max_probe_interval_s > 0 (or None), got {self.max_probe_interval_s}")
 
