@@ -31,7 +31,7 @@ Tail workers can follow a group too (``splitedge cloud --rollout-group G``, :fun
 (:class:`TailsFollower`); :func:`restore_staged` serves those again after a restart.
 
 The announce is not what is trusted: the device checks ``manifest.json`` against ``manifest.sig`` with
-its own ``--trust`` key, and every file against the manifest (device_runner/update.py). ``--trust`` here
+its own ``--trust`` key, and every file against the manifest (sdk/update.py). ``--trust`` here
 checks the signature before anything is sent.
 """
 
@@ -227,9 +227,9 @@ def restore_staged(tails: BundleTails, update_dir: Path, trust: str | Path) -> l
 
 def follow_rollouts(transport: Transport, tails: BundleTails, group: str, update_dir: Path, *, trust: str | Path,
                     say: Callable[[str], None] = print) -> Any:
-    """Start a BundleUpdater (device_runner/update.py) that fetches each bundle announced to ``group`` - its
+    """Start a BundleUpdater (sdk/update.py) that fetches each bundle announced to ``group`` - its
     manifest and tails, from a ``--files all`` rollout - and adds it to ``tails``; returns it (close() it)."""
-    from device_runner.update import BundleUpdater, StagedBundle
+    from sdk.update import BundleUpdater, StagedBundle
 
     def prepare(path: Path, manifest: Manifest) -> StagedBundle:
         t = TailSet(path, threads=tails.threads, manifest=manifest)

@@ -7,7 +7,7 @@
         [--rollout-group G --trust PUB.pem [--update-dir DIR]]
 
 With ``--rollout-group`` the device follows the bundles ``splitedge rollout`` offers to that group
-(device_runner/update.py): it downloads, verifies with the ``--trust`` key, loads, and switches at a frame
+(sdk/update.py): it downloads, verifies with the ``--trust`` key, loads, and switches at a frame
 boundary, or keeps its bundle and reports the failure in telemetry. It starts from the bundle it last
 switched to (``UPDATE_DIR/active``) when that one still verifies, else from ``--bundle``.
 
@@ -36,7 +36,7 @@ from device_runner.link import ConstantRateShaper, ShapedTransport
 from device_runner.policy import CutPolicy
 from device_runner.runner import Answer, DeviceRunner, RunnerOptions
 from device_runner.sources import open_source
-from device_runner.update import BundleUpdater, active_bundle, litert_prepare
+from device_runner.update import litert_prepare
 from sdk import topics
 from sdk.config import load_board, with_overrides
 from sdk.errors import ConfigError
@@ -49,6 +49,7 @@ from sdk.planner import parse_rate
 from sdk.tls import BrokerChoice, add_broker_arguments, broker_from_args, connect_transport
 from sdk.topics import TopicKind
 from sdk.transport import Transport, status_will
+from sdk.update import BundleUpdater, active_bundle
 
 __all__ = ["main", "parse_args"]
 

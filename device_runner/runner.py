@@ -34,7 +34,7 @@ mark errors; every model invocation and every local answer happens on the caller
 (``max_inflight``), the report/answer join (``timing_window``), the set of recently answered seqs
 (``recent_answers``) and the latency window are all capped.
 
-**Bundle swaps** (:meth:`offer_bundle`, from device_runner/update.py): a verified, loaded bundle is swapped
+**Bundle swaps** (:meth:`offer_bundle`, from sdk/update.py): a verified, loaded bundle is swapped
 in at the start of the next :meth:`process` - a frame boundary - with its executor, policy, payload
 encoder; the estimator carries over when the new bundle has the same cuts (its link, bandwidth and tail
 samples describe the network and the workers; a fresh one with only priors made the next answers look
@@ -235,12 +235,12 @@ class DeviceRunner:
 
     # ------------------------------------------------------------------ one frame
     def offer_bundle(self, staged: object, on_swap: Callable[[object], None] | None = None) -> None:
-        """Swap to ``staged`` (device_runner.update.StagedBundle) at the next frame boundary (thread-safe)."""
+        """Swap to ``staged`` (sdk.update.StagedBundle) at the next frame boundary (thread-safe)."""
         with self._lock:
             self._staged = (staged, on_swap)
 
     def set_rollout(self, state: RolloutState, bundle: str | None, detail: str | None = None) -> None:
-        """What telemetry says of the last announced bundle (device_runner/update.py sets it)."""
+        """What telemetry says of the last announced bundle (sdk/update.py sets it)."""
         with self._lock:
             self.rollout = (state, bundle, detail)
 

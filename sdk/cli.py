@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("cloud_tail.fleet", "live table of every device's telemetry"),
     "rollout": ("cloud_tail.rollout", "offer a bundle to a device group over MQTT (devices switch, or roll back)"),
     "pki": ("sdk.pki", "make the CA, broker, device and worker certificates for mutual TLS"),
-    "demo": ("cloud_tail.demo", "the end-to-end demo: broker, cloud tail, devices, a real bandwidth trace"),
+    "demo": ("lab.demo", "the end-to-end demo: broker, cloud tail, devices, a real bandwidth trace"),
     "bench": ("benchmarks.run", "run the benchmarks and write docs/BENCHMARKS.md (from a checkout)"),
 }
 

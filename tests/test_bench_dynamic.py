@@ -214,7 +214,7 @@ def test_without_a_trace_the_synthetic_stand_in_is_used_with_a_note(
 
 
 def test_defaults_are_the_demos_board_and_an_lte_round_trip() -> None:
-    from cloud_tail import demo
+    from lab import demo
     from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 
     args, demo_args = bd.parse_args([]), demo.parse_args([])

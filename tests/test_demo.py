@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_tail import netem
-from cloud_tail.demo import answer_problems, check_shaper, main
 from device_runner.link import TraceShaper
+from lab import netem
+from lab.demo import answer_problems, check_shaper, main
 from sdk.broker import find_mosquitto
 from sdk.traces import BandwidthTrace
 
@@ -160,7 +160,7 @@ def _summary(live: float, cloud: int, edge: float, jpeg: float) -> dict:
 
 
 def test_verdict_says_whether_the_split_beat_edge_only_and_cloud_jpeg_and_why_not():
-    from cloud_tail.demo_report import verdict
+    from lab.demo_report import verdict
 
     won = verdict(_summary(live=120.0, cloud=6, edge=400.0, jpeg=150.0))
     assert "beat cloud-JPEG (150.0 ms), the better of edge-only and cloud-JPEG, by 20%, with 6 of 10 frames answered by the cloud" in won[-1]
@@ -174,7 +174,7 @@ def test_verdict_says_whether_the_split_beat_edge_only_and_cloud_jpeg_and_why_no
 
 
 def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundle: Path):
-    from cloud_tail.demo_report import cut_labels
+    from lab.demo_report import cut_labels
     from sdk.manifest import load_manifest
 
     m = load_manifest(reference_bundle)
@@ -185,7 +185,7 @@ def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundl
 
 
 def test_estimate_tracking_compares_the_estimate_with_the_trace_where_payloads_were_sent(tmp_path: Path) -> None:
-    from cloud_tail.demo_report import View, describe_tracking, estimate_tracking
+    from lab.demo_report import View, describe_tracking, estimate_tracking
 
     step = BandwidthTrace("step", np.array([0.0, 10.0]), np.array([100e3, 400e3]), 20.0)
     rows = [  # t (s after t0), estimate, bytes sent, probe

@@ -1,6 +1,6 @@
 """Over-the-air updates without a broker: ``splitedge rollout``'s publisher, the device's BundleUpdater and the
 real DeviceRunner and TailWorker on InMemoryHub, with real LiteRT heads and tails (cloud_tail/rollout.py,
-device_runner/update.py). The same path on a real Mosquitto with TLS and the ACL: tests/test_rollout_mqtt.py.
+sdk/update.py, sdk/update.py, device_runner/update.py). The same path on a real Mosquitto with TLS and the ACL: tests/test_rollout_mqtt.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from device_runner import cli as device_cli  # noqa: E402
 from device_runner.heads import LiteRTHeads  # noqa: E402
 from device_runner.policy import CutPolicy  # noqa: E402
 from device_runner.runner import Answer, AnsweredBy, DeviceRunner, RunnerOptions  # noqa: E402
-from device_runner.update import ACTIVE_NAME, BundleUpdater, active_bundle, litert_prepare  # noqa: E402
+from device_runner.update import litert_prepare  # noqa: E402
 from sdk import topics  # noqa: E402
 from sdk.config import load_config  # noqa: E402
 from sdk.manifest import MANIFEST_NAME, CutKind, Manifest, load_manifest  # noqa: E402
@@ -31,6 +31,7 @@ from sdk.messages import AnnounceMessage, RolloutState  # noqa: E402
 from sdk.signing import new_key_pair, sign_bundle  # noqa: E402
 from sdk.topics import TopicKind  # noqa: E402
 from sdk.transport import InMemoryHub, Message  # noqa: E402
+from sdk.update import ACTIVE_NAME, BundleUpdater, active_bundle  # noqa: E402
 from sdk.wire import FrameHeader  # noqa: E402
 from tests.rollout_bundles import make_version, tamper_head  # noqa: E402
 
@@ -247,13 +248,14 @@ def test_the_device_refuses_a_rollout_group_without_a_trusted_key(bundles, tmp_p
 
 def test_public_apis_are_pinned():
     from cloud_tail import rollout, tails
-    from device_runner import update
+    from device_runner import update as device_update
+    from sdk import update
 
     assert sorted(rollout.__all__) == sorted(["FileScope", "RolloutResult", "TailsFollower", "clear_rollout",
                                               "follow_rollouts", "iter_chunks", "main", "make_announce", "parse_args",
                                               "publish_rollout", "read_announce", "restore_staged"])
-    assert sorted(update.__all__) == sorted(["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle",
-                                             "active_bundle", "litert_prepare"])
+    assert sorted(update.__all__) == sorted(["ACTIVE_NAME", "BundleUpdater", "Prepare", "StagedBundle", "active_bundle"])
+    assert device_update.__all__ == ["litert_prepare"]
     assert sorted(tails.__all__) == sorted(["BundleTails", "Refusal", "Tails", "TailSet", "softmax", "topk"])
 
 

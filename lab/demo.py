@@ -7,7 +7,7 @@ This module lives on the cloud side, the side that may import every dependency: 
 reference bundle (TensorFlow, through ``converter``) and the labelled frames, draws plots with
 matplotlib, and starts everything else as processes: the embedded broker (Mosquitto, else amqtt),
 ``python -m sdk.cli cloud`` tail workers, and one device process per camera
-(``python -m cloud_tail.demo --device-worker SPEC.json``) that imports only the device side
+(``python -m lab.demo --device-worker SPEC.json``) that imports only the device side
 (``device_runner``, LiteRT, numpy, paho) and runs a :class:`~device_runner.runner.DeviceRunner` on
 the reference frames.
 
@@ -17,14 +17,14 @@ Each device's uplink follows the same trace from a different offset (staggered b
   transfers end when :meth:`BandwidthTrace.transfer_end` says (``device_runner.link.TraceShaper``), plus the
   ``--latency-ms`` round trip;
 * ``--link netns`` (root, Linux): every device process runs in its own network namespace and its
-  uplink is a veth whose ``tbf`` rate follows the trace (:mod:`cloud_tail.netem`); falls back to the
+  uplink is a veth whose ``tbf`` rate follows the trace (:mod:`lab.netem`); falls back to the
   shaper, saying why, where that is not possible.
 
 Before the devices start, a short saturation check measures that the chosen emulation delivers what
 the trace says (per-window correlation and mean error). Then a progress table refreshes; at the end a
 summary (frames, who answered, cut switches, bytes vs raw frames, latency p50/p95, accuracy), the
 answers (``device-<i>.jsonl``), ``summary.json`` and two PNGs go to ``--out`` (the table, the summary and
-the plots: :mod:`cloud_tail.demo_report`). Exit code 0 only when every frame was answered exactly once.
+the plots: :mod:`lab.demo_report`). Exit code 0 only when every frame was answered exactly once.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloud_tail import netem
-from cloud_tail.demo_report import (
+from lab import netem
+from lab.demo_report import (
     View,
     answer_problems,
     cloud_totals,
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             spec_path = out / f"device-{i}.spec.json"
             spec_path.write_text(json.dumps(asdict(spec)))
-            cmd = [sys.executable, "-m", "cloud_tail.demo", "--device-worker", str(spec_path)]
+            cmd = [sys.executable, "-m", "lab.demo", "--device-worker", str(spec_path)]
             if link:
                 cmd = [*link.exec_prefix(i), *cmd]
             (out / f"device-{i}.jsonl").unlink(missing_ok=True)

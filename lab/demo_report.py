@@ -2,7 +2,7 @@
 
 Everything here reads the device processes' answer files (``device-<i>.jsonl``, one JSON object a line:
 a ``start`` line, the answers, a ``summary`` line) through :class:`View`; nothing here starts or stops a
-process (that is :mod:`cloud_tail.demo`). Plots need matplotlib (the cloud side's dependencies).
+process (that is :mod:`lab.demo`). Plots need matplotlib (the cloud side's dependencies).
 """
 
 from __future__ import annotations
@@ -99,8 +99,6 @@ def progress(views: list[View], trace: BandwidthTrace, offsets: list[float], t0:
         print("\n".join(rows), flush=True)
 
 
-#: the window (s) over which the trace's true rate is averaged for an estimate/true ratio
-TRACK_WINDOW_S = 1.0
 
 
 def estimate_tracking(views: list[View], trace: BandwidthTrace, offsets: list[float], t0: float) -> dict:
@@ -108,7 +106,7 @@ def estimate_tracking(views: list[View], trace: BandwidthTrace, offsets: list[fl
 
     One ratio per answer of a frame that sent a payload (escalated, or a probe's), once the device has
     measured a bandwidth: its estimate at that answer over the trace's mean rate in the
-    :data:`TRACK_WINDOW_S` before it, at the device's offset (issue 14's goal: median within 0.7-1.3x).
+    :data:`sdk.traces.TRACK_WINDOW_S` before it, at the device's offset (issue 14's goal: median within 0.7-1.3x).
     Answers in an outage of the trace (true rate under 1 kB/s) are left out: any estimate is "off" there.
     """
     per_device = []
@@ -119,7 +117,7 @@ def estimate_tracking(views: list[View], trace: BandwidthTrace, offsets: list[fl
             if not a.get("est") or not (a.get("bytes") or a.get("probe")):
                 continue
             tt = offsets[i] + (a["t"] - t0)
-            true = (trace.delivered(tt) - trace.delivered(max(0.0, tt - TRACK_WINDOW_S))) / TRACK_WINDOW_S
+            true = trace.rate_before(tt)
             if true >= 1e3:
                 ratios.append(a["est"] / true)
         every += ratios
