@@ -53,6 +53,7 @@ from device_runner.heads import CutOutput, LiteRTHeads
 from device_runner.policy import Choice, CutPolicy
 from device_runner.runner import DeviceRunner, RunnerOptions
 from device_runner.sources import SyntheticSource
+from device_runner.wiring import wire_runner
 from sdk.config import BoardSpec, DeviceConfig, parse_config
 from sdk.litert import LiteRTModel
 from sdk.manifest import CutKind, CutSpec, Manifest, load_manifest
@@ -171,8 +172,8 @@ def measure(
     policy = CutPolicy(manifest, cfg.device, initial=Choice(cut, bits), allowed_cuts=[cut], probe_every=0,
                        tau_override=tau)  # fmt: skip
     policy_ms = _timed_decide(policy)
-    runner = DeviceRunner(manifest, cfg, hub.transport("bench-01"), heads, policy=policy,  # type: ignore[arg-type]
-                          options=RunnerOptions(max_inflight=2 * frames + warmup + 10))  # fmt: skip
+    runner = wire_runner(cfg, hub.transport("bench-01"), manifest=manifest, heads=heads, policy=policy,  # type: ignore[arg-type]
+                         options=RunnerOptions(max_inflight=2 * frames + warmup + 10))  # fmt: skip
     runner.start()
     source = iter(SyntheticSource(tuple(manifest.input.shape), seed=0))
     for _ in range(warmup):  # load the models, fill caches

@@ -45,7 +45,6 @@ from benchmarks.dynamic_replay import (
     reference_frames,
     replay,
 )
-from device_runner.policy import CutPolicy
 from device_runner.runner import codec_for
 from sdk.config import DeviceConfig, load_board
 from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
@@ -109,9 +108,9 @@ def live(bundle: Path, manifest: Manifest, config: DeviceConfig, sc: Scenario, *
     follows the trace (TraceShaper), board timing emulated with ``--stretch``."""
     from cloud_tail.tails import TailSet
     from cloud_tail.worker import TailWorker, WorkerConfig
-    from device_runner.heads import LiteRTHeads
-    from device_runner.link import ShapedTransport, TraceShaper
-    from device_runner.runner import Answer, DeviceRunner, RunnerOptions
+    from device_runner.link import TraceShaper
+    from device_runner.runner import Answer, RunnerOptions
+    from device_runner.wiring import wire_runner
     from sdk.broker import EmbeddedBroker
     from sdk.mqtt import MqttTransport
 
@@ -127,10 +126,10 @@ def live(bundle: Path, manifest: Manifest, config: DeviceConfig, sc: Scenario, *
         worker = TailWorker(cloud, tails, WorkerConfig("bench-dynamic-w1"))
         worker.start()
         shaper = TraceShaper(sc.trace, latency_s=sc.link_ms / 1000.0)
-        transport = ShapedTransport(MqttTransport(broker.url, client_id="bench-dynamic"), shaper)
-        runner = DeviceRunner(manifest, cfg, transport, LiteRTHeads(bundle, manifest, cfg.board),
-                              policy=CutPolicy(manifest, cfg.device, allowed_cuts=allowed_cuts),
-                              on_answer=answers.append, options=RunnerOptions(stretch_emulated=True))
+        runner = wire_runner(cfg, MqttTransport(broker.url, client_id="bench-dynamic"), bundle=bundle,
+                             manifest=manifest, shaper=shaper, on_answer=answers.append,
+                             policy_overrides={"allowed_cuts": tuple(allowed_cuts) if allowed_cuts else None},
+                             options=RunnerOptions(stretch_emulated=True))
         try:
             runner.start()
             shaper.t0 = time.time()

@@ -52,9 +52,10 @@ def run_one(bundle: Path, frames_npz: Path, board: str, rate: float, rtt_ms: flo
     from cloud_tail.tails import TailSet
     from cloud_tail.worker import TailWorker, WorkerConfig
     from device_runner.heads import LiteRTHeads
-    from device_runner.link import ConstantRateShaper, ShapedTransport
+    from device_runner.link import ConstantRateShaper
     from device_runner.runner import Answer, DeviceRunner
     from device_runner.sources import NpzSource
+    from device_runner.wiring import wire_runner
     from sdk.broker import EmbeddedBroker
     from sdk.config import load_board, with_overrides
     from sdk.manifest import load_manifest
@@ -68,8 +69,7 @@ def run_one(bundle: Path, frames_npz: Path, board: str, rate: float, rtt_ms: flo
         cfg = with_overrides(load_board(board), broker_url=broker.url, device_id="est-dev",
                              source=f"npz:{frames_npz}")
         heads = LiteRTHeads(bundle, manifest, cfg.board)
-        uplink = ShapedTransport(MqttTransport(broker.url, client_id="est-dev"),
-                                 ConstantRateShaper(rate, latency_s=rtt_ms / 1000.0))
+        shaper = ConstantRateShaper(rate, latency_s=rtt_ms / 1000.0)
         ratios: list[float] = []
         sent = 0
         holder: list[DeviceRunner] = []
@@ -81,7 +81,8 @@ def run_one(bundle: Path, frames_npz: Path, board: str, rate: float, rtt_ms: flo
             if bw is not None:
                 ratios.append(bw / rate)
 
-        runner = DeviceRunner(manifest, cfg, uplink, heads, on_answer=on_answer)
+        runner = wire_runner(cfg, MqttTransport(broker.url, client_id="est-dev"), bundle=bundle, manifest=manifest,
+                             heads=heads, shaper=shaper, on_answer=on_answer)
         holder.append(runner)
         source = NpzSource(frames_npz, tuple(manifest.input.shape), loop=True)
         heads.run(manifest.cuts[-1], next(iter(source)))  # load a model before the clock starts

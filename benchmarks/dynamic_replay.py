@@ -47,7 +47,8 @@ from device_runner.estimator import Estimator
 from device_runner.heads import Prediction
 from device_runner.link import TraceShaper
 from device_runner.policy import Choice, CutPolicy
-from device_runner.runner import DeviceRunner, RunnerOptions, make_estimator
+from device_runner.runner import RunnerOptions, make_estimator
+from device_runner.wiring import policy_for, wire_runner
 from sdk.config import DeviceConfig, load_board
 from sdk.families import model_family
 from sdk.host_speed import board_factor
@@ -402,8 +403,8 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
         if est and (a.bytes or a.probe) and true >= 1e3:
             ratios.append(est / true)
 
-    runner = DeviceRunner(m, cfg, uplink, heads, policy=policy, estimator=estimator, on_answer=on_answer,
-                          clock=clock, sleep=clock.sleep, wait=clock.wait, options=options)
+    runner = wire_runner(cfg, uplink, manifest=m, heads=heads, policy=policy, estimator=estimator,
+                         on_answer=on_answer, clock=clock, sleep=clock.sleep, wait=clock.wait, options=options)
     try:
         runner.start()  # times every candidate head (before the trace starts, as live)
         shaper.t0 = clock()
@@ -414,12 +415,13 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
                    est_ratios=np.array(ratios))
 
 
-def dynamic_policy(s: Setup, *, probe_every: int = 25, expected_cost: bool = True,
+def dynamic_policy(s: Setup, *, probe_every: int | None = None, expected_cost: bool | None = None,
                    allowed: Sequence[int] | None = None) -> object:
-    """The shipped policy over the setup's candidate cuts (or ``allowed``), for :func:`replay`."""
-    cuts = list(allowed) if allowed is not None else sorted({r.cut for r in s.candidates})
-    return lambda device, shaper, clock: CutPolicy(s.manifest, device, probe_every=probe_every, allowed_cuts=cuts,
-                                                   expected_cost=expected_cost)
+    """The shipped policy over the setup's candidate cuts (or ``allowed``), for :func:`replay`: the profile's
+    ``[policy]`` with the knobs given here (``device_runner.wiring.policy_for``, as ``splitedge device``)."""
+    cuts = tuple(allowed) if allowed is not None else tuple(sorted({r.cut for r in s.candidates}))
+    knobs = {"probe_every": probe_every, "expected_cost": expected_cost, "allowed_cuts": cuts}
+    return lambda device, shaper, clock: policy_for(s.manifest, replace(s.config, device=device), knobs)
 
 
 def pinned_policy(s: Setup, r: Route) -> object:

@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "ShapedTransport": "device_runner.link",
     "ConstantRateShaper": "device_runner.link",
     "TraceShaper": "device_runner.link",
+    "wire_runner": "device_runner.wiring",
+    "policy_for": "device_runner.wiring",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,9 +34,10 @@ from typing import TextIO
 from device_runner.heads import LiteRTHeads
 from device_runner.link import ConstantRateShaper, ShapedTransport
 from device_runner.policy import CutPolicy
-from device_runner.runner import Answer, DeviceRunner, RunnerOptions
+from device_runner.runner import Answer, RunnerOptions
 from device_runner.sources import open_source
 from device_runner.update import litert_prepare
+from device_runner.wiring import policy_for, wire_runner
 from sdk import topics
 from sdk.config import load_board, with_overrides
 from sdk.errors import ConfigError
@@ -69,7 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tau", type=float, help="fixed early-exit threshold (default: from the profile's target)")
     p.add_argument("--cut", type=int, action="append", dest="cuts",
                    help="only consider this cut id (repeatable; one --cut pins the cut)")
-    p.add_argument("--probe-every", type=int, default=25, help="probe another cut every N frames (0: never)")
+    p.add_argument("--probe-every", type=int,
+                   help="probe another cut every N frames (0: never; default: the profile's [policy] probe_every, 25)")
     p.add_argument("--stretch", action="store_true",
                    help="with emulated timing, sleep so wall time matches the board (default: report only)")
     p.add_argument("--outbox-dir", type=Path, metavar="DIR",
@@ -108,6 +110,12 @@ def _transport(choice: BrokerChoice, device_id: str, connect_timeout: float) -> 
 def _default_update_dir(device_id: str) -> Path:
     root = Path(os.environ.get("SPLITEDGE_CACHE", Path.home() / ".cache" / "splitedge"))
     return root / "updates" / device_id
+
+
+def policy_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The policy knobs the command line sets; an absent flag (None) keeps the profile's ``[policy]`` value."""
+    return {"probe_every": args.probe_every, "tau_override": args.tau,
+            "allowed_cuts": tuple(args.cuts) if args.cuts else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,16 +165,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.uplink_rate:
             shaper = ConstantRateShaper(args.uplink_rate, latency_s=args.uplink_latency_ms / 1000.0)
             transport = ShapedTransport(transport, shaper)
-        policy = CutPolicy(manifest, cfg.device, probe_every=args.probe_every, tau_override=args.tau,
-                           allowed_cuts=args.cuts)
-        runner = DeviceRunner(
-            manifest, cfg, StoreAndForward(transport, outbox), heads, policy=policy, on_answer=write,
-            options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch),
-        )
+        flags = policy_flags(args)
+        runner = wire_runner(cfg, StoreAndForward(transport, outbox), bundle=args.bundle, manifest=manifest,
+                             heads=heads, policy_overrides=flags, on_answer=write,
+                             options=RunnerOptions(max_inflight=args.max_inflight, stretch_emulated=args.stretch))
         updater = None
         if update_dir is not None:
             def make_policy(m: Manifest) -> CutPolicy:
-                return CutPolicy(m, cfg.device, probe_every=args.probe_every, tau_override=args.tau, allowed_cuts=args.cuts)
+                return policy_for(m, cfg, flags)
 
             updater = BundleUpdater(downlink, args.rollout_group, update_dir, trust=trust, current=manifest,
                                     runner=runner, prepare=litert_prepare(board, make_policy),

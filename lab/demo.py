@@ -142,9 +142,10 @@ class DeviceSpec:
 def run_device(spec: DeviceSpec) -> int:
     """One camera: a DeviceRunner over MQTT (+ the trace shaper), writing one JSON line per answer."""
     from device_runner.heads import LiteRTHeads
-    from device_runner.link import ShapedTransport, TraceShaper
+    from device_runner.link import TraceShaper
     from device_runner.runner import Answer, DeviceRunner, RunnerOptions
     from device_runner.sources import NpzSource
+    from device_runner.wiring import wire_runner
     from sdk.config import load_board, with_overrides
     from sdk.manifest import load_manifest
     from sdk.messages import StatusMessage
@@ -163,10 +164,8 @@ def run_device(spec: DeviceSpec) -> int:
     deadline = time.monotonic() + 10.0
     while not transport.connected and time.monotonic() < deadline:
         time.sleep(0.02)
-    if spec.shaper:
-        shaper = TraceShaper(_load_trace(spec.trace), offset=spec.offset, t0=spec.t0,
-                             latency_s=spec.latency_ms / 1000.0)
-        transport = ShapedTransport(transport, shaper)
+    shaper = TraceShaper(_load_trace(spec.trace), offset=spec.offset, t0=spec.t0,
+                         latency_s=spec.latency_ms / 1000.0) if spec.shaper else None
     out = open(spec.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below, after the runner
     holder: list[DeviceRunner] = []
 
@@ -178,8 +177,8 @@ def run_device(spec: DeviceSpec) -> int:
         out.write(json.dumps(line, separators=(",", ":")) + "\n")
         out.flush()
 
-    runner = DeviceRunner(manifest, cfg, transport, heads, on_answer=write,
-                          options=RunnerOptions(max_inflight=spec.max_inflight))
+    runner = wire_runner(cfg, transport, bundle=spec.bundle, manifest=manifest, heads=heads, shaper=shaper,
+                         on_answer=write, options=RunnerOptions(max_inflight=spec.max_inflight))
     holder.append(runner)
     source = NpzSource(spec.frames, tuple(manifest.input.shape), loop=True)
     heads.run(manifest.cuts[-1], next(iter(source)))  # load a model before the clock starts

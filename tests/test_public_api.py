@@ -22,7 +22,7 @@ PINNED = {
         "Answer", "AnsweredBy", "Choice", "ConstantRateShaper", "CutExecutor", "CutOutput", "CutPolicy", "Decision",
         "DeviceRunner", "Estimates", "Estimator", "FolderSource", "FrameSource", "LiteRTHeads", "NpzSource",
         "Prediction", "RunSummary", "RunnerOptions", "ShapedTransport", "SyntheticSource", "TraceShaper",
-        "make_estimator", "open_source",
+        "make_estimator", "open_source", "policy_for", "wire_runner",
     ],
     "cloud_tail": ["DeviceState", "FleetView", "Refusal", "TailSet", "TailWorker", "Tails", "WorkerConfig"],
     "sdk": [
