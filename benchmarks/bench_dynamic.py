@@ -388,3 +388,7 @@ def run(workloads: Sequence[str] | None = None) -> str:
                "time, the broker hop and the worker's batching wait, and its head times are the 10th percentile of "
                "back-to-back invokes where live times each frame's warm invoke (docs/DYNAMIC.md, 'Replay vs live').")
     return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
