@@ -27,11 +27,9 @@ from pathlib import Path
 import pytest
 
 from sdk import cli
-from sdk.broker import BrokerTls, EmbeddedBroker
 from sdk.manifest import CutKind, load_manifest
-from sdk.mqtt import MqttTransport, TlsConfig
 from sdk.topics import TopicKind, topic
-from tests.conftest import require_mosquitto
+from tests.tls_rig import cloud_tls_broker, make_pki, tls_client, tls_flags
 
 pytest.importorskip("cryptography")
 parser = pytest.importorskip("prometheus_client.parser")
@@ -65,11 +63,6 @@ ca_file = "{pki}/ca.crt"
 cert_file = "{pki}/pi4-01.crt"
 key_file = "{pki}/pi4-01.key"
 """
-
-
-def tls_flags(folder: Path, name: str) -> list[str]:
-    return ["--ca-file", str(folder / "ca.crt"), "--cert-file", str(folder / f"{name}.crt"),
-            "--key-file", str(folder / f"{name}.key")]  # fmt: skip
 
 
 class Proc:
@@ -139,11 +132,8 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def scenario(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    require_mosquitto()
-    pki = tmp_path_factory.mktemp("pki")
-    assert cli.main(["pki", "init", str(pki), "--device", "pi4-01"]) == 0
-    tls = BrokerTls(pki / "ca.crt", pki / "server.crt", pki / "server.key")
-    with EmbeddedBroker(config="cloud-tls", tls=tls) as broker:
+    pki = make_pki(tmp_path_factory.mktemp("pki"), ["pi4-01"])
+    with cloud_tls_broker(pki) as broker:
         worker = Proc(["cloud", "--bundle", str(reference_bundle), "--broker", broker.url, "--worker-id", "m-w1",
                         "--metrics-port", "0", *tls_flags(pki, "splitedge-tail")])  # fmt: skip
         fleet = Proc(["fleet", "--broker", broker.url, "--quiet", "--metrics-port", "0", "--web-port", "0",
@@ -163,8 +153,7 @@ def scenario(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
             assert code == 0
             answers = [json.loads(x) for x in out.read_text().splitlines()]
             # One more "frame" from the same identity that is not a frame: refused 'malformed', no cut known.
-            tls_dev = TlsConfig(str(pki / "ca.crt"), str(pki / "pi4-01.crt"), str(pki / "pi4-01.key"))
-            forger = MqttTransport(broker.url, client_id="pi4-01-garbage", tls=tls_dev)
+            forger = tls_client(broker, pki, "pi4-01", client_id="pi4-01-garbage")
             try:
                 forger.publish(topic("pi4-01", TopicKind.ACT), b"not a splitedge frame", qos=1)
             finally:

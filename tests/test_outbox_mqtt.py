@@ -27,16 +27,16 @@ from device_runner.heads import LiteRTHeads
 from device_runner.policy import CutPolicy
 from device_runner.runner import DeviceRunner, RunnerOptions
 from device_runner.sources import SyntheticSource
-from sdk import cli, topics
-from sdk.broker import BrokerTls, EmbeddedBroker
+from sdk import topics
+from sdk.broker import EmbeddedBroker
 from sdk.config import parse_config
 from sdk.manifest import CutKind, load_manifest
 from sdk.messages import ReportMessage, ResultMessage, TelemetryMessage, decode_message
-from sdk.mqtt import MqttTransport, TlsConfig
+from sdk.mqtt import MqttTransport
 from sdk.outbox import Outbox, StoreAndForward
 from sdk.topics import TopicKind
 from sdk.transport import Message
-from tests.conftest import require_mosquitto
+from tests.tls_rig import cloud_tls_broker, make_pki, tls_client
 
 pytest.importorskip("cryptography")
 pytestmark = pytest.mark.broker
@@ -58,22 +58,18 @@ class RecordingOutbox(Outbox):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("pki")
-    assert cli.main(["pki", "init", str(d), "--device", DEVICE]) == 0
-    return d
+    return make_pki(tmp_path_factory.mktemp("pki"), [DEVICE])
 
 
 @pytest.fixture
 def broker(pki: Path) -> Iterator[EmbeddedBroker]:
-    require_mosquitto()
-    with EmbeddedBroker(config="cloud-tls", tls=BrokerTls(pki / "ca.crt", pki / "server.crt", pki / "server.key")) as b:
+    with cloud_tls_broker(pki) as b:
         yield b
 
 
 def connect(broker: EmbeddedBroker, pki: Path, identity: str, client_id: str, delay: float) -> MqttTransport:
-    tls = TlsConfig(str(pki / "ca.crt"), str(pki / f"{identity}.crt"), str(pki / f"{identity}.key"))
-    return MqttTransport(broker.url, client_id=f"{client_id}-{os.getpid()}", tls=tls,
-                         reconnect_min_delay=delay, reconnect_max_delay=delay)  # fmt: skip
+    return tls_client(broker, pki, identity, client_id=f"{client_id}-{os.getpid()}", reconnect_min_delay=delay,
+                      reconnect_max_delay=delay)
 
 
 def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

@@ -31,16 +31,14 @@ pytest.importorskip("ai_edge_litert")
 
 from cloud_tail.rollout import read_announce  # noqa: E402
 from sdk import cli, topics  # noqa: E402
-from sdk.broker import BrokerTls, EmbeddedBroker  # noqa: E402
 from sdk.manifest import CutKind, load_manifest  # noqa: E402
 from sdk.messages import AnnounceMessage, RolloutState, TelemetryMessage  # noqa: E402
-from sdk.mqtt import MqttTransport, TlsConfig  # noqa: E402
 from sdk.signing import new_key_pair  # noqa: E402
 from sdk.topics import TopicKind  # noqa: E402
 from sdk.transport import Message  # noqa: E402
 from sdk.wire import FrameHeader  # noqa: E402
-from tests.conftest import require_mosquitto  # noqa: E402
 from tests.rollout_bundles import make_version, tamper_head  # noqa: E402
+from tests.tls_rig import cloud_tls_broker, make_pki, tls_client, tls_flags  # noqa: E402
 
 pytestmark = pytest.mark.broker
 REPO = Path(__file__).resolve().parent.parent
@@ -74,28 +72,20 @@ key_file = "{pki}/{device_id}.key"
 """
 
 
-def tls_flags(pki: Path, name: str) -> list[str]:
-    return ["--ca-file", str(pki / "ca.crt"), "--cert-file", str(pki / f"{name}.crt"), "--key-file", str(pki / f"{name}.key")]
-
-
-def client(broker: EmbeddedBroker, pki: Path, name: str) -> MqttTransport:
-    tls = TlsConfig(str(pki / "ca.crt"), str(pki / f"{name}.crt"), str(pki / f"{name}.key"))
-    return MqttTransport(broker.url, client_id=f"test-{name}-{os.getpid()}", tls=tls, reconnect_max_delay=0.5)
+client = tls_client
 
 
 @pytest.fixture(scope="module")
 def world(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    require_mosquitto()
     d = tmp_path_factory.mktemp("rollout-mqtt")
-    pki = d / "pki"
-    assert cli.main(["pki", "init", str(pki), *[a for dev in DEVICES for a in ("--device", dev)]]) == 0
+    pki = make_pki(d / "pki", DEVICES)
     (d / "keys").mkdir()
     private, public = new_key_pair(d / "keys" / "release.pem")
     v1 = make_version(reference_bundle, d / "v1", "1", private)
     v2 = make_version(reference_bundle, d / "v2", "2", private)
     v3 = make_version(reference_bundle, d / "v3", "3", private)
     tamper_head(v3)
-    with EmbeddedBroker(config="cloud-tls", tls=BrokerTls(pki / "ca.crt", pki / "server.crt", pki / "server.key")) as b:
+    with cloud_tls_broker(pki) as b:
         yield {"dir": d, "pki": pki, "pub": public, "v1": v1, "v2": v2, "v3": v3, "broker": b}
 
 

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from sdk import cli, topics
-from sdk.broker import BrokerTls, EmbeddedBroker
+from sdk.broker import EmbeddedBroker
 from sdk.errors import BrokerAuthError, CredentialFileError
 from sdk.manifest import CutKind, load_manifest
 from sdk.mqtt import MqttTransport, TlsConfig
 from sdk.topics import TopicKind
-from tests.conftest import require_mosquitto
+from tests.tls_rig import cloud_tls_broker, make_pki, tls_client, tls_flags
 
 pytest.importorskip("cryptography")
 
@@ -65,27 +65,18 @@ key_file = "{pki}/{device_id}.key"
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``splitedge pki init`` with two devices, plus a second, unrelated CA with its own pi4-01."""
     d = tmp_path_factory.mktemp("pki")
-    assert cli.main(["pki", "init", str(d / "ours"), "--device", "pi4-01", "--device", "pi4-02"]) == 0
-    assert cli.main(["pki", "init", str(d / "other"), "--device", "pi4-01"]) == 0
+    make_pki(d / "ours", ["pi4-01", "pi4-02"])
+    make_pki(d / "other", ["pi4-01"])
     return d
 
 
 @pytest.fixture(scope="module")
 def cloud_broker(certs: Path) -> Iterator[EmbeddedBroker]:
-    require_mosquitto()
-    ours = certs / "ours"
-    with EmbeddedBroker(config="cloud-tls", tls=BrokerTls(ours / "ca.crt", ours / "server.crt", ours / "server.key")) as b:
+    with cloud_tls_broker(certs / "ours") as b:
         yield b
 
 
-def tls_flags(folder: Path, name: str) -> list[str]:
-    return ["--ca-file", str(folder / "ca.crt"), "--cert-file", str(folder / f"{name}.crt"),
-            "--key-file", str(folder / f"{name}.key")]  # fmt: skip
-
-
-def client(broker: EmbeddedBroker, folder: Path, name: str) -> MqttTransport:
-    tls = TlsConfig(str(folder / "ca.crt"), str(folder / f"{name}.crt"), str(folder / f"{name}.key"))
-    return MqttTransport(broker.url, client_id=f"test-{name}-{os.getpid()}", tls=tls, reconnect_max_delay=0.5)
+client = tls_client
 
 
 def test_the_shipped_config_has_one_listener_the_tls_one(cloud_broker: EmbeddedBroker) -> None:
