@@ -26,7 +26,6 @@ the ``sdk`` package (a checkout or an editable install), else ``<prefix>/share/s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import tomllib
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sdk.config_section import REQUIRED, Section, did_you_mean, resolve_path
 from sdk.datafiles import shipped_dirs
 from sdk.errors import ConfigError
 from sdk.families import ModelFamily
@@ -277,120 +277,6 @@ class DeviceConfig:
         return out
 
 
-# --------------------------------------------------------------------------- reading one section
-
-
-#: Marks a key with no default: absent means a ConfigError.
-_REQUIRED: Any = object()
-
-
-class _Section:
-    """Typed, checked access to one TOML table; every error names key, section and file."""
-
-    def __init__(
-        self, name: str, table: Mapping[str, Any], file: Path | None, allowed: tuple[str, ...]
-    ) -> None:
-        self.name, self.table, self.file, self.allowed = name, table, file, allowed
-        for key in table:
-            if key not in allowed:
-                raise ConfigError(
-                    f"unknown key {key!r} in [{name}] of {self._where()}{_did_you_mean(key, allowed)}; "
-                    f"allowed keys in [{name}]: {', '.join(allowed)}. Fix or remove the key."
-                )
-
-    def _where(self) -> str:
-        return str(self.file) if self.file is not None else "<in-memory config>"
-
-    def fail(self, key: str, received: object, expected: str) -> ConfigError:
-        return ConfigError(
-            f"[{self.name}] {key} = {received!r} in {self._where()}: expected {expected}. "
-            "Fix the value in that file (keys are documented in firmware_configs/README.md)."
-        )
-
-    def _get(self, key: str, default: Any, expected: str) -> Any:
-        """The raw value, or `default` when absent (a ConfigError when absent and required)."""
-        if key in self.table:
-            return self.table[key]
-        if default is _REQUIRED:
-            raise ConfigError(
-                f"[{self.name}] {key} is missing in {self._where()}: expected {expected}. "
-                "Add it (keys are documented in firmware_configs/README.md)."
-            )
-        return default
-
-    def string(self, key: str, default: Any = None, pattern: re.Pattern[str] | None = None) -> Any:
-        expected = "a non-empty string" + (f" matching {pattern.pattern}" if pattern else "")
-        value = self._get(key, default, expected)
-        if key not in self.table:
-            return value
-        if not isinstance(value, str) or not value or (pattern and not pattern.fullmatch(value)):
-            raise self.fail(key, value, expected)
-        return value
-
-    def boolean(self, key: str, default: Any = _REQUIRED) -> bool:
-        value = self._get(key, default, "true or false")
-        if key in self.table and not isinstance(value, bool):
-            raise self.fail(key, value, "true or false (a TOML boolean, unquoted)")
-        return value
-
-    def integer(self, key: str, default: Any = None, low: int | None = None, high: int | None = None) -> Any:
-        expected = "an integer" + _range_text(low, high)
-        value = self._get(key, default, expected)
-        if key not in self.table:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, value, expected)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.fail(key, value, expected)
-        return value
-
-    def number(
-        self,
-        key: str,
-        default: Any = None,
-        low: float | None = None,
-        high: float | None = None,
-        low_open: bool = False,
-    ) -> Any:
-        expected = "a number" + _range_text(low, high, low_open)
-        value = self._get(key, default, expected)
-        if key not in self.table:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            raise self.fail(key, value, expected)
-        too_low = low is not None and (value <= low if low_open else value < low)
-        if too_low or (high is not None and value > high):
-            raise self.fail(key, value, expected)
-        return float(value)
-
-    def path(self, key: str) -> Path | None:
-        value = self.string(key, None)
-        return None if value is None else _resolve(value, self.file)
-
-
-def _range_text(low: float | None, high: float | None, low_open: bool = False) -> str:
-    if low is not None and high is not None:
-        return f" in {'(' if low_open else '['}{low}, {high}]"
-    if low is not None:
-        return f" {'>' if low_open else '>='} {low}"
-    if high is not None:
-        return f" <= {high}"
-    return ""
-
-
-def _did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _resolve(value: str, base_file: Path | None) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        base = base_file.parent if base_file is not None else Path.cwd()
-        path = base / path
-    return Path(os.path.normpath(path))
-
-
 # --------------------------------------------------------------------------- the three sections
 
 _BOARD_KEYS = tuple(f.name for f in dataclasses.fields(BoardSpec))
@@ -403,7 +289,7 @@ _SECTIONS = ("board", "device", "broker", "outbox", "policy")
 _FAMILY_KEYS = tuple(f.value for f in ModelFamily)
 
 
-def _parse_families(s: _Section, speed_factor: float) -> tuple[tuple[ModelFamily, float], ...]:
+def _parse_families(s: Section, speed_factor: float) -> tuple[tuple[ModelFamily, float], ...]:
     """``[board.speed_factor_by_family]``: family = factor (> 0); unknown families rejected by name."""
     table = s.table.get("speed_factor_by_family")
     if table is None:
@@ -411,7 +297,7 @@ def _parse_families(s: _Section, speed_factor: float) -> tuple[tuple[ModelFamily
     if not isinstance(table, Mapping):
         raise s.fail("speed_factor_by_family", table, "a table [board.speed_factor_by_family] of family = factor, "
                      f"families from {', '.join(_FAMILY_KEYS)}")
-    sub = _Section("board.speed_factor_by_family", table, s.file, _FAMILY_KEYS)
+    sub = Section("board.speed_factor_by_family", table, s.file, _FAMILY_KEYS)
     factors = {f: sub.number(f.value, None, low=0.0, low_open=True) for f in ModelFamily}
     mobilenet = factors[ModelFamily.MOBILENET]
     if mobilenet is not None and mobilenet != speed_factor:
@@ -420,8 +306,8 @@ def _parse_families(s: _Section, speed_factor: float) -> tuple[tuple[ModelFamily
     return tuple((f, v) for f, v in factors.items() if v is not None)
 
 
-def _parse_board(s: _Section) -> BoardSpec:
-    speed_factor = s.number("speed_factor", _REQUIRED, low=0.0, low_open=True)
+def _parse_board(s: Section) -> BoardSpec:
+    speed_factor = s.number("speed_factor", REQUIRED, low=0.0, low_open=True)
     families = _parse_families(s, speed_factor)
     source = s.string("speed_factor_by_family_source", "") or ""
     if families and not source:
@@ -429,15 +315,15 @@ def _parse_board(s: _Section) -> BoardSpec:
             f"[board] speed_factor_by_family is set but speed_factor_by_family_source is not, in {s._where()}: "
             "expected a string saying where the per-family factors come from (measured or assumed, with the figures)."
         )
-    name = s.string("name", _REQUIRED)
+    name = s.string("name", REQUIRED)
     return BoardSpec(
         name=name,
         description=s.string("description", "") or "",
-        cpu=s.string("cpu", _REQUIRED),
-        threads=s.integer("threads", _REQUIRED, low=1, high=64),
-        memory_budget_mb=s.integer("memory_budget_mb", _REQUIRED, low=1),
+        cpu=s.string("cpu", REQUIRED),
+        threads=s.integer("threads", REQUIRED, low=1, high=64),
+        memory_budget_mb=s.integer("memory_budget_mb", REQUIRED, low=1),
         speed_factor=speed_factor,
-        speed_factor_source=s.string("speed_factor_source", _REQUIRED),
+        speed_factor_source=s.string("speed_factor_source", REQUIRED),
         # The one place the profile's request meets the machine: never emulated on a real Pi (sdk.hardware).
         emulate_timing=emulate_timing(name, s.boolean("emulate_timing", False)),
         speed_factor_by_family=families,
@@ -455,7 +341,7 @@ def parse_source(value: object, base_file: Path | None = None, *, key: str = "so
     try:
         kind = SourceKind(kind_text)
     except ValueError:
-        hint = _did_you_mean(kind_text, [k.value for k in SourceKind])
+        hint = did_you_mean(kind_text, [k.value for k in SourceKind])
         raise ConfigError(
             f"[device] {key} = {value!r} in {where}: unknown source kind{hint}; expected {expected}."
         ) from None
@@ -464,7 +350,7 @@ def parse_source(value: object, base_file: Path | None = None, *, key: str = "so
             raise ConfigError(
                 f"[device] {key} = {value!r} in {where}: {kind.value} needs a path, e.g. '{kind.value}:frames'."
             )
-        return SourceSpec(kind, _resolve(rest, base_file))
+        return SourceSpec(kind, resolve_path(rest, base_file))
     if sep:
         raise ConfigError(
             f"[device] {key} = {value!r} in {where}: {kind.value} takes no ':' argument; expected {expected}."
@@ -472,7 +358,7 @@ def parse_source(value: object, base_file: Path | None = None, *, key: str = "so
     return SourceSpec(kind)
 
 
-def _parse_device(s: _Section) -> DeviceSettings:
+def _parse_device(s: Section) -> DeviceSettings:
     accuracy = s.number("target_accuracy", None, low=0.0, high=1.0, low_open=True)
     escalation = s.number("target_escalation_rate", None, low=0.0, high=1.0)
     if (accuracy is None) == (escalation is None):
@@ -498,7 +384,7 @@ def _parse_device(s: _Section) -> DeviceSettings:
             "codec", codec_value, "one of " + ", ".join(repr(c.value) for c in CodecChoice)
         ) from None
     return DeviceSettings(
-        device_id=s.string("device_id", _REQUIRED, pattern=_DEVICE_ID),
+        device_id=s.string("device_id", REQUIRED, pattern=_DEVICE_ID),
         source=parse_source(s._get("source", "synthetic", ""), s.file),
         fps_cap=s.number("fps_cap", 10.0, low=0.0, high=1000.0, low_open=True),
         deadline_ms=s.number("deadline_ms", 100.0, low=0.0, low_open=True),
@@ -529,9 +415,9 @@ def _check_url(url: str, where: str) -> str:
     return url
 
 
-def _parse_broker(s: _Section) -> BrokerSettings:
+def _parse_broker(s: Section) -> BrokerSettings:
     settings = BrokerSettings(
-        url=_check_url(s.string("url", _REQUIRED), s._where()),
+        url=_check_url(s.string("url", REQUIRED), s._where()),
         username=s.string("username", None),
         password_file=s.path("password_file"),
         ca_file=s.path("ca_file"),
@@ -544,7 +430,7 @@ def _parse_broker(s: _Section) -> BrokerSettings:
     return settings
 
 
-def _parse_outbox(s: _Section) -> OutboxSettings:
+def _parse_outbox(s: Section) -> OutboxSettings:
     return OutboxSettings(
         max_messages=s.integer("max_messages", 1000, low=0),
         max_bytes=s.integer("max_bytes", 1_000_000, low=1),
@@ -552,7 +438,7 @@ def _parse_outbox(s: _Section) -> OutboxSettings:
     )
 
 
-def _parse_policy(s: _Section) -> PolicyOptions:
+def _parse_policy(s: Section) -> PolicyOptions:
     d = PolicyOptions()
     cuts = s._get("allowed_cuts", None, "a non-empty list of cut ids")
     if cuts is not None and (not isinstance(cuts, list) or not cuts
@@ -602,7 +488,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> DeviceCon
     for name in data:
         if name not in _SECTIONS:
             raise ConfigError(
-                f"unknown section [{name}] in {where}{_did_you_mean(name, _SECTIONS)}; "
+                f"unknown section [{name}] in {where}{did_you_mean(name, _SECTIONS)}; "
                 f"allowed sections: {', '.join(f'[{s}]' for s in _SECTIONS)}. Fix or remove it."
             )
     tables = {}
@@ -613,7 +499,7 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> DeviceCon
                 f"section [{name}] is {'missing' if table is None else 'not a table'} in {where}; "
                 f"expected a [{name}] table with keys: {', '.join(keys)}."
             )
-        tables[name] = _Section(name, table, file, keys)
+        tables[name] = Section(name, table, file, keys)
     outbox = data.get("outbox", {})
     if not isinstance(outbox, Mapping):
         raise ConfigError(f"[outbox] in {where} is not a table; expected keys: {', '.join(_OUTBOX_KEYS)}.")
@@ -625,8 +511,8 @@ def parse_config(data: Mapping[str, Any], path: Path | None = None) -> DeviceCon
         device=_parse_device(tables["device"]),
         broker=_parse_broker(tables["broker"]),
         path=file,
-        outbox=_parse_outbox(_Section("outbox", outbox, file, _OUTBOX_KEYS)),
-        policy=_parse_policy(_Section("policy", policy, file, POLICY_KEYS)),
+        outbox=_parse_outbox(Section("outbox", outbox, file, _OUTBOX_KEYS)),
+        policy=_parse_policy(Section("policy", policy, file, POLICY_KEYS)),
     )
 
 
@@ -693,7 +579,7 @@ def load_board(name_or_path: str | os.PathLike[str]) -> DeviceConfig:
     file = config_dir() / f"{text}.toml"
     if not file.is_file():
         raise ConfigError(
-            f"unknown board {text!r}{_did_you_mean(text, boards)}; expected one of {', '.join(boards) or '(none)'} "
+            f"unknown board {text!r}{did_you_mean(text, boards)}; expected one of {', '.join(boards) or '(none)'} "
             f"(from {config_dir()}) or a path to a .toml profile."
         )
     return load_config(file)
@@ -730,5 +616,5 @@ def with_overrides(
         device = dataclasses.replace(device, device_id=device_id)
     outbox = cfg.outbox
     if outbox_dir is not None:
-        outbox = dataclasses.replace(outbox, spool_dir=_resolve(os.fspath(outbox_dir), None))
+        outbox = dataclasses.replace(outbox, spool_dir=resolve_path(os.fspath(outbox_dir), None))
     return dataclasses.replace(cfg, broker=broker, device=device, outbox=outbox)
