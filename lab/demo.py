@@ -352,7 +352,8 @@ def replayed_baselines(bundle: Path, manifest: Manifest, board: str, trace: Band
                        duration: float, fps: float | None, latency_ms: float) -> dict[str, dict[str, float]]:
     """Edge-only, cloud-JPEG, cloud-raw, the best static cut and the dynamic policy replayed on each device's
     stretch of the same trace, board, frame rate and round trip (the simulation of ``splitedge bench dynamic``):
-    {name: {"mean_ms", "accuracy", "route"}}, means over the devices. The live run is set beside them."""
+    {name: {"mean_ms", "accuracy", "route"}}, means over the devices (``route``: each device's, when they differ).
+    The live run is set beside them."""
     from benchmarks.bench_dynamic import scenario
     from benchmarks.dynamic_replay import compare, make_setup, measure
     from device_runner.runner import codec_for
@@ -367,8 +368,9 @@ def replayed_baselines(bundle: Path, manifest: Manifest, board: str, trace: Band
         for name, run in compare(setup, sc, diagnostics=False).items():
             if name in BASELINES:
                 rows.setdefault(name, []).append((float(run.latency_ms.mean()), float(run.correct.mean()), run.route))
+    # best-static may be another route on each device's stretch: name them all (first device first)
     return {name: {"mean_ms": float(np.mean([r[0] for r in v])), "accuracy": float(np.mean([r[1] for r in v])),
-                   "route": v[0][2]} for name, v in rows.items()}
+                   "route": " / ".join(dict.fromkeys(r[2] for r in v))} for name, v in rows.items()}
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int | None:
