@@ -3,7 +3,7 @@
     python -m benchmarks.bench_predict [--deadline-ms 300] [--target 0.95] [--rtt-ms 50] [--duration 600]
     python -m benchmarks.run predict    # the same at the defaults, into docs/BENCHMARKS.md
 
-Every predictor of :mod:`device_runner.predict` runs side by side on every shared trace
+Every predictor of :mod:`benchmarks.predictors` runs side by side on every shared trace
 (``sdk.traces.shared_traces``), first ``--duration`` seconds of each, in two passes:
 
 * **accuracy**: a sender offers one payload per frame (``FRAME_S``, 6 fps) cycling over ``SIZES`` (2, 10, 50,
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_runner.predict import (
+from benchmarks.predictors import (
     ChangePointPredictor,
     EwmaLogNormalPredictor,
     EwmaPredictor,

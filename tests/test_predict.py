@@ -1,4 +1,4 @@
-"""device_runner.predict: each predictor against expectations computed by hand (module doc of predict)."""
+"""benchmarks.predictors: each predictor against expectations computed by hand (module doc of predict)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from device_runner.predict import (
+from benchmarks.predictors import (
     ChangePointPredictor,
     EwmaLogNormalPredictor,
     EwmaPredictor,
