@@ -32,7 +32,8 @@ The implementations (which one wins, measured, is in docs/DYNAMIC.md, "Link pred
 * :class:`ChangePointPredictor` - wraps any of them with a two-sided CUSUM on the standardised log-rate
   and, at a detected change, drops the history before it, so the next plan uses the new regime at once.
 
-numpy only: this runs on the device.
+numpy only, so any of them could run on a device; the one that won (``benchmarks.bench_predict``, docs/DYNAMIC.md
+"Link prediction") does, as ``device_runner.estimator``'s ``bandwidth_log_sd`` with the policy's ``plan_quantile``.
 """
 
 from __future__ import annotations
