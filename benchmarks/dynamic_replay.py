@@ -398,10 +398,10 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
         """Keep the answer; for a frame that sent a payload, once a bandwidth is measured, the estimate over the
         trace's mean rate in the second before (the demo's estimate / true, outages left out)."""
         answers.append(a)
-        est = runner.estimator.bandwidth
-        true = sc.trace.rate_before(shaper.trace_time(clock()))
-        if est and (a.bytes or a.probe) and true >= 1e3:
-            ratios.append(est / true)
+        if a.bytes or a.probe:
+            ratio = sc.trace.estimate_ratio(shaper.trace_time(clock()), runner.estimator.bandwidth)
+            if ratio is not None:
+                ratios.append(ratio)
 
     runner = wire_runner(cfg, uplink, manifest=m, heads=heads, policy=policy, estimator=estimator,
                          on_answer=on_answer, clock=clock, sleep=clock.sleep, wait=clock.wait, options=options)

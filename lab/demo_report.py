@@ -114,12 +114,11 @@ def estimate_tracking(views: list[View], trace: BandwidthTrace, offsets: list[fl
     for i, v in enumerate(views):
         ratios = []
         for a in v.answers:
-            if not a.get("est") or not (a.get("bytes") or a.get("probe")):
+            if not (a.get("bytes") or a.get("probe")):
                 continue
-            tt = offsets[i] + (a["t"] - t0)
-            true = trace.rate_before(tt)
-            if true >= 1e3:
-                ratios.append(a["est"] / true)
+            ratio = trace.estimate_ratio(offsets[i] + (a["t"] - t0), a.get("est"))
+            if ratio is not None:
+                ratios.append(ratio)
         every += ratios
         per_device.append(_ratio_stats(ratios))
     return {"all": _ratio_stats(every), "per_device": per_device}

@@ -21,12 +21,14 @@ import numpy as np
 
 from sdk.errors import TraceError
 
-__all__ = ["MAHIMAHI_PACKET_BYTES", "TRACK_WINDOW_S", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
+__all__ = ["MAHIMAHI_PACKET_BYTES", "OUTAGE_BYTES_PER_S", "TRACK_WINDOW_S", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
 
 MAHIMAHI_PACKET_BYTES = 1500
 MAHIMAHI_BIN_S = 0.010
 #: the window (s) of the trace's mean rate a bandwidth estimate is compared with (estimate / true)
 TRACK_WINDOW_S = 1.0
+#: below this true rate (bytes/s) the trace is in an outage: no estimate / true ratio is taken there
+OUTAGE_BYTES_PER_S = 1e3
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,15 @@ class BandwidthTrace:
         estimate / true ratio)."""
         start = max(0.0, t - window)
         return (self.delivered(t) - self.delivered(start)) / window if t > start else self.rate_at(t)
+
+    def estimate_ratio(self, t: float, estimate: float | None) -> float | None:
+        """A bandwidth ``estimate`` made at ``t`` over :meth:`rate_before` ``t``; None with no estimate, or in an
+        outage of the trace (under 1 kB/s), where any estimate is "off". The demo's and the replay's
+        estimate / true (issue 14's goal: median within 0.7-1.3x)."""
+        if not estimate:
+            return None
+        true = self.rate_before(t)
+        return estimate / true if true >= OUTAGE_BYTES_PER_S else None
 
     def delivered(self, t: float) -> float:
         """Bytes the link could have carried from 0 to t (looping), a non-decreasing function."""
