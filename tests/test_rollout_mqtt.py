@@ -72,8 +72,6 @@ key_file = "{pki}/{device_id}.key"
 """
 
 
-client = tls_client
-
 
 @pytest.fixture(scope="module")
 def world(reference_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
@@ -120,7 +118,7 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
         with lock:
             sent[h.device_id].append((h.seq, h.bundle_id))
 
-    fleet, sniffer = client(b, pki, "splitedge-fleet"), client(b, pki, "splitedge-tail")
+    fleet, sniffer = tls_client(b, pki, "splitedge-fleet"), tls_client(b, pki, "splitedge-tail")
     fleet.subscribe(topics.filter_for(TopicKind.TELEMETRY), on_telemetry, qos=0)
     sniffer.subscribe(topics.filter_for(TopicKind.ACT), on_act, qos=1)
     worker = subprocess.Popen(
@@ -178,7 +176,7 @@ def test_three_devices_switch_mid_stream_every_frame_answered_once_and_a_tampere
                 assert t.bundle_id == f"{m2.wire_bundle_id:08x}" and t.bundle_version == "2", t
                 assert "manifest.sig does not verify" in t.rollout_detail and "modified after signing" in t.rollout_detail
         # The ACL: a device cannot announce (or replace chunks) for its group; only the fleet identity can.
-        forger = client(b, pki, "cam-1")
+        forger = tls_client(b, pki, "cam-1")
         try:
             legit = read_announce(fleet, GROUP, 2.0)
             assert legit is not None and legit.bundle_id == m3.bundle_id
@@ -223,7 +221,7 @@ def test_rollout_refuses_a_bad_signature_before_sending_and_clear_removes_the_gr
     code = cli.main(["rollout", str(world["v3"]), "--group", "hall", "--trust", str(pub), *fleet_flags])
     err = capsys.readouterr().err
     assert code == 1 and "manifest.sig does not verify" in err and len(err.strip().splitlines()) == 1
-    fleet = client(b, pki, "splitedge-fleet")
+    fleet = tls_client(b, pki, "splitedge-fleet")
     try:
         assert read_announce(fleet, "hall", 0.5) is None  # nothing was sent
         assert cli.main(["rollout", str(world["v2"]), "--group", "hall", *fleet_flags]) == 0

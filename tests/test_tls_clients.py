@@ -76,8 +76,6 @@ def cloud_broker(certs: Path) -> Iterator[EmbeddedBroker]:
         yield b
 
 
-client = tls_client
-
 
 def test_the_shipped_config_has_one_listener_the_tls_one(cloud_broker: EmbeddedBroker) -> None:
     log = cloud_broker.log_text()
@@ -124,7 +122,7 @@ def test_device_cloud_and_fleet_with_mutual_tls_answer_a_frame(
 
 def test_the_acl_refuses_a_device_on_another_devices_topic(cloud_broker: EmbeddedBroker, certs: Path) -> None:
     ours = certs / "ours"
-    tail, a, b = (client(cloud_broker, ours, n) for n in ("splitedge-tail", "pi4-01", "pi4-02"))
+    tail, a, b = (tls_client(cloud_broker, ours, n) for n in ("splitedge-tail", "pi4-01", "pi4-02"))
     got: list[tuple[str, bytes]] = []
     try:
         tail.subscribe(topics.shared_filter("acl"), lambda m: got.append((m.topic, m.payload)), qos=1)
