@@ -253,7 +253,9 @@ def make_setup(manifest: Manifest, config: DeviceConfig, data: FrameData, *, off
             cloud_ms[r] = c.tail_ms
         tau[r] = policy.tau(c.index, r.bits) if c.kind is CutKind.SPLIT else math.inf
     plan = policy.plan(make_estimator(manifest, config).snapshot())
-    candidates = tuple(Route(o.index, o.bits) for o in plan.options if o.feasible)
+    q = dev.raw_jpeg_quality  # the runner sends the raw frame as a JPEG of this quality
+    candidates = tuple(Route(o.index, o.bits, q if q is not None and o.kind is CutKind.RAW else 0)
+                       for o in plan.options if o.feasible)
     if any(o.reason.startswith("accuracy") for o in plan.options) and not any(
             o.feasible and o.kind is not CutKind.RAW for o in plan.options):
         notes.append("no cut meets the accuracy budget: candidates planned without it")
@@ -353,11 +355,15 @@ def recorded_outputs(manifest: Manifest, data: FrameData) -> dict[int, list[Reco
 class _CloudAnswers:
     """(cut, bits, seq) -> the recorded class the cloud answers for that frame's payload (module doc)."""
 
-    def __init__(self, data: FrameData, manifest: Manifest) -> None:
+    def __init__(self, data: FrameData, manifest: Manifest, jpeg: int | None = None) -> None:
+        """``jpeg``: the raw frame arrives as a JPEG of that quality (``raw_jpeg_quality`` of the run's profile)."""
         self.data, self.classes = data, manifest.num_classes
+        self.raw = manifest.raw_cut.index if manifest.raw_cut is not None else None
+        self.jpeg = jpeg or 0
 
     def __call__(self, cut: int, bits: int, seq: int) -> tuple[int, tuple[tuple[int, float], ...]]:
-        d, r, k = self.data, Route(cut, bits), seq % self.data.n
+        d, k = self.data, seq % self.data.n
+        r = Route(cut, bits, self.jpeg if cut == self.raw else 0)
         if r in d.cloud_cls:
             cls = int(d.cloud_cls[r][k])
         else:
@@ -379,15 +385,21 @@ def replay(s: Setup, sc: Scenario, make_policy: object, name: str, *, perfect_bw
                      deadline_ms=sc.deadline_ms if sc.deadline_ms is not None else NO_DEADLINE_MS)
     cfg = replace(s.config, device=device)
     hub = InMemoryHub(clock=clock)
-    SimTail(hub.transport("sim-tail"), clock, _CloudAnswers(d, m),
-            lambda cut: s.cloud_ms.get(Route(cut), m.cut(cut).tail_ms))
+    jpeg = device.raw_jpeg_quality
+    raw = m.raw_cut.index if m.raw_cut is not None else None
+    if jpeg is not None and Route(raw or 0, 0, jpeg) not in s.dev_ms:
+        raise ValueError(f"raw_jpeg_quality = {jpeg} of the profile was not measured; the replay measures the "
+                         f"qualities {list(JPEG_QUALITIES)}: use one of them")
+    SimTail(hub.transport("sim-tail"), clock, _CloudAnswers(d, m, jpeg),
+            lambda cut: s.cloud_ms.get(Route(cut, 0, jpeg or 0) if cut == raw else Route(cut), m.cut(cut).tail_ms))
     shaper = TraceShaper(sc.trace, latency_s=sc.link_ms / 1000.0)
     uplink = SimUplink(hub.transport(DEVICE_ID), shaper, clock)
     frames = d.frames if d.frames is not None else np.zeros((d.n, *m.input.shape), dtype=np.uint8)
     board_ms = {r.cut: v for r, v in s.dev_ms.items() if not r.jpeg}
-    heads = RecordedHeads(clock, frames, recorded_outputs(m, d), board_ms)
+    heads = RecordedHeads(clock, frames, recorded_outputs(m, d), board_ms,
+                          raw_ms=s.dev_ms[Route(raw or 0, 0, jpeg)] if jpeg is not None else None)
     policy = make_policy(device, shaper, clock)  # type: ignore[operator]
-    options = RunnerOptions()
+    options = RunnerOptions(stretch_emulated=True)  # device work outside a head (JPEG) is slept on the sim clock
     estimator: Estimator = make_estimator(m, cfg, prior_bandwidth=options.prior_bandwidth)
     if perfect_bw:
         estimator = PerfectBandwidth(estimator, shaper, clock, sc.link_ms)  # type: ignore[assignment]
@@ -451,8 +463,13 @@ def compare(s: Setup, sc: Scenario, *, diagnostics: bool = True) -> dict[str, Po
         name = f"static:{_label(s, r)}"
         runs[name] = replay(s, sc, pinned_policy(s, r), name, route=_label(s, r))
     raw = s.manifest.raw_cut
+    jpeg = _jpeg_route(s)
+    if jpeg is not None:  # the runner pinned to the raw frame as JPEG (the profile's raw_jpeg_quality)
+        name = f"static:{_label(s, jpeg)}"
+        runs[name] = replay(s, sc, pinned_policy(s, jpeg), name, route=_label(s, jpeg))
     if raw is not None:  # what sending the frame would give, even where privacy forbids it (best-static skips it then)
-        open_ = replace(s, config=replace(s.config, device=replace(s.config.device, privacy=False)))
+        open_ = replace(s, config=replace(s.config, device=replace(s.config.device, privacy=False,
+                                                                   raw_jpeg_quality=None)))  # the frame's pixels
         runs["cloud-raw"] = replay(open_, sc, pinned_policy(open_, Route(raw.index)), "cloud-raw", route="raw")
     if s.jpeg is not None:
         runs["cloud-jpeg"] = replace(plain_client(s, sc, s.jpeg, "cloud-jpeg"), route=_label(s, s.jpeg))
@@ -468,8 +485,16 @@ def compare(s: Setup, sc: Scenario, *, diagnostics: bool = True) -> dict[str, Po
     return runs
 
 
+def _jpeg_route(s: Setup) -> Route | None:
+    """The raw frame as the profile's JPEG, where the profile sends it (``raw_jpeg_quality``, no privacy)."""
+    raw, dev = s.manifest.raw_cut, s.config.device
+    if raw is None or dev.raw_jpeg_quality is None or dev.privacy:
+        return None
+    return Route(raw.index, 0, dev.raw_jpeg_quality)
+
+
 def _route_of(s: Setup, r: PolicyRun) -> Route | None:
-    for route in list(s.statics) + [x for x in (s.device, Route(0)) if x is not None]:
+    for route in list(s.statics) + [x for x in (s.device, Route(0), _jpeg_route(s)) if x is not None]:
         if _label(s, route) == r.route:
             return route
     return None

@@ -34,8 +34,10 @@ class RecordedHeads:
     emulated = False  # the times are the board's already: nothing to stretch
 
     def __init__(self, clock: SimClock, frames: np.ndarray, outputs: Mapping[int, Sequence[Recorded]],
-                 board_ms: Mapping[int, float]) -> None:
+                 board_ms: Mapping[int, float], *, raw_ms: float | None = None) -> None:
+        """``raw_ms``: the board ms of encoding the raw frame as JPEG (:meth:`raw_board_ms`)."""
         self.clock, self.frames, self.outputs, self.board_ms = clock, frames, outputs, board_ms
+        self.raw_ms = raw_ms
         self._base = int(frames.__array_interface__["data"][0])
         self._stride = int(frames.strides[0]) if frames.ndim else 0
         self.runs = 0
@@ -46,6 +48,10 @@ class RecordedHeads:
         if self._stride <= 0 or offset < 0 or offset % self._stride or offset // self._stride >= len(self.frames):
             return 0
         return offset // self._stride
+
+    def raw_board_ms(self, host_ms: float) -> float:
+        """The measured board ms of the raw frame's JPEG encoding (the runner sleeps it on the sim clock)."""
+        return self.raw_ms if self.raw_ms is not None else host_ms
 
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
         recorded = self.outputs.get(cut.index)

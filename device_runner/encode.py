@@ -1,4 +1,4 @@
-"""Pack a frame's payload at a cut: the raw frame at the raw cut, else the head's int8 activations at the
+"""Pack a frame's payload at a cut: the raw frame at the raw cut (as a JPEG with ``raw_jpeg_quality``), else the head's int8 activations at the
 chosen bit width, with the profile's codec (the wire format is ``sdk.wire``; this module only chooses
 what goes in). Used by the runner for a frame's own escalation and for shadow probes."""
 
@@ -30,8 +30,10 @@ def codec_for(choice: CodecChoice) -> Codec:
 class PayloadEncoder:
     """One device's payloads for a bundle; the per-cut quantization table is built on a cut's first frame."""
 
-    def __init__(self, manifest: Manifest, device_id: str, codec: Codec) -> None:
+    def __init__(self, manifest: Manifest, device_id: str, codec: Codec, jpeg_quality: int | None = None) -> None:
+        """``jpeg_quality``: the raw frame goes as a JPEG of that quality (``[device] raw_jpeg_quality``)."""
         self.manifest, self.device_id, self.codec = manifest, device_id, codec
+        self.jpeg_quality = jpeg_quality
         self._quant: dict[int, dict[str, tuple[float, int]]] = {}  # per cut: {tensor: (scale, zero point)}
 
     def encode(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
@@ -41,7 +43,8 @@ class PayloadEncoder:
             return encode_raw(
                 device_id=self.device_id, seq=seq, bundle_id=self.manifest.wire_bundle_id,
                 image=np.asarray(frame, dtype=np.uint8)[None], capture_ts=capture_ts,
-                name=cut.tensors[0].name, cut_id=cut.index, codec=self.codec,
+                name=cut.tensors[0].name, cut_id=cut.index,
+                **({"codec": Codec.JPEG, "jpeg_quality": self.jpeg_quality} if self.jpeg_quality else {"codec": self.codec}),
             )  # fmt: skip
         assert out is not None
         quant = self._quant.get(cut.index)

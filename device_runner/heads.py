@@ -312,6 +312,11 @@ class LiteRTHeads:
             self._factor = self.board.emulated_ms(1.0, self.family)
         return measured_ms * self._factor
 
+    def raw_board_ms(self, host_ms: float) -> float:
+        """Board ms of device work outside a head (the raw frame's JPEG encoding), measured as ``host_ms`` here:
+        x the board's factor for no network family when emulating (firmware_configs/README.md)."""
+        return self.board.emulated_ms(host_ms, None) if self.emulated else host_ms
+
     def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
         t0 = time.perf_counter()
         plan = self._plans.get(cut.index)

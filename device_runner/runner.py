@@ -150,7 +150,7 @@ class DeviceRunner:
         #: one seam for time: a simulated clock (benchmarks/sim_clock.py) advances instead of blocking
         self.wait = wait or (lambda cond, timeout: cond.wait(timeout=timeout))
         self.codec = codec_for(config.device.codec)
-        self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
+        self._encoder = PayloadEncoder(manifest, self.device_id, self.codec, config.device.raw_jpeg_quality)
         self.emulated = bool(getattr(executor, "emulated", False))
         self._act_topic = topics.topic(self.device_id, TopicKind.ACT)
         self._lock = threading.RLock()
@@ -161,6 +161,7 @@ class DeviceRunner:
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
         self._seq = 0
+        self._jpeg_sized: set[int] = set()  # raw cut sized before its first plan (process)
         self._started = False
         self._staged: tuple[object, Callable[[object], None] | None] | None = None  # offer_bundle, swapped in process
         self._bundle_seq0 = 0  # the first seq of the running bundle (older ones: measurements dropped)
@@ -259,9 +260,10 @@ class DeviceRunner:
             self.policy = staged.policy or CutPolicy(manifest, self.settings, self.config.policy)  # type: ignore[attr-defined]
             for cut, ms in staged.head_ms.items():  # type: ignore[attr-defined]
                 self.estimator.observe_head(cut, ms)
-            self._encoder = PayloadEncoder(manifest, self.device_id, self.codec)
+            self._encoder = PayloadEncoder(manifest, self.device_id, self.codec, self.settings.raw_jpeg_quality)
             self._timings.clear()
             self._shadows.clear()
+            self._jpeg_sized.clear()
             self._bundle_seq0 = self._seq
             self.rollout = (RolloutState.ACTIVE, manifest.bundle_id[:8], None)
         log.info("switched to bundle %s (%s) at frame %d", manifest.bundle_id[:8], manifest.version, self._seq)
@@ -277,6 +279,10 @@ class DeviceRunner:
         capture_ts = self.clock()
         seq = self._seq
         self._seq += 1
+        if self._encoder.jpeg_quality and self.policy.allow_raw and self.policy.payload_bytes(0) is not None \
+                and 0 not in self._jpeg_sized:  # the raw frame as JPEG: its size and encode time, once before planning
+            self._jpeg_sized.add(0)
+            self._encode(self.manifest.cut(0), 0, seq, frame, None, capture_ts)
         with self._lock:
             decision = self.policy.decide(self.estimator.snapshot())
         choice = decision.choice
@@ -292,7 +298,7 @@ class DeviceRunner:
             self._serve(self.manifest.cut(serve.cut), serve.bits, False, seq, frame, capture_ts, 0.0)
             out, _ = self._run_cut(cut, frame)  # after the frame's answer or send: it keeps the device busy, not the frame
             if cut.kind is not CutKind.DEVICE:  # a probe of the device cut measures its head only
-                payload = self._encoder.encode(cut, choice.bits, seq, frame, out, capture_ts)
+                payload, _ = self._encode(cut, choice.bits, seq, frame, out, capture_ts)
                 self._send_shadow(payload, cut.index, seq)  # after the frame's own payload: never waits behind it
         self.expire()
         self.maybe_telemetry()
@@ -332,6 +338,27 @@ class DeviceRunner:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
 
+    def _encode(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
+                capture_ts: float, offset_ms: float = 0.0) -> tuple[bytes, float]:
+        """The frame's payload at ``cut`` and ``offset_ms`` plus the emulated ms not slept. The raw frame as
+        JPEG is the device's work at the raw cut: its encode time (board ms, ``raw_board_ms`` of the executor)
+        is learned as cut 0's head time and its size as cut 0's bytes (``CutPolicy.observe_payload``)."""
+        if cut.kind is not CutKind.RAW or not self._encoder.jpeg_quality:
+            return self._encoder.encode(cut, bits, seq, frame, out, capture_ts), offset_ms
+        t0 = self.clock()  # the runner's clock: a simulated one charges only the board time (raw_board_ms)
+        payload = self._encoder.encode(cut, bits, seq, frame, out, capture_ts)
+        host_ms = (self.clock() - t0) * 1000.0
+        to_board = getattr(self.executor, "raw_board_ms", None)
+        board_ms = float(to_board(host_ms)) if to_board is not None else host_ms
+        with self._lock:
+            self.estimator.observe_head(cut.index, board_ms)
+            self.policy.observe_payload(cut.index, len(payload))
+        extra = max(0.0, board_ms - host_ms)
+        if extra and self.options.stretch_emulated:
+            self.sleep(extra / 1000.0)
+            extra = 0.0
+        return payload, offset_ms + extra
+
     def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput | None, float]:
         """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept
         (nothing runs on the device at the raw cut: None, 0)."""
@@ -367,7 +394,7 @@ class DeviceRunner:
             self._answer_fallback(pred, frame if cut.kind is CutKind.RAW else None, "inflight_full",
                                   capture_ts, offset_ms, nbytes=0, seq=seq, cut=cut.index, bits=bits, probe=probe)
             return
-        payload = self._encoder.encode(cut, bits, seq, frame, out, capture_ts)
+        payload, offset_ms = self._encode(cut, bits, seq, frame, out, capture_ts, offset_ms)
         pending = Pending(
             seq, capture_ts, capture_ts + (self.settings.deadline_ms - offset_ms) / 1000.0, cut.index, bits,
             len(payload), probe, offset_ms, pred, frame if cut.kind is CutKind.RAW and pred is None else None,

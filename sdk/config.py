@@ -176,6 +176,9 @@ class DeviceSettings:
     overdue_slack_ms: float = 30.0
     #: Ed25519 public key (PEM): only a bundle signed by it is run (``--trust`` overrides; sdk/signing.py)
     trust: Path | None = None
+    #: send the raw frame (cut 0) as a JPEG of this quality (1..95) instead of its uncompressed pixels; None:
+    #: uncompressed (``codec`` applies). The planner prices cut 0 at the size of the JPEGs the device encodes.
+    raw_jpeg_quality: int | None = None
 
     @property
     def tau_target(self) -> tuple[TauTarget, float]:
@@ -398,7 +401,18 @@ def _parse_device(s: Section) -> DeviceSettings:
         overdue_factor=s.number("overdue_factor", 2.0, low=0.0, high=1000.0),
         overdue_slack_ms=s.number("overdue_slack_ms", 30.0, low=0.0),
         trust=s.path("trust"),
+        raw_jpeg_quality=_jpeg_quality(s),
     )
+
+
+def _jpeg_quality(s: Section) -> int | None:
+    value = s._get("raw_jpeg_quality", None, "an integer JPEG quality in [1, 95]")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 95:
+        raise s.fail("raw_jpeg_quality", value, "an integer JPEG quality in [1, 95] (85 is a common choice), or "
+                     "leave it out to send the raw frame uncompressed")
+    return value
 
 
 def _check_url(url: str, where: str) -> str:
