@@ -10,9 +10,13 @@ pure, ``from_bytes`` fails only on truncation, and validity (magic, version, hea
 separate :meth:`FrameHeader.validate`, called by :func:`decode_frame`. The header stores its own
 length, so compatible fields go at the end and older readers skip them.
 
+Codecs: none, zstd (lossless, kept only where it pays) and jpeg (lossy, the raw uint8 frame only;
+encode/decode in :mod:`sdk.jpeg`, quality 1..95).
+
 Decoding raises only :class:`sdk.errors.WireError` subclasses (plus ``MissingDependencyError`` if a
-zstd frame arrives and ``zstandard`` is not installed). Forged sizes are capped before anything is
-allocated: ndim <= 8, elements <= 64 Mi per tensor, zstd output bounded by the size the shape implies.
+zstd / jpeg frame arrives and ``zstandard`` / Pillow is not installed). Forged sizes are capped before
+anything is allocated: ndim <= 8, elements <= 64 Mi per tensor, zstd output bounded by the size the
+shape implies, a JPEG's size and mode checked against the shape before its pixels are decoded.
 
 Speed (the device pays this per frame): :func:`encode_activation` packs the header and descriptors
 with precompiled ``struct`` formats, no intermediate records, and packs via :func:`sdk.packing.wire_codes`
@@ -42,15 +46,8 @@ from sdk.errors import (
     UnknownCodecError,
     UnsupportedVersionError,
 )
-from sdk.packing import (
-    SUPPORTED_BITS,
-    Quantized,
-    dequantize,
-    pack_bits,
-    packed_size,
-    unpack_bits,
-    wire_codes,
-)
+from sdk.jpeg import check_quality, decode_jpeg, encode_jpeg, image_dims
+from sdk.packing import SUPPORTED_BITS, Quantized, dequantize, pack_bits, packed_size, unpack_bits, wire_codes
 
 __all__ = [
     "FLAG_RAW",
@@ -78,10 +75,14 @@ DEVICE_ID_BYTES = 16
 
 
 class Codec(enum.StrEnum):
-    """Lossless compression of one tensor's payload (wire ids: none 0, zstd 1)."""
+    """How one tensor's payload travels (wire ids: none 0, zstd 1, jpeg 2).
+
+    zstd is lossless; jpeg is lossy and only for a raw uint8 frame (:mod:`sdk.jpeg`).
+    """
 
     NONE = "none"
     ZSTD = "zstd"
+    JPEG = "jpeg"
 
 
 class DType(enum.StrEnum):
@@ -94,7 +95,7 @@ class DType(enum.StrEnum):
 
 _HEADER = struct.Struct("<4sHHHH16sQHHIQQ")  # FrameHeader.FORMAT, compiled once
 _SEND_US = struct.Struct("<Q")  # the send time at offset 52
-_CODEC_IDS: dict[Codec, int] = {Codec.NONE: 0, Codec.ZSTD: 1}
+_CODEC_IDS: dict[Codec, int] = {Codec.NONE: 0, Codec.ZSTD: 1, Codec.JPEG: 2}
 _CODECS_BY_ID = {v: k for k, v in _CODEC_IDS.items()}
 _DTYPE_IDS: dict[DType, int] = {DType.UINT8: 0, DType.INT8: 1, DType.PACKED: 2}
 _DTYPES_BY_ID = {v: k for k, v in _DTYPE_IDS.items()}
@@ -146,21 +147,8 @@ class FrameHeader:
     def to_bytes(self) -> bytes:
         """The header as written (always the version-1 layout of :attr:`LENGTH` bytes)."""
         device = _device_id_bytes(self.device_id)
-        return struct.pack(
-            self.FORMAT,
-            self.magic,
-            self.version,
-            self.LENGTH,
-            self.flags,
-            self.tensor_count,
-            device,
-            self.seq,
-            self.cut_id,
-            0,  # reserved
-            self.bundle_id,
-            self.capture_us,
-            self.send_us,
-        )
+        return struct.pack(self.FORMAT, self.magic, self.version, self.LENGTH, self.flags, self.tensor_count,
+                           device, self.seq, self.cut_id, 0, self.bundle_id, self.capture_us, self.send_us)  # fmt: skip
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> FrameHeader:
@@ -172,19 +160,9 @@ class FrameHeader:
         (magic, version, header_len, flags, count, device, seq, cut_id, _reserved, bundle_id, cap, snd) = (
             struct.unpack_from(cls.FORMAT, data, 0)
         )
-        return cls(
-            device_id=device.rstrip(b"\0").decode("utf-8", errors="replace"),
-            seq=seq,
-            cut_id=cut_id,
-            bundle_id=bundle_id,
-            capture_us=cap,
-            send_us=snd,
-            flags=flags,
-            tensor_count=count,
-            magic=bytes(magic),
-            version=version,
-            header_len=header_len,
-        )
+        return cls(device_id=device.rstrip(b"\0").decode("utf-8", errors="replace"), seq=seq, cut_id=cut_id,
+                   bundle_id=bundle_id, capture_us=cap, send_us=snd, flags=flags, tensor_count=count,
+                   magic=bytes(magic), version=version, header_len=header_len)  # fmt: skip
 
     def validate(self) -> None:
         """Raise BadMagicError / UnsupportedVersionError / ShapeMismatchError if this header is unusable."""
@@ -275,15 +253,8 @@ class TensorRecord:
     def packed(cls, name: str, quantized: Quantized) -> TensorRecord:
         """Requantized n-bit codes (from :func:`sdk.packing.requantize`)."""
         codes = quantized.codes
-        return cls(
-            name,
-            tuple(codes.shape),
-            DType.PACKED,
-            quantized.bits,
-            quantized.scale,
-            quantized.zero_point,
-            codes,
-        )
+        return cls(name, tuple(codes.shape), DType.PACKED, quantized.bits, quantized.scale, quantized.zero_point,
+                   codes)  # fmt: skip
 
     def dequantized(self) -> np.ndarray:
         """float32 reals for activations; raw uint8 pixels stay uint8."""
@@ -334,7 +305,7 @@ def _zstd() -> Any:
     return zstandard
 
 
-def _encode_tensor(record: TensorRecord, codec: Codec, zstd_level: int) -> list[bytes]:
+def _encode_tensor(record: TensorRecord, codec: Codec, zstd_level: int, jpeg_quality: int) -> list[bytes]:
     dtype = DType(record.dtype)
     if record.bits not in _ALLOWED_BITS[dtype]:
         raise ValueError(f"tensor {record.name!r}: dtype {dtype} cannot have bits={record.bits}")
@@ -349,7 +320,14 @@ def _encode_tensor(record: TensorRecord, codec: Codec, zstd_level: int) -> list[
             f"tensor {record.name!r}: shape {record.shape} exceeds {MAX_NDIM} dims or {MAX_ELEMENTS} elements"
         )
     name = _name_bytes(record.name)
-    if dtype is DType.PACKED:
+    if codec is Codec.JPEG:
+        if dtype is not DType.UINT8 or image_dims(record.shape) is None:
+            raise ValueError(
+                f"tensor {record.name!r}: codec jpeg got a {dtype} tensor of shape {tuple(record.shape)}; "
+                "JPEG is for raw uint8 frames (DType.UINT8, shape (1, H, W, 3|1), (H, W, 3|1) or (H, W))"
+            )
+        payload = encode_jpeg(data, jpeg_quality)
+    elif dtype is DType.PACKED:
         payload = pack_bits(data, record.bits)
     else:
         payload = np.ascontiguousarray(data).tobytes()
@@ -379,26 +357,15 @@ def _tensor_parts(
     codec: Codec,
     zstd_level: int,
 ) -> list[bytes]:
-    """Descriptor, shape, name and payload of one (already checked) tensor."""
-    wire_codec = Codec.NONE
+    """Descriptor, shape, name and payload of one (already checked) tensor (codec jpeg: the JPEG bytes)."""
+    wire_codec = Codec.JPEG if codec is Codec.JPEG else Codec.NONE
     if codec is Codec.ZSTD and payload:
         compressed = _zstd().ZstdCompressor(level=zstd_level).compress(payload)
         if len(compressed) < len(payload):  # zstd only where it pays
             payload, wire_codec = compressed, Codec.ZSTD
     ndim = len(shape)
-    desc = _DESC.pack(
-        _DESC_FIXED + 4 * ndim + len(name),
-        _DTYPE_IDS[dtype],
-        bits,
-        _CODEC_IDS[wire_codec],
-        ndim,
-        len(name),
-        0,
-        float(scale),
-        int(zero_point),
-        len(payload),
-        zlib.crc32(payload),
-    )
+    desc = _DESC.pack(_DESC_FIXED + 4 * ndim + len(name), _DTYPE_IDS[dtype], bits, _CODEC_IDS[wire_codec],
+                      ndim, len(name), 0, float(scale), int(zero_point), len(payload), zlib.crc32(payload))  # fmt: skip
     return [desc, _SHAPE_STRUCTS[ndim].pack(*shape), name, payload]
 
 
@@ -436,14 +403,18 @@ def encode_frame(
     flags: int = 0,
     codec: Codec = Codec.NONE,
     zstd_level: int = 1,
+    jpeg_quality: int = 85,
 ) -> bytes:
     """Encode one frame. Timestamps are float seconds since the epoch (stored as µs; send_ts None -> 0).
 
     ``codec`` applies to every tensor, but zstd is kept only for payloads it makes smaller (each
-    tensor's descriptor says which codec it travelled with). ``bundle_id``: first 4 bytes of the
-    bundle's content hash as a big-endian u32 (``int(sha256_hex[:8], 16)``). Misuse -> ValueError.
+    tensor's descriptor says which codec it travelled with). ``codec=Codec.JPEG`` (lossy, at
+    ``jpeg_quality`` 1..95) takes only raw uint8 frames (:mod:`sdk.jpeg`). ``bundle_id``: first 4 bytes of
+    the bundle's content hash as a big-endian u32 (``int(sha256_hex[:8], 16)``). Misuse -> ValueError.
     """
     codec = Codec(codec)
+    if codec is Codec.JPEG:
+        check_quality(jpeg_quality)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise ValueError(f"tensor names must be unique; got {names}")
@@ -455,7 +426,7 @@ def encode_frame(
         tensor_count=len(tensors),
     )]  # fmt: skip
     for record in tensors:
-        parts.extend(_encode_tensor(record, codec, zstd_level))
+        parts.extend(_encode_tensor(record, codec, zstd_level, jpeg_quality))
     return b"".join(parts)
 
 
@@ -481,6 +452,8 @@ def encode_activation(
     records (module docstring: this is the per-frame fast path).
     """
     codec = codec if codec.__class__ is Codec else Codec(codec)
+    if codec is Codec.JPEG:
+        raise ValueError("codec jpeg is for raw uint8 frames (encode_raw), not activations; use none or zstd")
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits={bits!r} is not supported; expected one of {SUPPORTED_BITS}")
     if len(activations) > MAX_TENSORS:
@@ -524,12 +497,13 @@ def encode_raw(
     send_ts: float | None = None,
     codec: Codec = Codec.NONE,
     zstd_level: int = 1,
+    jpeg_quality: int = 85,
 ) -> bytes:
-    """Encode a raw uint8 camera frame (cut s = 0): flag FLAG_RAW, one DType.UINT8 tensor."""
+    """Encode a raw uint8 camera frame (cut s = 0): flag FLAG_RAW, one DType.UINT8 tensor (jpeg: lossy)."""
     return encode_frame(
         device_id=device_id, seq=seq, cut_id=cut_id, bundle_id=bundle_id,
         tensors=[TensorRecord.raw(name, image)], capture_ts=capture_ts, send_ts=send_ts,
-        flags=FLAG_RAW, codec=codec, zstd_level=zstd_level,
+        flags=FLAG_RAW, codec=codec, zstd_level=zstd_level, jpeg_quality=jpeg_quality,
     )  # fmt: skip
 
 
@@ -575,8 +549,10 @@ def _decode_tensor(view: memoryview, offset: int, index: int) -> tuple[TensorRec
         )
     dtype, codec = _DTYPES_BY_ID[dtype_id], _CODECS_BY_ID[codec_id]
     if bits not in _ALLOWED_BITS[dtype]:
+        raise ShapeMismatchError(f"{where}: dtype {dtype} with bits {bits}; expected one of {_ALLOWED_BITS[dtype]}")  # fmt: skip
+    if codec is Codec.JPEG and (dtype is not DType.UINT8 or bits != 8):
         raise ShapeMismatchError(
-            f"{where}: dtype {dtype} with bits {bits}; expected one of {_ALLOWED_BITS[dtype]}"
+            f"{where}: codec jpeg with dtype {dtype}, bits {bits}; JPEG carries only raw uint8 frames (bits 8)"
         )
     if _extent(shape) > MAX_ELEMENTS:
         raise ShapeMismatchError(
@@ -594,6 +570,9 @@ def _decode_tensor(view: memoryview, offset: int, index: int) -> tuple[TensorRec
         raise ChecksumError(
             f"{where}: CRC32 of the payload is {actual_crc:#010x}; descriptor says {crc:#010x}"
         )
+    if codec is Codec.JPEG:
+        data = decode_jpeg(payload, shape, where)
+        return TensorRecord(name, tuple(shape), dtype, bits, scale, zp, data, codec), start + length
     expected = packed_size(count, bits)
     if codec is Codec.ZSTD:
         payload = memoryview(_zstd_decompress(payload, expected, where))
