@@ -31,6 +31,8 @@ from sdk.manifest import CutSpec
 from sdk.packing import unpack_bits, wire_codes
 from sdk.wire import Codec, decode_frame, encode_activation, encode_raw
 
+JPEG_QUALITY = 85  # the raw frame as JPEG at this quality: one more row (sdk/jpeg.py)
+
 COMMAND = "python -m benchmarks.bench_wire"
 REPEAT = 20
 #: fewer repeats for payloads above this many int8 bytes (a 224 px model's early cuts): the best of 10 is as stable
@@ -63,9 +65,10 @@ def cut_rows(target: _workloads.Target, repeat: int = REPEAT) -> list[str]:
         image = frame[0]
         name = m.raw_cut.tensors[0].name if m.raw_cut.tensors else "input"
         sizes, enc, dec = [], [], []
-        for codec in Codec:
+        for codec in (Codec.NONE, Codec.ZSTD, Codec.JPEG):
             def encode(c: Codec = codec) -> bytes:
-                return encode_raw(**common, image=image, name=name, cut_id=m.raw_cut.index, codec=c)
+                return encode_raw(**common, image=image, name=name, cut_id=m.raw_cut.index, codec=c,
+                                  jpeg_quality=JPEG_QUALITY)
 
             data = encode()
             sizes.append(len(data))
@@ -74,6 +77,9 @@ def cut_rows(target: _workloads.Target, repeat: int = REPEAT) -> list[str]:
         rows.append(f"| {m.raw_cut.index} raw frame | uint8 {'x'.join(map(str, m.input.shape))} | {raw_bytes:,} | - | "
                     f"{raw_bytes:,} | - | - | {sizes[0]:,} / {sizes[1]:,} | {sizes[0] / raw_bytes:.3f}x / "
                     f"{sizes[1] / raw_bytes:.3f}x | {_ms(enc[0])} / {_ms(enc[1])} | {_ms(dec[0])} / {_ms(dec[1])} |")
+        rows.append(f"| {m.raw_cut.index} raw frame as JPEG q{JPEG_QUALITY} (`raw_jpeg_quality`) | uint8 "
+                    f"{'x'.join(map(str, m.input.shape))} | {raw_bytes:,} | - | - | - | - | {sizes[2]:,} | "
+                    f"{sizes[2] / raw_bytes:.3f}x | {_ms(enc[2])} | {_ms(dec[2])} |")
     for cut in target.splits:
         head = LiteRTModel(root / cut.head.path)
         res = head.run({next(iter(head.inputs)): frame})
@@ -107,7 +113,7 @@ def _split_rows(cut: CutSpec, acts: dict[str, np.ndarray], bits_list: tuple[int,
 
             unpack_cell = _ms(best_of(unpack, n))
         sizes, enc, dec = [], [], []
-        for codec in Codec:
+        for codec in (Codec.NONE, Codec.ZSTD):  # JPEG is for the raw frame only
             def encode(b: int = bits, c: Codec = codec) -> bytes:
                 return encode_activation(**common, cut_id=cut.index, activations=acts, quant=quant, bits=b, codec=c)
 

@@ -39,7 +39,7 @@ def test_public_api_is_pinned():
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("codec", list(Codec))
+@pytest.mark.parametrize("codec", [Codec.NONE, Codec.ZSTD])  # JPEG: raw frames only (test_wire_jpeg.py)
 @pytest.mark.parametrize("bits", [8, 6, 4, 2])
 def test_multi_tensor_activation_round_trip(codec, bits):
     data = encode_activation(**COMMON, activations=ACTS, quant=QUANT, bits=bits, codec=codec, send_ts=1.5e9)
