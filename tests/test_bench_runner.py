@@ -40,10 +40,10 @@ def test_write_replaces_only_its_own_section(tmp_path, monkeypatch):
 
 @pytest.fixture
 def only_digits_trained(tmp_path, monkeypatch):
-    """The two 224 px workloads' trained models point at missing files, digits at its real asset."""
+    """Every real-scale workload's trained model points at a missing file, digits at its real asset."""
     from converter import workloads as wl
 
-    for name in ("mobilenetv2-fashion", "resnet50-fashion"):
+    for name in [n for n in wl.names() if n != "digits"]:
         monkeypatch.setitem(wl.WORKLOADS, name, replace(wl.WORKLOADS[name], asset=tmp_path / "absent" / "x" / "m.keras"))
     monkeypatch.delenv(_workloads.ENV, raising=False)
     return wl
@@ -52,7 +52,7 @@ def only_digits_trained(tmp_path, monkeypatch):
 def test_default_workloads_are_the_trained_ones_and_the_rest_are_listed_with_their_command(only_digits_trained):
     present, missing = _workloads.choose(None)
     assert [w.name for w in present] == ["digits"]
-    assert [w.name for w in missing] == ["mobilenetv2-fashion", "resnet50-fashion"]
+    assert [w.name for w in missing] == ["mobilenetv2-fashion", "resnet50-fashion", "resnet50-fashion-224"]
     assert _workloads.choose("all") == (present, missing)
     line = _workloads.missing_line(only_digits_trained.get("resnet50-fashion"))
     assert "python scripts/train_workload.py --arch resnet50" in line and "not measured" in line
