@@ -50,6 +50,7 @@ from sdk.config import DeviceConfig, load_board
 from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.manifest import Manifest, load_manifest
 from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
+from sdk.traces import pick_trace as _pick_trace
 
 __all__ = [
     "DEFAULT_FRAMES", "JPEG_QUALITIES", "FrameData", "PolicyRun", "Route", "Scenario", "Setup", "compare",
@@ -163,7 +164,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workload", choices=names(), default=DEFAULT_WORKLOAD,
                    help=f"the model and frames (default {DEFAULT_WORKLOAD}, as the demo; splitedge reference --list)")
     p.add_argument("--bundle", type=Path, help="default: the workload's bundle (built/reused)")
-    p.add_argument("--trace", help="a mahimahi .up or 'seconds Mbit/s' file; default: the synthetic stand-in")
+    p.add_argument("--trace", help="a mahimahi .up or 'seconds Mbit/s' file (default: the demo's, sdk.defaults.DEFAULT_TRACE from "
+                   "the shared traces, else the synthetic stand-in; 'synthetic' forces it)")
     p.add_argument("--board", default=DEFAULT_BOARD, help=f"a profile name or path (default {DEFAULT_BOARD}, as the demo)")
     p.add_argument("--fps", type=float, help="frame rate (default: the profile's fps_cap)")
     p.add_argument("--duration", type=float, help="seconds replayed (default: the trace's length, at most 300)")
@@ -188,10 +190,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def pick_trace(path: str | None) -> tuple[BandwidthTrace, str]:
-    """The trace to replay and a note when the synthetic stand-in is used."""
-    if path and path != "synthetic":
-        return load_trace(path), ""
-    return synthetic_trace(0), "note: no trace given or found; using the synthetic stand-in (sdk.traces.synthetic_trace(0))"
+    """The trace to replay and a note naming it: the demo's (``sdk.traces.pick_trace``), so that
+    ``bench dynamic`` without ``--trace`` replays the same file as ``splitedge demo``."""
+    _, trace, note = _pick_trace(path)
+    return trace, f"note: {note}"
 
 
 def reference_bundle(workload: str = "digits") -> tuple[Path, Manifest]:

@@ -282,7 +282,11 @@ class DeviceRunner:
         if self._encoder.jpeg_quality and self.policy.allow_raw and self.policy.payload_bytes(0) is not None \
                 and 0 not in self._jpeg_sized:  # the raw frame as JPEG: its size and encode time, once before planning
             self._jpeg_sized.add(0)
-            self._encode(self.manifest.cut(0), 0, seq, frame, None, capture_ts)
+            raw = self.manifest.cut(0)
+            # Untimed first: the process's first encode loads Pillow's JPEG codec (~100 ms here, 400 ms once
+            # scaled to a Zero 2 W), and a raw cut priced at that would never be tried again to correct it.
+            self._encoder.encode(raw, 0, seq, frame, None, capture_ts)
+            self._encode(raw, 0, seq, frame, None, capture_ts)
         with self._lock:
             decision = self.policy.decide(self.estimator.snapshot())
         choice = decision.choice

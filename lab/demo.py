@@ -55,15 +55,14 @@ from lab.demo_report import (
     progress,
     summarise,
 )
-from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD
-from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
+from sdk.defaults import CELLULAR_RTT_MS, DEFAULT_BOARD, DEFAULT_TRACE
+from sdk.traces import BandwidthTrace, load_trace, pick_trace, synthetic_trace
 
 if TYPE_CHECKING:
     from sdk.manifest import Manifest
 
 __all__ = ["DeviceSpec", "answer_problems", "check_shaper", "main", "parse_args", "run_device"]
 
-DEFAULT_TRACE = "ATT-LTE-driving-2016.up"
 _REPO = Path(__file__).resolve().parents[1]
 
 
@@ -247,17 +246,6 @@ def _say(text: str) -> None:
     print(f"splitedge demo: {text}", flush=True)
 
 
-def _pick_trace(arg: str | None) -> tuple[str, BandwidthTrace, str]:
-    if arg and arg != "synthetic":
-        return arg, load_trace(arg), f"trace {arg}"
-    found = [] if arg == "synthetic" else shared_traces()
-    if found:
-        path = next((p for p in found if p.name == DEFAULT_TRACE), found[0])
-        return str(path), load_trace(path), f"real trace {path.name} ({path.resolve()})"
-    why = "asked for" if arg == "synthetic" else "no real trace found (../shared/traces is absent)"
-    return "synthetic:0", synthetic_trace(0), f"SYNTHETIC trace synthetic-0 ({why}; not a measured link)"
-
-
 def _workload(arg: str | None, bundle: Path | None) -> str | None:
     """--workload, else the one --bundle was built from (None: a user's bundle), else the default."""
     from converter.workloads import DEFAULT_WORKLOAD, for_manifest
@@ -413,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = _bundle(args.bundle, workload).resolve()
     manifest = load_manifest(bundle)
     shape = tuple(int(d) for d in manifest.input.shape)
-    trace_spec, trace, trace_note = _pick_trace(args.trace)
+    trace_spec, trace, trace_note = pick_trace(args.trace)
     n = args.devices
     offsets = [i * trace.period / n for i in range(n)]
     frame_paths, labels = _frames(args.frames, n, out, shape, workload)

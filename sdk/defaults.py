@@ -5,11 +5,12 @@
   uplink (THEORY.md, "Round trip"). Both commands charge it once per offloaded frame, on the uplink: the
   answer's way back is not delayed again.
 * :data:`BENCH_RTTS_MS`: the round trips the docs/BENCHMARKS.md dynamic tables are replayed at.
+* :data:`DEFAULT_TRACE`: the real uplink trace both replay when none is named (``sdk.traces.pick_trace``).
 """
 
 from __future__ import annotations
 
-__all__ = ["BENCH_RTTS_MS", "CELLULAR_RTT_MS", "DEFAULT_BOARD"]
+__all__ = ["BENCH_RTTS_MS", "CELLULAR_RTT_MS", "DEFAULT_BOARD", "DEFAULT_TRACE"]
 
 #: The board profile (firmware_configs/<name>.toml) of `splitedge demo` and `splitedge bench dynamic`.
 DEFAULT_BOARD = "pi4"
@@ -30,3 +31,7 @@ more on a loaded cell or 3G: the benchmark tables show 20, 50 and 100 ms (:data:
 
 #: The round trips (ms) of the docs/BENCHMARKS.md dynamic tables: near core / typical LTE / loaded cell or 3G.
 BENCH_RTTS_MS: tuple[float, ...] = (20.0, CELLULAR_RTT_MS, 100.0)
+
+#: The shared trace (file name under ../shared/traces) both commands replay without ``--trace``: an LTE uplink
+#: recorded while driving (mahimahi's ATT-LTE-driving-2016), whose dips and outages give the cut something to follow.
+DEFAULT_TRACE = "ATT-LTE-driving-2016.up"

@@ -21,7 +21,8 @@ import numpy as np
 
 from sdk.errors import TraceError
 
-__all__ = ["MAHIMAHI_PACKET_BYTES", "OUTAGE_BYTES_PER_S", "TRACK_WINDOW_S", "BandwidthTrace", "load_trace", "shared_traces", "synthetic_trace"]
+__all__ = ["MAHIMAHI_PACKET_BYTES", "OUTAGE_BYTES_PER_S", "TRACK_WINDOW_S", "BandwidthTrace", "load_trace", "pick_trace", "shared_traces",
+           "synthetic_trace"]
 
 MAHIMAHI_PACKET_BYTES = 1500
 MAHIMAHI_BIN_S = 0.010
@@ -168,6 +169,24 @@ def shared_traces(root: str | Path | None = None) -> list[Path]:
     if not base.is_dir():
         return []
     return sorted(p for p in base.rglob("*") if p.is_file() and (p.suffix == ".up" or p.suffix == ".log"))
+
+
+def pick_trace(arg: str | None, root: str | Path | None = None) -> tuple[str, BandwidthTrace, str]:
+    """(spec a device process reloads, trace, a note naming the file actually read) for ``--trace ARG``.
+
+    A path loads that file; None picks ``sdk.defaults.DEFAULT_TRACE`` among the shared traces (else the first
+    one found); 'synthetic', or no shared traces at all, gives the seeded synthetic stand-in, and the note
+    says so in capitals: it is not a measured link."""
+    from sdk.defaults import DEFAULT_TRACE
+
+    if arg and arg != "synthetic":
+        return arg, load_trace(arg), f"trace {arg}"
+    found = [] if arg == "synthetic" else shared_traces(root)
+    if found:
+        path = next((p for p in found if p.name == DEFAULT_TRACE), found[0])
+        return str(path), load_trace(path), f"real trace {path.name} ({path.resolve()})"
+    why = "asked for" if arg == "synthetic" else "no real trace found (../shared/traces is absent)"
+    return "synthetic:0", synthetic_trace(0), f"SYNTHETIC trace synthetic-0 ({why}; not a measured link)"
 
 
 def synthetic_trace(seed: int = 0, duration_s: float = 120.0, step_s: float = 1.0) -> BandwidthTrace:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
+from sdk.traces import BandwidthTrace, load_trace, pick_trace, shared_traces, synthetic_trace
 
 
 def steps(*rates: float, step: float = 1.0) -> BandwidthTrace:
@@ -132,3 +132,24 @@ def test_rate_before_is_the_mean_rate_over_the_window_before_t() -> None:
     assert tr.rate_before(2.5) == pytest.approx(2000.0)
     assert tr.rate_before(3.5, window=1.0) == pytest.approx(3000.0)
     assert tr.rate_before(0.5) == pytest.approx(500.0)
+
+
+def test_pick_trace_names_the_file_it_read_and_says_synthetic_in_capitals(tmp_path: Path) -> None:
+    from sdk.defaults import DEFAULT_TRACE
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "Aaa-first.up").write_text("0\n5\n10\n")
+    (tmp_path / "b").mkdir()
+    default = tmp_path / "b" / DEFAULT_TRACE
+    default.write_text("0\n1\n2\n3\n")
+    spec, trace, note = pick_trace(None, root=tmp_path)
+    assert spec == str(default) and note == f"real trace {DEFAULT_TRACE} ({default.resolve()})"  # not the first found
+    assert trace.period == load_trace(default).period
+    default.unlink()
+    assert pick_trace(None, root=tmp_path)[0].endswith("Aaa-first.up")  # without the default: the first one
+    spec, trace, note = pick_trace(None, root=tmp_path / "absent")
+    assert spec == "synthetic:0" and trace.name == "synthetic-0" and note.startswith("SYNTHETIC") and "absent" in note
+    assert "asked for" in pick_trace("synthetic", root=tmp_path)[2]
+    own = tmp_path / "mine.log"
+    own.write_text("0 2.0\n1 4.0\n")
+    assert pick_trace(str(own))[::2] == (str(own), f"trace {own}")
