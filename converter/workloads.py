@@ -136,7 +136,7 @@ WORKLOADS: dict[str, Workload] = {
     )
 }
 #: The workload of `splitedge demo` and `splitedge bench dynamic` when none is named.
-DEFAULT_WORKLOAD = "mobilenetv2-fashion"
+DEFAULT_WORKLOAD = "resnet50-fashion-224"
 
 
 def names() -> list[str]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 __all__ = ["BENCH_RTTS_MS", "CELLULAR_RTT_MS", "DEFAULT_BOARD", "DEFAULT_TRACE"]
 
-#: The board profile (firmware_configs/<name>.toml) of `splitedge demo` and `splitedge bench dynamic`.
-DEFAULT_BOARD = "pi4"
+#: The board profile (firmware_configs/<name>.toml) of `splitedge demo` and `splitedge bench dynamic`: the
+#: Zero 2 W camera whose raw frame may leave it as a JPEG, where the default workload (ResNet-50 at 224 px,
+#: ~200 ms on the board) is slow enough for the cloud to answer first over an LTE round trip (docs/DYNAMIC.md).
+DEFAULT_BOARD = "zero2w-offload"
 
 CELLULAR_RTT_MS = 50.0
 """Round trip of a good LTE uplink to a cloud region, in ms: 50.

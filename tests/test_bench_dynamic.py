@@ -218,7 +218,7 @@ def test_defaults_are_the_demos_board_and_an_lte_round_trip() -> None:
     from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 
     args, demo_args = bd.parse_args([]), demo.parse_args([])
-    assert args.board == demo_args.board == DEFAULT_BOARD == "pi4"  # the demo's board, defined once
+    assert args.board == demo_args.board == DEFAULT_BOARD == "zero2w-offload"  # the demo's board, defined once
     assert args.link_ms == demo_args.latency_ms == CELLULAR_RTT_MS == 50.0  # one round trip, defined once
     assert BENCH_RTTS_MS == (20.0, 50.0, 100.0)
     assert bd.scenario(constant(1e6), parse_config(PROFILE)).link_ms == CELLULAR_RTT_MS

@@ -12,12 +12,12 @@ from sdk.errors import BundleError
 
 def test_names_put_the_default_first_and_keep_digits_for_tests():
     names = workloads.names()
-    assert names[0] == workloads.DEFAULT_WORKLOAD == "mobilenetv2-fashion"
+    assert names[0] == workloads.DEFAULT_WORKLOAD == "resnet50-fashion-224"
     assert set(names) == {"mobilenetv2-fashion", "resnet50-fashion", "resnet50-fashion-224", "digits"}
 
 
 def test_an_unknown_workload_names_the_known_ones():
-    with pytest.raises(BundleError, match="unknown workload 'cats'; expected one of mobilenetv2-fashion"):
+    with pytest.raises(BundleError, match="unknown workload 'cats'; expected one of resnet50-fashion-224, mobilenetv2-fashion"):
         workloads.get("cats")
 
 
