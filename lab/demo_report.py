@@ -8,6 +8,7 @@ process (that is :mod:`lab.demo`). Plots need matplotlib (the cloud side's depen
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -180,6 +181,8 @@ def summarise(views: list[View], shape: tuple[int, ...], codes: list[int | None]
         "bytes_sent": sent, "raw_frame_bytes": raw,
         "latency_mean_ms": float(np.mean(lat)),
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p95_ms": float(np.percentile(lat, 95)),
+        "latency_by_answer_ms": {w: float(np.mean(ms)) for w in ("device", "cloud", "deadline")
+                                 if (ms := [a["latency_ms"] for a in answers if a.get("answered_by") == w])},
         "accuracy": (sum(correct) / len(correct)) if correct else None,
         "per_device": [{"frames": v.summary["frames"] if v.summary else None,
                         "answered": {w: v.count(w) for w in ("device", "cloud", "deadline")},
@@ -201,6 +204,8 @@ def cloud_totals(out: Path, workers: int) -> dict:
             total[key] += int(t[key])
         for code, k in t["errors"].items():
             total["errors"][code] = total["errors"].get(code, 0) + int(k)
+        if t.get("tail_ms_p50") is not None:  # the slowest worker's median tail: what a frame waited for
+            total["tail_ms_p50"] = max(float(t["tail_ms_p50"]), total.get("tail_ms_p50", 0.0))
     return total
 
 
@@ -250,8 +255,28 @@ def verdict(s: dict) -> list[str]:
                      "frames answered by the cloud")
     else:
         lines.append(f"  verdict           the live run ({live:.1f} ms) did NOT beat {best_name} ({best:.1f} ms): "
-                     "the broker and worker path (not replayed) and the policy's probes cost more than the split saved")
+                     + _why_live_lost(s, edge))
     return lines
+
+
+def _why_live_lost(s: dict, edge: float | None) -> str:
+    """What the live run paid that the replay did not, from its own answers: a device-cut frame slower than the
+    replayed edge-only means the emulating host was short of cores (emulated ms scale the host's ms), and the
+    cloud's answers carry the broker, the worker's queue and its tail time on the same loaded host."""
+    by = s.get("latency_by_answer_ms", {})
+    parts = []
+    dev = by.get("device")
+    if dev is not None and edge is not None and dev > 1.1 * edge:
+        parts.append(f"a frame answered on the device took {dev:.1f} ms live vs {edge:.1f} ms replayed, so this "
+                     f"host ({os.cpu_count()} cores for every device, the worker and the broker) was loaded and "
+                     "its emulated times stretched; try fewer --devices")
+    if by.get("cloud") is not None:
+        tail = s.get("cloud", {}).get("tail_ms_p50")
+        parts.append(f"a frame answered by the cloud took {by['cloud']:.1f} ms"
+                     + (f" (the worker's tail p50 {tail:.1f} ms)" if tail is not None else ""))
+    if by.get("deadline") is not None:
+        parts.append(f"{s['answered'].get('deadline', 0)} frames hit the deadline ({by['deadline']:.1f} ms each)")
+    return "; ".join(parts) or "the broker and worker path (not replayed) cost more than the split saved"
 
 
 def cut_labels(manifest: Manifest) -> dict[int, str]:

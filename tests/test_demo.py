@@ -171,6 +171,15 @@ def test_verdict_says_whether_the_split_beat_edge_only_and_cloud_jpeg_and_why_no
     assert "did not pay here" in noise[-1] and "beat" not in noise[-1]
     lost = verdict(_summary(live=200.0, cloud=6, edge=400.0, jpeg=150.0))
     assert "did NOT beat cloud-JPEG (150.0 ms)" in lost[-1]
+    # Why, from the live answers: the device-cut frames slower than replayed (a loaded host), the cloud's own.
+    slow = {**_summary(live=230.0, cloud=5, edge=200.0, jpeg=170.0),
+            "latency_by_answer_ms": {"device": 247.1, "cloud": 170.5, "deadline": 577.6}, "cloud": {"tail_ms_p50": 63.4}}
+    slow["answered"]["deadline"] = 2
+    why = verdict(slow)[-1]
+    assert "took 247.1 ms live vs 200.0 ms replayed" in why and "fewer --devices" in why
+    assert "by the cloud took 170.5 ms (the worker's tail p50 63.4 ms)" in why and "2 frames hit the deadline" in why
+    near = {**slow, "latency_by_answer_ms": {"device": 205.0, "cloud": 170.5}}
+    assert "replayed" not in verdict(near)[-1].split("NOT beat")[1]  # within 10 %: not blamed on the host
 
 
 def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundle: Path):
