@@ -504,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.link_check > 0:
         print(f"  link ({link_mode})      {check.describe()}")
     if not args.no_plots:
-        for path in plots(views, trace, offsets, t0, args.duration, deadline_ms, out, cut_labels(manifest)):
+        for path in plots(views, trace, offsets, t0, args.duration, deadline_ms, out,
+                          cut_labels(manifest, board.device.raw_jpeg_quality)):
             print(f"  plot              {path}")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"  answers           {out}/device-<i>.jsonl, summary {out / 'summary.json'}")

@@ -279,12 +279,14 @@ def _why_live_lost(s: dict, edge: float | None) -> str:
     return "; ".join(parts) or "the broker and worker path (not replayed) cost more than the split saved"
 
 
-def cut_labels(manifest: Manifest) -> dict[int, str]:
-    """Cut index -> what the cut plot's axis says: "raw frame", the layer the head ends at, "all on device"."""
+def cut_labels(manifest: Manifest, jpeg_quality: int | None = None) -> dict[int, str]:
+    """Cut index -> what the cut plot's axis says: "raw frame" ("raw frame (JPEG qQ)" when the board sends it
+    as JPEG, ``[device] raw_jpeg_quality``), the layer the head ends at, "all on device"."""
     labels = {}
+    raw = f"raw frame (JPEG q{jpeg_quality})" if jpeg_quality else "raw frame"
     for c in manifest.cuts:
         kind = c.kind.value
-        labels[c.index] = "raw frame" if kind == "raw" else "all on device" if kind == "device" else f"{c.index} {c.name}"
+        labels[c.index] = raw if kind == "raw" else "all on device" if kind == "device" else f"{c.index} {c.name}"
     return labels
 
 

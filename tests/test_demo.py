@@ -189,6 +189,7 @@ def test_cut_labels_name_the_raw_frame_the_layers_and_the_device(reference_bundl
     m = load_manifest(reference_bundle)
     labels = cut_labels(m)
     assert labels[0] == "raw frame" and labels[max(labels)] == "all on device"
+    assert cut_labels(m, 75)[0] == "raw frame (JPEG q75)"  # a board that sends it as JPEG (zero2w-offload)
     split = [c for c in m.cuts if c.kind.value == "split"]
     assert labels[split[0].index] == f"{split[0].index} {split[0].name}"
 
