@@ -316,3 +316,11 @@ def test_an_uninformative_exit_is_not_a_candidate_under_an_escalation_rate_targe
     s = bd.make_setup(m, cfg, fake_data(m))
     assert {r.cut for r in s.candidates} == {0, 3}
     assert {r.cut for r in setup().candidates} == {0, 1, 2, 3}  # target_accuracy 0.9: tau 0.9, cascade 0.91
+
+
+def test_every_workload_has_its_docs_boards_and_the_live_check_runs_the_demos_defaults() -> None:
+    from converter.workloads import DEFAULT_WORKLOAD, names
+    from sdk.defaults import DEFAULT_BOARD
+
+    assert set(bd.RUN_BOARDS) == set(names())  # `benchmarks.run dynamic` replays each workload it finds
+    assert bd.LIVE_SETUP == (DEFAULT_WORKLOAD, DEFAULT_BOARD)
