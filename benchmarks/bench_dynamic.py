@@ -49,8 +49,7 @@ from device_runner.runner import codec_for
 from sdk.config import DeviceConfig, load_board
 from sdk.defaults import BENCH_RTTS_MS, CELLULAR_RTT_MS, DEFAULT_BOARD
 from sdk.manifest import Manifest, load_manifest
-from sdk.traces import BandwidthTrace, load_trace, shared_traces, synthetic_trace
-from sdk.traces import pick_trace as _pick_trace
+from sdk.traces import BandwidthTrace, load_trace, pick_trace, shared_traces, synthetic_trace
 
 __all__ = [
     "DEFAULT_FRAMES", "JPEG_QUALITIES", "FrameData", "PolicyRun", "Route", "Scenario", "Setup", "compare",
@@ -189,13 +188,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def pick_trace(path: str | None) -> tuple[BandwidthTrace, str]:
-    """The trace to replay and a note naming it: the demo's (``sdk.traces.pick_trace``), so that
-    ``bench dynamic`` without ``--trace`` replays the same file as ``splitedge demo``."""
-    _, trace, note = _pick_trace(path)
-    return trace, f"note: {note}"
-
-
 def reference_bundle(workload: str = "digits") -> tuple[Path, Manifest]:
     """(folder, manifest) of a workload's bundle, built on first use (converter.reference.bundle_path)."""
     from converter.reference import bundle_path
@@ -213,12 +205,12 @@ def scenario(trace: BandwidthTrace, config: DeviceConfig, *, fps: float | None =
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    trace, note = pick_trace(args.trace)  # a wrong trace or board fails before a bundle is built
+    _, trace, note = pick_trace(args.trace)  # the demo's (sdk.traces): fails before a bundle is built
     config = load_board(args.board)
     bundle, manifest = (args.bundle, load_manifest(args.bundle)) if args.bundle else reference_bundle(args.workload)
     trace = trace.shifted(args.start)
     if note:
-        print(note, file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     data = measure(bundle, manifest, n=args.frames, codec=codec_for(config.device.codec))
     setup = make_setup(manifest, config, data, offload_only=args.offload_only)
     sc = scenario(trace, config, fps=args.fps, duration=args.duration, link_ms=args.link_ms, deadline_ms=args.deadline_ms)

@@ -122,6 +122,7 @@ from statistics import NormalDist
 from typing import Any
 
 from device_runner.estimator import Estimates
+from device_runner.payload_size import PayloadSizes
 from sdk.config import DeviceSettings, TauTarget
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.planner import CutCost, Option, Plan, costs_from_manifest, evaluate
@@ -137,8 +138,6 @@ _JITTER_K = 4.0  # the overdue slack is this many mean deviations (RFC 6298's K)
 _MIN_SLACK_MS = 10.0  # ... but at least this: a loaded host's thread that wakes late is not an outage (the
 # real-broker tests, with both cores busy, saw answers 5-10 ms past a 5 ms floor; the replay is the same at 5 or 10)
 _QUICK = 5  # probe_every // this: the next probe turn after a switch, and the probe period on the device cut
-_PAYLOAD_ALPHA = 0.2  # EWMA weight of a sent payload's size (observe_payload)
-_PAYLOAD_MOVE = 0.05  # re-plan when the learned payload size moved by more than this (relative)
 _MISSES_TO_LEAVE = 2  # sent frames missing in a row: a beaten choice is left without waiting for patience
 
 
@@ -286,7 +285,7 @@ class CutPolicy:
         # the last probe, not judged yet: (cut, its last sample, bandwidth, exploration)
         self._pending: tuple[int, float, float, bool] | None = None
         self._preferred = False  # a plan preferred the pending probe's cut
-        self._payload_ewma: dict[int, float] = {}  # learned payload bytes per cut (observe_payload)
+        self._sizes = PayloadSizes()  # learned payload bytes per cut (observe_payload)
         self._est: Estimates | None = None  # the snapshot the cached plan was solved for
         self._plan: Plan | None = None
         self._plain: Plan | None = None  # the cached plan without the risk charge (probe targets)
@@ -297,19 +296,15 @@ class CutPolicy:
         self.plans = 0  # how many times the plan was solved (once per new snapshot)
 
     def observe_payload(self, cut: int, nbytes: int) -> None:
-        """A payload of ``cut`` as sent: its size becomes the plan's bytes for that cut (an EWMA, alpha
-        ``_PAYLOAD_ALPHA``), re-planned at the next decision when it moved by more than ``_PAYLOAD_MOVE``.
-        For the raw frame as JPEG (``[device] raw_jpeg_quality``): its size depends on the scene, not on the
-        manifest (which has the uncompressed frame's), so the device learns it from the frames it encodes."""
+        """A payload of the raw cut as sent (the frame as JPEG): its learned size becomes the plan's bytes
+        for that cut, re-planned at the next decision (device_runner/payload_size.py)."""
         for i, c in enumerate(self._base):
-            if c.index != cut or c.kind is not CutKind.RAW or nbytes <= 0:
+            if c.index != cut or c.kind is not CutKind.RAW:
                 continue
             (bits, old), = c.bytes_at_bits.items()
-            learned = self._payload_ewma.get(cut)
-            value = float(nbytes) if learned is None else learned + _PAYLOAD_ALPHA * (nbytes - learned)
-            self._payload_ewma[cut] = value
-            if learned is None or abs(round(value) - old) > _PAYLOAD_MOVE * old:
-                self._base[i] = replace(c, bytes_at_bits={bits: max(1, round(value))})
+            new = self._sizes.learn(cut, nbytes, old)
+            if new is not None:
+                self._base[i] = replace(c, bytes_at_bits={bits: new})
                 self._plan = None  # re-plan at the next decision
             return
 

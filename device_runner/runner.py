@@ -150,7 +150,7 @@ class DeviceRunner:
         #: one seam for time: a simulated clock (benchmarks/sim_clock.py) advances instead of blocking
         self.wait = wait or (lambda cond, timeout: cond.wait(timeout=timeout))
         self.codec = codec_for(config.device.codec)
-        self._encoder = PayloadEncoder(manifest, self.device_id, self.codec, config.device.raw_jpeg_quality)
+        self._encoder = self._payload_encoder(manifest)
         self.emulated = bool(getattr(executor, "emulated", False))
         self._act_topic = topics.topic(self.device_id, TopicKind.ACT)
         self._lock = threading.RLock()
@@ -161,7 +161,6 @@ class DeviceRunner:
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
         self._seq = 0
-        self._jpeg_sized: set[int] = set()  # raw cut sized before its first plan (process)
         self._started = False
         self._staged: tuple[object, Callable[[object], None] | None] | None = None  # offer_bundle, swapped in process
         self._bundle_seq0 = 0  # the first seq of the running bundle (older ones: measurements dropped)
@@ -260,10 +259,9 @@ class DeviceRunner:
             self.policy = staged.policy or CutPolicy(manifest, self.settings, self.config.policy)  # type: ignore[attr-defined]
             for cut, ms in staged.head_ms.items():  # type: ignore[attr-defined]
                 self.estimator.observe_head(cut, ms)
-            self._encoder = PayloadEncoder(manifest, self.device_id, self.codec, self.settings.raw_jpeg_quality)
+            self._encoder = self._payload_encoder(manifest)
             self._timings.clear()
             self._shadows.clear()
-            self._jpeg_sized.clear()
             self._bundle_seq0 = self._seq
             self.rollout = (RolloutState.ACTIVE, manifest.bundle_id[:8], None)
         log.info("switched to bundle %s (%s) at frame %d", manifest.bundle_id[:8], manifest.version, self._seq)
@@ -279,14 +277,10 @@ class DeviceRunner:
         capture_ts = self.clock()
         seq = self._seq
         self._seq += 1
-        if self._encoder.jpeg_quality and self.policy.allow_raw and self.policy.payload_bytes(0) is not None \
-                and 0 not in self._jpeg_sized:  # the raw frame as JPEG: its size and encode time, once before planning
-            self._jpeg_sized.add(0)
-            raw = self.manifest.cut(0)
-            # Untimed first: the process's first encode loads Pillow's JPEG codec (~100 ms here, 400 ms once
-            # scaled to a Zero 2 W), and a raw cut priced at that would never be tried again to correct it.
-            self._encoder.encode(raw, 0, seq, frame, None, capture_ts)
-            self._encode(raw, 0, seq, frame, None, capture_ts)
+        if self.policy.allow_raw and self.policy.payload_bytes(0) is not None:  # the raw cut's JPEG, once (encode.py)
+            sized = self._encoder.size_raw(seq, frame, capture_ts)
+            if sized is not None:
+                self._price_raw(len(sized[0]), sized[1], sized[2])
         with self._lock:
             decision = self.policy.decide(self.estimator.snapshot())
         choice = decision.choice
@@ -342,26 +336,28 @@ class DeviceRunner:
             self.bytes_sent += len(payload)
             self._win["bytes"] += len(payload)
 
+    def _payload_encoder(self, manifest: Manifest) -> PayloadEncoder:
+        return PayloadEncoder(manifest, self.device_id, self.codec, self.settings.raw_jpeg_quality, clock=self.clock,
+                              to_board=getattr(self.executor, "raw_board_ms", None))
+
     def _encode(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
                 capture_ts: float, offset_ms: float = 0.0) -> tuple[bytes, float]:
-        """The frame's payload at ``cut`` and ``offset_ms`` plus the emulated ms not slept. The raw frame as
-        JPEG is the device's work at the raw cut: its encode time (board ms, ``raw_board_ms`` of the executor)
-        is learned as cut 0's head time and its size as cut 0's bytes (``CutPolicy.observe_payload``)."""
-        if cut.kind is not CutKind.RAW or not self._encoder.jpeg_quality:
-            return self._encoder.encode(cut, bits, seq, frame, out, capture_ts), offset_ms
-        t0 = self.clock()  # the runner's clock: a simulated one charges only the board time (raw_board_ms)
-        payload = self._encoder.encode(cut, bits, seq, frame, out, capture_ts)
-        host_ms = (self.clock() - t0) * 1000.0
-        to_board = getattr(self.executor, "raw_board_ms", None)
-        board_ms = float(to_board(host_ms)) if to_board is not None else host_ms
+        """The frame's payload at ``cut`` and ``offset_ms`` plus the emulated ms not slept (the raw frame's
+        JPEG encode is device work: device_runner/encode.py)."""
+        payload, board_ms, host_ms = self._encoder.encode_timed(cut, bits, seq, frame, out, capture_ts)
+        return payload, offset_ms + (self._price_raw(len(payload), board_ms, host_ms) if board_ms is not None else 0.0)
+
+    def _price_raw(self, nbytes: int, board_ms: float, host_ms: float) -> float:
+        """Learn a raw JPEG's encode time as cut 0's head time and its size as cut 0's bytes; returns the
+        emulated ms not slept."""
         with self._lock:
-            self.estimator.observe_head(cut.index, board_ms)
-            self.policy.observe_payload(cut.index, len(payload))
+            self.estimator.observe_head(0, board_ms)
+            self.policy.observe_payload(0, nbytes)
         extra = max(0.0, board_ms - host_ms)
         if extra and self.options.stretch_emulated:
             self.sleep(extra / 1000.0)
-            extra = 0.0
-        return payload, offset_ms + extra
+            return 0.0
+        return extra
 
     def _run_cut(self, cut: CutSpec, frame: np.ndarray) -> tuple[CutOutput | None, float]:
         """Run a cut's head (+ exit) and record its time; returns it and the emulated ms not slept

@@ -206,7 +206,7 @@ def test_the_docs_robustness_table_has_every_start_and_a_mean_per_trace(monkeypa
 def test_without_a_trace_the_synthetic_stand_in_is_used_with_a_note(
     fake_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    trace, note = bd.pick_trace("synthetic")
+    _, trace, note = bd.pick_trace("synthetic")  # the demo's (sdk.traces), re-exported
     assert trace.name == "synthetic-0" and "SYNTHETIC" in note
     assert bd.main(["--bundle", str(tmp_path), "--board", str(fake_bundle), "--duration", "3", "--trace", "synthetic"]) == 0
     captured = capsys.readouterr()
