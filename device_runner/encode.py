@@ -49,7 +49,7 @@ class PayloadEncoder:
         self.manifest, self.device_id, self.codec = manifest, device_id, codec
         self.jpeg_quality = jpeg_quality
         self.clock, self.to_board = clock, to_board
-        self.raw_sized = False  # size_raw ran (once per encoder: a swapped bundle gets a new one)
+        self.raw_sized = not jpeg_quality  # size_raw ran, or nothing to size (once per encoder: a swap makes a new one)
         self._quant: dict[int, dict[str, tuple[float, int]]] = {}  # per cut: {tensor: (scale, zero point)}
 
     def encode_timed(self, cut: CutSpec, bits: int, seq: int, frame: np.ndarray, out: CutOutput | None,
@@ -66,7 +66,7 @@ class PayloadEncoder:
     def size_raw(self, seq: int, frame: np.ndarray, capture_ts: float) -> tuple[bytes, float, float] | None:
         """Once per encoder, with a JPEG quality: one untimed encode of the raw frame (module doc), then
         :meth:`encode_timed`'s (payload, board ms, host ms); None when already done or not JPEG."""
-        if self.raw_sized or not self.jpeg_quality:
+        if self.raw_sized:
             return None
         self.raw_sized = True
         raw = self.manifest.cut(0)

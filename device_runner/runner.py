@@ -277,7 +277,8 @@ class DeviceRunner:
         capture_ts = self.clock()
         seq = self._seq
         self._seq += 1
-        if self.policy.allow_raw and self.policy.payload_bytes(0) is not None:  # the raw cut's JPEG, once (encode.py)
+        if not self._encoder.raw_sized and self.policy.allow_raw and self.policy.payload_bytes(0) is not None:
+            # the raw cut's JPEG, once (encode.py); checked first so a frame pays one attribute read
             sized = self._encoder.size_raw(seq, frame, capture_ts)
             if sized is not None:
                 self._price_raw(len(sized[0]), sized[1], sized[2])
