@@ -50,7 +50,9 @@ round trip), and no split could ever look worth sending. Two rules, both from th
   answer as a latency sample at the prior bandwidth: over a real uplink the round trip, not a first
   small payload's transfer, is most of its time. Taking it the other way round cannot correct itself (a
   link believed slow is never sent a payload big enough to show otherwise); this way a latency believed
-  too high is lowered by the next faster answer (the floor below);
+  too high is lowered by the next faster answer (the floor below). Until another latency sample comes,
+  ``Estimates.link_provisional`` says so: the policy then measures the latency with its smallest payload
+  (device_runner/policy.py, "Provisional latency");
 * two payload sizes teach it: per size class (a factor of 2 in bytes) over the last ``fit_window`` (16)
   answers in time, the fastest answer is that size's floor; the floors of the smallest and the largest
   class, at least ``fit_ratio`` (4x) apart, give the line ``net = link + nbytes / bandwidth`` and its
@@ -185,6 +187,9 @@ class Estimates:
     #: deviation of each bandwidth sample from the estimate before it; with ``bandwidth_bytes_per_s`` a
     #: lognormal the policy plans a quantile of (``PolicyOptions.plan_quantile``)
     bandwidth_log_sd: float = 0.0
+    #: the latency rests on the first answer alone, split at the prior bandwidth (module doc, "No small
+    #: payload"): an upper bound until a small payload, a fitted line or a faster answer gives another sample
+    link_provisional: bool = False
 
 
 def _ewma(old: float | None, new: float, alpha: float) -> float:
@@ -273,6 +278,7 @@ class Estimator:
         self._prior_bandwidth = float(prior_bandwidth)
         self._bandwidth: float | None = None
         self._link_unknown = prior_link_ms is None  # None: learn it, and split the first answer (module doc)
+        self._link_provisional = False  # the one latency sample is the first answer's split (Estimates)
         self._link_ms = float(prior_link_ms or 0.0)
         self._link_samples: deque[float] = deque(maxlen=link_window)  # the last latency samples (module doc)
         self._fit: deque[tuple[int, float]] = deque(maxlen=fit_window)  # (nbytes, net_ms) of answers in time
@@ -351,6 +357,7 @@ class Estimator:
                 miss_streak=self._miss_streak,
                 jitter_ms=dict(self._jitter),
                 unreachable=self._unreachable,
+                link_provisional=self._link_provisional,
             )
         return self._snap
 
@@ -462,7 +469,7 @@ class Estimator:
                 self._set_bandwidth(bw)
                 predicted_transfer = nbytes / bw * 1000.0
             # Latency-dominated (or faster than the latency we believe in: that belief is too high).
-            self._add_link_sample(net_ms - predicted_transfer)
+            self._add_link_sample(net_ms - predicted_transfer, provisional=first and nbytes > self.small_bytes)
             return
         rate = nbytes / transfer * 1000.0
         if self._bandwidth is not None and rate <= self._bandwidth and transfer < self.noise_factor * self._noise_ms():
@@ -484,7 +491,10 @@ class Estimator:
             self._set_bandwidth(math.exp(_ewma(math.log(self._bandwidth), math.log(rate), alpha)))
         self._sampled_bw = self._bandwidth
 
-    def _add_link_sample(self, ms: float) -> None:
+    def _add_link_sample(self, ms: float, *, provisional: bool = False) -> None:
+        if self._link_provisional != provisional:
+            self._link_provisional = provisional
+            self._changed()
         self._link_samples.append(max(0.0, ms))
         self._link_ms = min(self._link_samples)  # a floor: queueing and a slower link only add (module doc)
         if self._snap is not None and self._moved(self._snap.link_ms, self._link_ms, self.abs_tol_ms):

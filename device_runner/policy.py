@@ -75,6 +75,14 @@ dropped before planning.
   they were most of its gap to the oracle. A shadow probe that gets no answer is not a censored sample
   (nothing waited for it); the next probe tries again. ``shadow_probes=False``: real probes, whose
   answer is the frame's.
+* **Provisional latency** (with ``shadow_probes``): while the latency rests on the first answer alone
+  (``Estimates.link_provisional``: split at the prior bandwidth, an upper bound, device_runner/estimator.py)
+  and some offloading option's head and tail alone are ``margin`` below the current total, the cuts the
+  rules above rule out are still shadow-probed as exploration, the smallest payload first: a payload of at
+  most ``small_bytes`` is a latency sample, two sizes 4x apart a fitted one. In the replay
+  (resnet50-fashion-224, ``zero2w-offload``, car trace, 100 ms round trip) the cold-start probe's JPEG
+  answer set the latency to 140 ms, at which no cut beat the device cut; none was probed again and the
+  device sent nothing in 300 s, while the JPEG route was 13 % faster (docs/DYNAMIC.md, "Session 13").
 * **Probes from the device cut** (with ``shadow_probes``): while the current choice is the device
   cut, probe turns come every ``probe_every // 5`` decisions (then the back-off as above). Nothing
   is sent there, so probes are the only news of the link, and a shadow probe costs the frame nothing
@@ -619,6 +627,16 @@ class CutPolicy:
         limit = math.inf if est.peak_bandwidth_bytes_per_s is None else self.plausible_factor * est.peak_bandwidth_bytes_per_s
         return min(limit, self.bandwidth_ceiling) if self.bandwidth_ceiling is not None else limit
 
+    def _latency_matters(self, plan: Plan) -> bool:
+        """Some offloading option's head and tail alone are ``margin`` below the current total: at a low enough
+        latency and a fast enough link it would win, so measuring the latency can change the choice."""
+        current = self._option(plan, self.current)
+        if current is None or not current.feasible:
+            return True
+        bar = current.total_ms * (1.0 - self.margin)
+        return any(o.feasible and o.kind is not CutKind.DEVICE and o.total_ms - o.transfer_ms - o.link_ms < bar
+                   for o in plan.options)
+
     def _probe_target(self, plan: Plan, est: Estimates) -> Choice | None:
         """The feasible cut (other than the current one) sampled least recently, at its best bit width,
         among those that could win on a plausible link (module doc)."""
@@ -636,23 +654,28 @@ class CutPolicy:
                 continue
             if o.index not in best_per_cut or o.total_ms < best_per_cut[o.index].total_ms:
                 best_per_cut[o.index] = o
-        candidates = []
+        # (exploration, rank, option): rank 0, or the payload's bytes for a latency measurement (module doc)
+        candidates: list[tuple[bool, int, Option]] = []
+        measure_link = self.shadow_probes and est.link_provisional and self._latency_matters(plan)
         for o in best_per_cut.values():
             # Judged on the cut's fastest measured head time: a stalled sample only inflates the estimate.
             spare = max(0.0, est.head_ms.get(o.index, 0.0) - est.head_min_ms.get(o.index, math.inf))
             needed = min(self.needed_bandwidth(plan, replace(p, head_ms=p.head_ms - spare)) for p in plan.options
                          if p.index == o.index and p.feasible)
             sampled = o.index in est.last_sample
-            if sampled and math.isinf(needed):
-                continue  # no bandwidth could make it win: a probe would only cost latency
-            if (sampled or known_link) and needed > limit:
-                continue  # it would need a link far faster than any seen
-            candidates.append((needed > seen, o))
+            if (sampled and math.isinf(needed)) or ((sampled or known_link) and needed > limit):
+                # no bandwidth could make it win, or only one far faster than any seen: a probe would only cost
+                # latency - unless the latency itself is in doubt and a payload of this size can measure it
+                if measure_link and o.kind is not CutKind.DEVICE:
+                    candidates.append((True, min(p.nbytes for p in plan.options if p.index == o.index), o))
+                continue
+            candidates.append((needed > seen, 0, o))
         if not candidates:
             return None
-        explore, stalest = min(  # a link within reach of one measured first, then the stalest
+        explore, _, stalest = min(  # a link within reach of one measured first, then the stalest
             candidates,
-            key=lambda c: (c[0], est.last_sample.get(c[1].index, -1.0), self._probed.get(c[1].index, -1), c[1].index),
+            key=lambda c: (c[0], c[1], est.last_sample.get(c[2].index, -1.0), self._probed.get(c[2].index, -1),
+                           c[2].index),
         )
         cut = stalest.index
         self._pending = (cut, est.last_sample.get(cut, -1.0), plan.bandwidth_bytes_per_s, explore)

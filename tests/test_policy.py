@@ -14,6 +14,7 @@ B* = 1024 B / 3.12 ms = 328.2 kB/s; the device cut (20 ms) never does.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from fakes import fake_manifest
@@ -588,3 +589,61 @@ def test_a_lone_miss_of_a_payload_within_the_noise_caps_nothing_a_second_does() 
     assert e.snapshot().miss_streak == 1 and e.miss_rate > 0  # still outage risk
     e.observe_timeout(1, 250, 25.0)  # a second in a row: the link may be stalled; capped as before
     assert e.bandwidth < 20e3 and e.noise_misses == 1
+
+
+# ------------------------------------------------------------------------------------ provisional latency
+def _after_a_slow_first_answer() -> tuple[CutPolicy, Estimator]:
+    """Every head timed (as the runner does on start), then the cold-start probe's answer at cut 1 (1024 B)
+    comes back after 30 ms: with the latency unknown it is all latency, and at 29 ms no cut beats the 20 ms
+    device cut."""
+    head, tail = priors()
+    e = Estimator(head_prior=head, tail_prior=tail, prior_bandwidth=1e6, prior_link_ms=None)
+    for c, ms in head.items():
+        e.observe_head(c, ms)
+    p = policy(probe_every=10)
+    cold = p.decide(e.snapshot())
+    assert cold.probe and cold.choice == Choice(1, 4) and p.current == Choice(3, 0)
+    e.observe_network(1, 1024, 30.0)
+    assert e.link_ms == pytest.approx(29.0, abs=0.1) and e.snapshot().link_provisional
+    return p, e
+
+
+def test_a_provisional_latency_is_measured_with_the_smallest_payload() -> None:
+    p, e = _after_a_slow_first_answer()
+    snap = e.snapshot()
+    plan = p.plan(snap)
+    assert all(math.isinf(p.needed_bandwidth(plan, o)) for o in plan.options if o.index in (1, 2))
+    first = next(d for d in (p.decide(snap) for _ in range(10)) if d.probe)
+    assert first.choice == Choice(2, 4) and first.answer_with == Choice(3, 0)  # 64 B, though it "cannot win"
+    e.observe_network(2, 64, 5.0)  # a small payload: a latency sample; the link is ~5 ms, not 29
+    assert e.link_ms < 5.0 and not e.snapshot().link_provisional
+    for _ in range(10):
+        p.decide(e.snapshot())
+    assert p.current is not None and p.current.cut != 3  # off the device cut: the split pays at the real latency
+
+
+def test_a_confirmed_latency_ends_the_measurement_probes() -> None:
+    p, e = _after_a_slow_first_answer()
+    first = next(d for d in (p.decide(e.snapshot()) for _ in range(10)) if d.probe)
+    e.observe_network(first.choice.cut, 64, 40.0)  # slow again: the latency is high after all
+    assert not e.snapshot().link_provisional and e.link_ms == pytest.approx(29.0, abs=0.1)
+    assert not any(p.decide(e.snapshot()).probe for _ in range(60))  # no cut can win at 29 ms: no probes
+
+
+def test_no_latency_probes_with_real_probes_or_where_no_latency_could_help() -> None:
+    p, e = _after_a_slow_first_answer()
+    real = policy(probe_every=10, shadow_probes=False)  # real probes cost the frame its wait: no measuring
+    real.current = Choice(3, 0)
+    assert not any(real.decide(e.snapshot()).probe for _ in range(40))
+    slow_tails = replace(e.snapshot(), tail_ms={0: 30.0, 1: 30.0, 2: 30.0, 3: 0.0})  # head + tail alone lose
+    assert not any(p.decide(slow_tails).probe for _ in range(40))
+
+
+def test_only_a_first_answer_bigger_than_a_small_payload_leaves_the_latency_provisional() -> None:
+    head, tail = priors()
+    e = Estimator(head_prior=head, tail_prior=tail, prior_bandwidth=1e6, prior_link_ms=None)
+    e.observe_network(2, 64, 30.0)  # a small payload: a real latency sample
+    assert not e.snapshot().link_provisional
+    known = Estimator(head_prior=head, tail_prior=tail, prior_bandwidth=1e6)  # a latency prior: no split at all
+    known.observe_network(1, 1024, 30.0)
+    assert not known.snapshot().link_provisional
