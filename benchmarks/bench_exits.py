@@ -30,7 +30,7 @@ from sdk.planner import breakeven_bandwidth, cascade_latency, parse_rate
 
 COMMAND = "python -m benchmarks.run exits"
 BANDWIDTH = "2Mbit/s"
-WORKLOADS = ("digits", "mobilenetv2-fashion", "resnet50-fashion")
+WORKLOADS = ("digits", "mobilenetv2-fashion", "resnet50-fashion", "resnet50-fashion-224")
 BREAKEVEN_BOARDS = ("pi4", "zero2w")  # a fast and a slow board
 FRESH_SEED = 4321  # --frames: the calibration frames use converter.reference.CALIB_SEED (1234)
 
