@@ -52,7 +52,7 @@ round trip), and no split could ever look worth sending. Two rules, both from th
   link believed slow is never sent a payload big enough to show otherwise); this way a latency believed
   too high is lowered by the next faster answer (the floor below). Until another latency sample comes,
   ``Estimates.link_provisional`` says so: the policy then measures the latency with its smallest payload
-  (device_runner/policy.py, "Provisional latency");
+  (device_runner/probes.py, "Provisional latency");
 * two payload sizes teach it: per size class (a factor of 2 in bytes) over the last ``fit_window`` (16)
   answers in time, the fastest answer is that size's floor; the floors of the smallest and the largest
   class, at least ``fit_ratio`` (4x) apart, give the line ``net = link + nbytes / bandwidth`` and its

@@ -21,7 +21,7 @@ manifest's priors (measured at the converter's threads on the converter's host).
 bus trace (``zero2w-offload``) the never-run cut 51 kept a prior of 7.6 board ms against 5.8 measured:
 no plan preferred it and no probe tried it, and the policy sat on cut 34 for 250 frames.
 
-**Shadow probes** (``Decision.answer_with``, policy doc): the frame is served by the current choice
+**Shadow probes** (``Decision.answer_with``, device_runner/probes.py): the frame is served by the current choice
 as any other frame (answered, or its payload sent), then the probed cut's head runs and its payload is
 sent with the same seq: the probe's head delays the next frame if the device is still busy with it,
 never this frame's answer. Its result and report are matched by (seq, cut) in a separate bounded map and only feed the
