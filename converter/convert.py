@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from converter.graph import (
 from converter.load import load_model
 from converter.preprocess import fold_into, parse_preprocess, unfed_range_warning, with_channels
 from converter.profile import profile
+from converter.workers import convert_cuts, worker_count
 from sdk import __version__
 from sdk.errors import ConversionError, ConversionWarning
 from sdk.litert import LiteRTModel
@@ -154,13 +154,16 @@ def convert(
     preprocess: str | Preprocess | None = None,
     output: str | None = None,
     min_cut_reduction: float = 0.25,
+    workers: int | None = None,
 ) -> ConversionResult:
     """Convert `model` (a keras.Model or a path) into a bundle at `out`, calibrated and measured on `data`.
 
     preprocess: for a float-input model, how its input is made from the 0..255 frame (converter/preprocess.py);
     output: the output to convert when the model has several;
     min_cut_reduction: a cut is kept only when it ships at most 1 - this of the bytes of the last one kept
-    (converter/cuts.py), so near-equal neighbours are not each exported and measured.
+    (converter/cuts.py), so near-equal neighbours are not each exported and measured;
+    workers: processes converting the cuts side by side (converter/workers.py); None: one per core when the
+    model is large enough to pay for them, 1: in this process.
     """
     _quiet_tensorflow()
     out = Path(out)
@@ -212,13 +215,9 @@ def convert(
     try:
         ctx = _Context(graph, data, labels, float_pred, parts, ev, bits, threads, num_classes, work, seed, exit_x,
                        exit_targets)
-        cuts, seconds = [], {}
-        for i, bd in enumerate(sel.candidates):
-            t0 = time.perf_counter()
-            report(i, len(sel.candidates), f"cut {bd.index} ({bd.name}, {bd.kind.value})")
-            cuts.append(_convert_cut(ctx, bd))
-            report(i + 1, len(sel.candidates), f"cut {bd.index} done")
-            seconds[bd.index] = round(time.perf_counter() - t0, 2)
+        n_workers = worker_count(workers, len(sel.candidates), sum(p.flops for p in layers))
+        cuts, seconds, workers_used = convert_cuts(ctx, sel.candidates, _convert_cut, workers=n_workers,
+                                                   report=report)
         # Each cut was timed alone when converted; timed again side by side, their ratios survive a busy host.
         cuts = measure.retime(work, cuts, threads=threads, cloud_threads=os.cpu_count() or 1,
                               percentile=_TIMING_PERCENTILE)
@@ -247,7 +246,7 @@ def convert(
             extra={"convert_seconds_per_cut": {str(k): v for k, v in seconds.items()},
                    "dropped_cuts": [{"index": i, "reason": r} for i, r in sel.dropped],
                    "class_names": list(data.class_names), "data_source": data.source,
-                   "converter_digest": converter_digest(),
+                   "converter_digest": converter_digest(), "convert_workers": workers_used,
                    **({"warnings": list(said)} if said else {})},
         )
         (work / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
@@ -263,7 +262,7 @@ def convert(
 
 
 #: The converter modules whose code decides what a bundle holds (cuts, exports, exits, measurements).
-_DIGESTED = ("cuts", "convert", "early_exit", "export", "graph", "measure", "preprocess", "profile")
+_DIGESTED = ("cuts", "convert", "early_exit", "export", "graph", "measure", "preprocess", "profile", "workers")
 
 
 def converter_digest() -> str:

@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "0 keeps every compressive boundary)")
     p.add_argument("--sign-key", default=None, metavar="KEY.pem",
                    help="Ed25519 private key (PEM): sign the manifest into BUNDLE/manifest.sig (splitedge sign)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes converting the cuts side by side (default: one per core for a model of 200 MFLOPs "
+                        "or more, else 1; 1 = in this process)")
     p.add_argument("--force", action="store_true", help="write over an existing bundle")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress display")
@@ -138,6 +141,8 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0.0 <= args.min_cut_reduction < 1.0:
         raise ConversionError(f"--min-cut-reduction {args.min_cut_reduction}: expected a fraction in [0, 1), e.g. "
                               "0.25 (a kept cut ships at most 75 % of the previous one's bytes) or 0 (every cut)")
+    if args.workers is not None and args.workers < 1:
+        raise ConversionError(f"--workers {args.workers}: expected 1 (convert in this process) or more processes")
     if args.sign_key is not None:  # a bad key is refused now, not after a long conversion
         from sdk.errors import ConfigError
         from sdk.signing import load_private_key
@@ -190,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         with _warnings_to_stderr():
             result = convert(args.model, args.calib, args.out, board=args.board, bits=args.bits, force=args.force,
                              seed=args.seed, progress=bar, preprocess=args.preprocess, output=args.output,
-                             min_cut_reduction=args.min_cut_reduction)
+                             min_cut_reduction=args.min_cut_reduction, workers=args.workers)
     except ConversionError as exc:
         bar.close()
         print(f"splitedge convert: error: {exc}", file=sys.stderr)

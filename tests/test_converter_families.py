@@ -101,3 +101,51 @@ def test_nested_mobilenetv3_small_converts_end_to_end(tmp_path):
     head = LiteRTModel(tmp_path / "b" / splits[0].head.path)
     (info,) = head.inputs.values()
     assert info.dtype == np.uint8 and (info.scale, info.zero_point) in ((0.0, 0), (1.0, 0))  # raw bytes in
+
+
+def _v3_wrapped(seed: int = 1):
+    keras.utils.set_random_seed(seed)
+    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
+                                                   alpha=0.75)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inp))
+    return keras.Model(inp, keras.layers.Dense(4, name="classes")(x), name="wrapped_v3")
+
+
+@pytest.mark.slow
+def test_cuts_convert_alike_in_worker_processes(tmp_path):
+    """converter/workers.py: the cuts converted in 2 worker processes (the model saved, reloaded there, its graph
+    rebuilt: ops nodes, a nested backbone, a folded preprocessing) give the bundle one process gives, timings
+    aside (each run times its models afresh)."""
+    from dataclasses import replace
+
+    from converter.convert import convert
+    from converter.data import CalibData
+
+    frames = np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
+    data = CalibData(frames, np.arange(60) % 4, "random")
+    got = {}
+    for workers in (1, 2):
+        result = convert(_v3_wrapped(), data, tmp_path / f"w{workers}", bits=(8, 4), preprocess="tf", workers=workers)
+        assert result.manifest.extra["convert_workers"] == workers
+        got[workers] = [replace(c, head_ms=0.0, tail_ms=0.0, exit_ms=0.0) for c in result.manifest.cuts]
+        keras.backend.clear_session()
+    assert len(got[1]) >= 4 and [c.index for c in got[1]] == [c.index for c in got[2]]
+    for one, two in zip(got[1], got[2], strict=True):
+        assert one.tensors == two.tensors and one.accuracy == two.accuracy, one.index
+        assert one.exit_temperature == two.exit_temperature and one.exit_curve == two.exit_curve, one.index
+        assert one == two, one.index  # the same files too (sha256 of every head, tail and exit)
+
+
+def test_worker_count_uses_the_cores_only_for_a_model_worth_it():
+    import os
+
+    from converter.workers import PARALLEL_MIN_FLOPS, worker_count
+    from sdk.errors import ConversionError
+
+    cores = os.cpu_count() or 1
+    assert worker_count(None, 7, PARALLEL_MIN_FLOPS - 1) == 1  # a test-sized model: spawning costs more
+    assert worker_count(None, 7, PARALLEL_MIN_FLOPS) == min(cores, 7)
+    assert worker_count(None, 1, 10**12) == 1 and worker_count(3, 2, 0) == 2 and worker_count(1, 9, 10**12) == 1
+    with pytest.raises(ConversionError, match="workers=0"):
+        worker_count(0, 5, 0)

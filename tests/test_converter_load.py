@@ -85,6 +85,7 @@ def test_refused_commands_answer_before_tensorflow_is_imported(tmp_path):
         ([str(model), "--calib", str(calib), "--out", out, "--board", "pi9"], "--board pi9: unknown board"),
         ([str(model), "--calib", str(calib), "--out", out, "--min-cut-reduction", "1.5"],
          "--min-cut-reduction 1.5: expected a fraction in [0, 1)"),
+        ([str(model), "--calib", str(calib), "--out", out, "--workers", "0"], "--workers 0: expected 1"),
     ]
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", _REFUSALS, json.dumps([c for c, _ in cases])], cwd=ROOT,
