@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,22 +56,78 @@ def export_int8(
     """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv, keys = _frozen_converter(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
+    # a model without a signature is calibrated on inputs in its input order
+    conv.representative_dataset = lambda: ([sample[k] for k in keys] for sample in representative())
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[input_type]
     conv.inference_output_type = tf.int8
     with _quiet():
-        return bytes(conv.convert())
+        return _with_signature(bytes(conv.convert()), keys)
 
 
 def export_float(model: Any) -> bytes:
+    conv, keys = _frozen_converter(model)
+    with _quiet():
+        return _with_signature(bytes(conv.convert()), keys)
+
+
+def _frozen_converter(model: Any) -> tuple[Any, list[str]]:
+    """(a TFLite converter of the model's inference call, frozen in memory; its input keys in order).
+
+    ``TFLiteConverter.from_keras_model`` first writes the model out as a SavedModel and reads it back; from a
+    concrete function without a trackable object it freezes the graph in memory instead: the same ops and
+    weights, a third of EfficientNetB0's tail export time (1.7 against 5.9 s), and for EfficientNetB4 the
+    round trip was 215 of the 858 s its conversion took. That path writes no signature, so
+    :func:`_with_signature` adds the one the device maps tensors by.
+    """
     import tensorflow as tf
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    with _quiet():
-        return bytes(conv.convert())
+    keys = [str(t.name) for t in model.inputs]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=k) for t, k in zip(model.inputs, keys, strict=True)]
+
+    @tf.function(input_signature=specs)
+    def serve(*args: Any) -> list[Any]:
+        y = model(list(args) if len(args) > 1 else args[0], training=False)
+        return list(y) if isinstance(y, list | tuple) else [y]
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()]), keys
+
+
+def _with_signature(blob: bytes, keys: Sequence[str]) -> bytes:
+    """`blob` with the signature ``serving_default``: inputs by `keys` (the Keras input names, matched to the
+    subgraph's input tensors by name), outputs ``output_0``... in the Keras output order (the subgraph's own
+    output order, which the frozen function's ``Identity``, ``Identity_1``... names confirm)."""
+    from tensorflow.lite.python import schema_py_generated as fb
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
+    sub = model.subgraphs[0]
+    name = {int(i): sub.tensors[i].name.decode() for i in list(sub.inputs) + list(sub.outputs)}
+    by_name = {name[int(i)]: int(i) for i in sub.inputs}
+    missing = [k for k in keys if k not in by_name]
+    expected = ["Identity" if j == 0 else f"Identity_{j}" for j in range(len(sub.outputs))]
+    got = [name[int(i)].removesuffix("_int8") for i in sub.outputs]
+    order = [name[int(i)] for i in sub.inputs]  # the calibration fed inputs in this order: it must be `keys`'
+    if missing or order != list(keys) or got != expected:
+        raise ConversionError(f"the converted model's inputs {order} / outputs {got} do not match the "
+                              f"Keras model's inputs {list(keys)} / {len(expected)} outputs; convert with a "
+                              "different TensorFlow version or report it")
+    sig = fb.SignatureDefT()
+    sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
+    sig.inputs = [_tensor_map(k, by_name[k]) for k in keys]
+    sig.outputs = [_tensor_map(f"output_{j}", int(i)) for j, i in enumerate(sub.outputs)]
+    model.signatureDefs = [sig]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _tensor_map(name: str, index: int) -> Any:
+    from tensorflow.lite.python import schema_py_generated as fb
+
+    m = fb.TensorMapT()
+    m.name, m.tensorIndex = name.encode(), index
+    return m
 
 
 def write(path: Path, blob: bytes) -> Path:
