@@ -21,6 +21,7 @@ from pathlib import Path
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "converter": ("benchmarks.bench_converter", "Converter: per-cut table of the reference model"),
+    "families": ("benchmarks.bench_families", "Converter: keras.applications families at native resolution"),
     "wire": ("benchmarks.bench_wire", "Wire format: packing and frame encode/decode"),
     "transport": ("benchmarks.bench_transport", "Transport: loopback round trip through Mosquitto"),
     "cloud": ("benchmarks.bench_cloud", "Cloud tail: throughput, batching, workers"),
