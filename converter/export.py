@@ -9,6 +9,7 @@ multi-output heads are mapped by name (``output_0``... in the Keras output order
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -92,7 +93,18 @@ def _frozen_converter(model: Any) -> tuple[Any, list[str]]:
         y = model(list(args) if len(args) > 1 else args[0], training=False)
         return list(y) if isinstance(y, list | tuple) else [y]
 
+    absl = logging.getLogger("absl")
+    if not any(isinstance(f, _NoTrackableNote) for f in absl.filters):
+        absl.addFilter(_NoTrackableNote())
     return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()]), keys
+
+
+class _NoTrackableNote(logging.Filter):
+    """Drop TensorFlow's note that a concrete function without ``trackable_obj`` takes the frozen-graph path:
+    that path is the point (:func:`_frozen_converter`), and the note would print once per exported model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "trackable_obj" not in record.getMessage()
 
 
 def _with_signature(blob: bytes, keys: Sequence[str]) -> bytes:

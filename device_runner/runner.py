@@ -64,22 +64,19 @@ from device_runner.estimator import Estimator, make_estimator
 from device_runner.heads import CutExecutor, CutOutput, Prediction
 from device_runner.inflight import InFlight, Pending
 from device_runner.policy import CutPolicy
+from device_runner.replies import CloudReplies, ReplyTiming
 from sdk import topics
 from sdk.config import DeviceConfig
-from sdk.errors import BrokerUnavailableError, PayloadTooLargeError, SplitEdgeError, TransportError, WireError
+from sdk.errors import BrokerUnavailableError, PayloadTooLargeError, SplitEdgeError, TransportError
 from sdk.manifest import CutKind, CutSpec, Manifest
 from sdk.messages import (
-    ErrorMessage,
-    ReportMessage,
-    ResultMessage,
     RolloutState,
     StatusMessage,
     TelemetryMessage,
-    decode_message,
 )
 from sdk.outbox import Outbox, StoreAndForward
 from sdk.topics import TopicKind
-from sdk.transport import Message, Transport
+from sdk.transport import Transport
 from sdk.wire import stamp_send_ts
 
 __all__ = ["Answer", "AnsweredBy", "DeviceRunner", "RunSummary", "RunnerOptions", "codec_for", "make_estimator"]
@@ -98,21 +95,12 @@ class RunnerOptions:
     measure_heads: bool = True  # time every candidate cut's head once on start (module doc)
 
 
-@dataclass(slots=True)
-class _Timing:
-    send_ts: float
-    cut: int
-    arrival: float | None = None
-    report: ReportMessage | None = None
-    shadow: bool = False  # a shadow probe's: its result answers nothing (the device already did)
-
-
 def _percentile(values: Iterable[float], q: float) -> float | None:
     data = list(values)
     return float(np.percentile(data, q)) if data else None
 
 
-class DeviceRunner:
+class DeviceRunner(CloudReplies):
     """The camera loop over a :class:`~sdk.transport.Transport` and a :class:`CutExecutor`."""
 
     def __init__(
@@ -156,8 +144,8 @@ class DeviceRunner:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._inflight = InFlight()  # escalated frames waiting for the cloud (device_runner/inflight.py)
-        self._timings: OrderedDict[int, _Timing] = OrderedDict()
-        self._shadows: OrderedDict[int, _Timing] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
+        self._timings: OrderedDict[int, ReplyTiming] = OrderedDict()
+        self._shadows: OrderedDict[int, ReplyTiming] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
         self._latencies: deque[float] = deque(maxlen=self.options.latency_window)
         self._seq = 0
@@ -322,7 +310,7 @@ class DeviceRunner:
         send_ts = self.clock()
         payload = stamp_send_ts(payload, send_ts)
         with self._lock:
-            self._shadows[seq] = _Timing(send_ts, cut, shadow=True)
+            self._shadows[seq] = ReplyTiming(send_ts, cut, shadow=True)
             while len(self._shadows) > self.options.timing_window:
                 self._shadows.popitem(last=False)
         try:
@@ -408,7 +396,7 @@ class DeviceRunner:
             if send_ts + wait_ms / 1000.0 < pending.deadline:
                 pending.deadline, pending.overdue = send_ts + wait_ms / 1000.0, True
             self._inflight.add(pending)
-            self._timings[seq] = _Timing(send_ts, cut.index)
+            self._timings[seq] = ReplyTiming(send_ts, cut.index)
             while len(self._timings) > self.options.timing_window:
                 self._timings.popitem(last=False)
         try:
@@ -536,84 +524,6 @@ class DeviceRunner:
     def next_deadline(self) -> float | None:
         with self._lock:
             return self._inflight.earliest()
-
-    # ------------------------------------------------------------------ messages from the cloud
-    def _on_message(self, msg: Message) -> None:
-        try:
-            m = decode_message(msg.payload)
-        except WireError as exc:
-            with self._lock:
-                self.errors += 1
-            log.warning("undecodable message on %s: %s", msg.topic, exc)
-            return
-        if getattr(m, "device_id", self.device_id) != self.device_id:
-            return
-        arrival = self.clock()
-        if isinstance(m, ResultMessage):
-            self._on_result(m, arrival)
-        elif isinstance(m, ReportMessage):
-            with self._lock:
-                shadow = self._shadows.get(m.seq)
-                t = shadow if shadow is not None and shadow.cut == m.cut_id else self._timings.get(m.seq)
-                if t is not None:
-                    t.report = m
-                    self._join(m.seq, t)
-        elif isinstance(m, ErrorMessage):
-            with self._wake:
-                self.errors += 1
-                p = self._inflight.get(m.seq) if m.seq is not None else None
-                if p is not None:
-                    self._inflight.mark_error(p, m.code)
-                    self._wake.notify_all()
-                if m.seq is not None:
-                    self._timings.pop(m.seq, None)
-            log.info("cloud error for frame %s: %s (%s)", m.seq, m.code, m.detail)
-
-    def _on_result(self, m: ResultMessage, arrival: float) -> None:
-        with self._wake:
-            shadow = self._shadows.get(m.seq)
-            if shadow is not None and shadow.cut == m.cut_id:  # a shadow probe's result: a measurement only
-                if shadow.arrival is None:
-                    shadow.arrival = arrival
-                    self.shadow_results += 1
-                    self._join(m.seq, shadow)
-                return
-            p = self._inflight.get(m.seq)
-            t = self._timings.get(m.seq)
-            if t is not None and t.arrival is None:
-                t.arrival = arrival
-                self._join(m.seq, t)
-            if p is not None and arrival >= p.deadline:
-                # Past its deadline but not yet expired: the deadline answers it (in expire), not the cloud.
-                self.late_answers += 1
-                p.late_result = True
-                self._wake.notify_all()
-                return
-            if p is not None:
-                self._inflight.pop(m.seq)
-            else:
-                previous = self._answered.get(m.seq)
-                if previous is AnsweredBy.CLOUD:
-                    self.duplicate_results += 1
-                else:
-                    self.late_answers += 1
-                return
-            latency = (arrival - p.capture_ts) * 1000.0 + p.offset_ms
-            conf = next((pr for c, pr in m.topk if c == m.cls), None)
-            self._emit(Answer(m.seq, m.cls, AnsweredBy.CLOUD, "cloud", p.cut, p.bits, p.nbytes, latency,
-                              conf, p.probe, self.emulated))
-            self._wake.notify_all()
-
-    def _join(self, seq: int, t: _Timing) -> None:
-        """Both the answer's arrival and the report are known: one network sample (module estimator doc)."""
-        if t.arrival is None or t.report is None:
-            return
-        r = t.report
-        cloud_ms = r.decode_ms + r.queue_ms + r.tail_ms
-        net_ms = (t.arrival - t.send_ts) * 1000.0 - cloud_ms
-        self.estimator.observe_tail(t.cut, cloud_ms)
-        self.estimator.observe_network(t.cut, r.bytes_received, net_ms)
-        (self._shadows if t.shadow else self._timings).pop(seq, None)
 
     # ------------------------------------------------------------------ telemetry
     def telemetry(self, now: float | None = None) -> TelemetryMessage:
