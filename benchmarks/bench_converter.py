@@ -89,19 +89,24 @@ def best_cut_table(m: Manifest) -> str:
 
 
 def workload_section(name: str) -> str:
-    """A trained real-scale workload's bundle (built on first use, else the cached one): its per-cut table."""
+    """A trained real-scale workload's bundle (built on first use or when stale, else the cached one): its per-cut
+    table."""
     from converter.reference import bundle_path, default_bundle_dir
 
-    fresh = not (default_bundle_dir(name) / "manifest.json").is_file()
+    manifest_file = default_bundle_dir(name) / "manifest.json"
+    before = manifest_file.stat().st_mtime if manifest_file.is_file() else None
     t0 = time.perf_counter()
     _, m = bundle_path(name)
     took = time.perf_counter() - t0
+    fresh = before is None or manifest_file.stat().st_mtime != before
     secs = m.extra.get("convert_seconds_per_cut", {})
+    workers = m.extra.get("convert_workers", 1)
     when = f"converted in this run, {took:.0f} s" if fresh else "the cached bundle (same model and converter code)"
     return (f"\n### Workload `{name}` ({m.model_name}, {'x'.join(map(str, m.input.shape))}, trained here: "
             f"docs/WORKLOADS.md)\n\n"
             f"Command: `splitedge reference {name}`; {when}; per-cut conversion seconds sum to "
-            f"{sum(float(v) for v in secs.values()):.0f} s. Float accuracy {m.float_accuracy:.3f} on "
+            f"{sum(float(v) for v in secs.values()):.0f} s on {workers} worker process{'es' if workers > 1 else ''}. "
+            f"Float accuracy {m.float_accuracy:.3f} on "
             f"{m.n_eval} held-out frames; head/tail ms: LiteRT on this host ({m.threads} threads).\n\n"
             f"{per_cut_table(m)}\n\nBest cut by the planner (accuracy-drop budget 0.02):\n\n{best_cut_table(m)}\n")
 
