@@ -3,7 +3,7 @@ converted with random weights, timed, verified; its cuts, bytes and head/tail ti
 
 Run: ``python -m benchmarks.bench_families [--families A,B | all]``, one conversion at a time. Through
 ``python -m benchmarks.run families`` the families come from ``$SPLITEDGE_BENCH_FAMILIES`` (default: all; the
-whole set took 106 min on two cores with the one-process converter of 2026-12-03). Families have random weights
+whole set took 48 min on two cores on 2026-12-04, 106 min with the one-process converter of 2026-12-03). Families have random weights
 (weights=None, nothing is downloaded), so their agreement figures mean nothing (../shared/PLATFORM.md): the table
 reports time, cuts, bytes and latencies only.
 """
