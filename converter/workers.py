@@ -142,6 +142,14 @@ def _in_workers(stage: tempfile.TemporaryDirectory, candidates: Sequence[Any], w
     failures: list[str] = []
     lock = threading.Lock()
 
+    def fail(message: str) -> None:
+        """The first failure is the one reported; the other workers' cuts are not wanted any more."""
+        with lock:
+            failures.append(message)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+
     def drive(proc: subprocess.Popen) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         while not failures:
@@ -153,30 +161,35 @@ def _in_workers(stage: tempfile.TemporaryDirectory, candidates: Sequence[Any], w
             proc.stdin.flush()
             while not (line := proc.stdout.readline()).startswith(_REPLY):
                 if not line:  # the worker is gone
-                    with lock:
-                        failures.append(f"cut {candidates[i].index} ({candidates[i].name}): the conversion worker "
-                                        f"exited (code {proc.wait()}) while converting it (out of memory?); "
-                                        "convert with --workers 1 to use one process")
+                    fail(f"cut {candidates[i].index} ({candidates[i].name}): the conversion worker exited (code "
+                         f"{proc.wait()}) while converting it (out of memory?); convert with --workers 1 to use one "
+                         "process")
                     return
             outcome = pickle.loads((root / f"result_{i}.pickle").read_bytes())
+            if isinstance(outcome, str):
+                fail(f"cut {candidates[i].index} ({candidates[i].name}): {outcome}")
+                return
             with lock:
-                if isinstance(outcome, str):
-                    failures.append(f"cut {candidates[i].index} ({candidates[i].name}): {outcome}")
-                    return
                 results[i] = outcome
                 report(len(results), n, f"cut {candidates[i].index} done ({outcome[1]:.0f} s)")
 
     threads = [threading.Thread(target=drive, args=(p,), daemon=True) for p in procs]
+    done = False
     try:
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        done = not failures
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.poll() is not None:
+                continue
+            if done:
                 with contextlib.suppress(OSError):
                     p.stdin.close()  # type: ignore[union-attr]  # the worker's signal to exit
+            else:  # a cut failed (or we were interrupted): the others' cuts are not wanted, do not wait for them
+                p.kill()
         for p in procs:
             try:
                 p.wait(timeout=30)
