@@ -108,8 +108,8 @@ class _NoTrackableNote(logging.Filter):
 
 
 def _with_signature(blob: bytes, keys: Sequence[str]) -> bytes:
-    """`blob` with the signature ``serving_default``: inputs by `keys` (the Keras input names, matched to the
-    subgraph's input tensors by name), outputs ``output_0``... in the Keras output order (the subgraph's own
+    """`blob` with the signature ``serving_default``: inputs by `keys` (the Keras input names, which must
+    name the subgraph's input tensors in order), outputs ``output_0``... in the Keras output order (the subgraph's own
     output order, which the frozen function's ``Identity``, ``Identity_1``... names confirm)."""
     from tensorflow.lite.python import schema_py_generated as fb
     from tensorflow.lite.tools import flatbuffer_utils
@@ -117,18 +117,16 @@ def _with_signature(blob: bytes, keys: Sequence[str]) -> bytes:
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(blob))
     sub = model.subgraphs[0]
     name = {int(i): sub.tensors[i].name.decode() for i in list(sub.inputs) + list(sub.outputs)}
-    by_name = {name[int(i)]: int(i) for i in sub.inputs}
-    missing = [k for k in keys if k not in by_name]
     expected = ["Identity" if j == 0 else f"Identity_{j}" for j in range(len(sub.outputs))]
     got = [name[int(i)].removesuffix("_int8") for i in sub.outputs]
     order = [name[int(i)] for i in sub.inputs]  # the calibration fed inputs in this order: it must be `keys`'
-    if missing or order != list(keys) or got != expected:
+    if order != list(keys) or got != expected:
         raise ConversionError(f"the converted model's inputs {order} / outputs {got} do not match the "
                               f"Keras model's inputs {list(keys)} / {len(expected)} outputs; convert with a "
                               "different TensorFlow version or report it")
     sig = fb.SignatureDefT()
     sig.signatureKey, sig.subgraphIndex = b"serving_default", 0
-    sig.inputs = [_tensor_map(k, by_name[k]) for k in keys]
+    sig.inputs = [_tensor_map(k, int(i)) for k, i in zip(keys, sub.inputs, strict=True)]
     sig.outputs = [_tensor_map(f"output_{j}", int(i)) for j, i in enumerate(sub.outputs)]
     model.signatureDefs = [sig]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

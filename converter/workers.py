@@ -2,9 +2,9 @@
 
 A cut's conversion (converter/convert.py ``_convert_cut``: the int8 head with its calibration, the float tail,
 the exit's training and export, their measurements) runs on one core: TensorFlow's calibrator and MLIR
-converter, and the Keras-to-SavedModel step before them, are single-threaded (measured: EfficientNetB0's
-whole-model int8 export, 26.1 s wall for 25.8 s of CPU). The cuts are independent, so on a host with several
-cores they are converted side by side, one spawned process per core, longest first. Each worker loads the
+converter are single-threaded (measured: EfficientNetB0's whole-model int8 export, 26.1 s wall for 25.8 s of
+CPU; docs/CONVERTER.md). The cuts are independent, so on a host with several cores they are converted side by
+side, one worker process per core, longest first. Each worker loads the
 prepared model (saved once as ``.keras``) and the conversion's arrays (memory-mapped ``.npy``), rebuilds the same
 graph (checked node by node: a cut index must name the same layer in every process) and writes its cut's files
 into the shared bundle folder, under its own ``cut_NNN/``.
@@ -13,7 +13,7 @@ What a worker computes does not depend on where it runs: the exits are seeded pe
 (converter/early_exit.py), and the head, exit and tail times each worker records are replaced by the
 interleaved retiming of every cut at the end (converter/measure.py ``retime``), after the workers are gone.
 
-Workers are used when they pay: a spawned worker costs an interpreter start, a TensorFlow import and a model
+Workers are used when they pay: a worker costs an interpreter start, a TensorFlow import and a model
 load (~10 s), so a model below :data:`PARALLEL_MIN_FLOPS` per frame (the test-sized ones) is converted in
 process. A model Keras cannot save and reload (a custom layer not registered for serialization) is converted
 in process too, with a progress line that says so.
@@ -48,7 +48,6 @@ PARALLEL_MIN_FLOPS = 200_000_000
 
 _ARRAYS = ("x", "labels", "float_pred", "exit_x", "exit_targets")
 _REPLY = "splitedge-worker-done"  # a worker's reply line on stdout (TensorFlow may print other lines)
-_STATE: dict[str, Any] = {}  # the worker's context, built once by _init
 
 
 def worker_count(workers: int | None, n_cuts: int, model_flops: int) -> int:
@@ -202,8 +201,8 @@ def _in_workers(stage: tempfile.TemporaryDirectory, candidates: Sequence[Any], w
     return specs, {candidates[i].index: results[i][1] for i in range(n)}, workers
 
 
-def _init(stage: str) -> None:
-    """Worker start: TensorFlow quiet, the model reloaded, its graph checked, the context rebuilt."""
+def _init(stage: str) -> Any:
+    """Worker start: TensorFlow quiet, the model reloaded, its graph checked; the conversion's context."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -220,7 +219,7 @@ def _init(stage: str) -> None:
     arrays = {name: np.load(root / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
     class_names, source = small["data_meta"]
     data = CalibData(np.asarray(arrays["x"]), None, source, tuple(class_names))
-    _STATE["ctx"] = _Context(graph, data, np.asarray(arrays["labels"]), np.asarray(arrays["float_pred"]),
+    return _Context(graph, data, np.asarray(arrays["labels"]), np.asarray(arrays["float_pred"]),
                              small["parts"], small["ev"], small["bits"], small["threads"], small["num_classes"],
                              small["work"], small["seed"], np.asarray(arrays["exit_x"]),
                              np.asarray(arrays["exit_targets"]))
@@ -230,7 +229,7 @@ def _worker(stage: str) -> int:
     """A worker's loop: read a candidate's position on stdin, convert it, write its result, reply; EOF ends it."""
     root = Path(stage)
     try:
-        _init(stage)
+        ctx = _init(stage)
     except Exception as exc:
         reason = str(exc) if isinstance(exc, SplitEdgeError) else f"{type(exc).__name__}: {exc}"
         for line in iter(sys.stdin.readline, ""):  # every cut this worker is handed fails with the reason
@@ -241,20 +240,17 @@ def _worker(stage: str) -> int:
     candidates = pickle.loads((root / "candidates.pickle").read_bytes())
     for line in iter(sys.stdin.readline, ""):
         i = int(line)
-        (root / f"result_{i}.pickle").write_bytes(pickle.dumps(_run(candidates[i])))
+        (root / f"result_{i}.pickle").write_bytes(pickle.dumps(_run(ctx, candidates[i])))
         print(f"{_REPLY} {i}", flush=True)
     return 0
 
 
-def _run(bd: Any) -> tuple[CutSpec, float] | str:
+def _run(ctx: Any, bd: Any) -> tuple[CutSpec, float] | str:
     """One cut in a worker: (its spec, seconds), or the error's message (SplitEdgeError subclasses are not all
     picklable, and the parent says which cut it was)."""
-    import time
-
     from converter.convert import _convert_cut
 
     t0 = time.perf_counter()
-    ctx = _STATE["ctx"]
     try:
         # the boundary names its live tensors by id() in the parent's graph: the same tensors here
         live = ctx.graph.live_after(bd.index)

@@ -74,6 +74,16 @@ def test_family_splits_equal_the_preprocessed_model(name):
     keras.backend.clear_session()
 
 
+def _v3_wrapped(seed: int = 1):
+    """A MobileNetV3Small backbone (keras.ops nodes) nested in a transfer-learning wrapper."""
+    keras.utils.set_random_seed(seed)
+    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
+                                                   alpha=0.75)
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inp))
+    return keras.Model(inp, keras.layers.Dense(4, name="classes")(x), name="wrapped_v3")
+
+
 @pytest.mark.slow
 def test_nested_mobilenetv3_small_converts_end_to_end(tmp_path):
     from converter.convert import convert
@@ -81,12 +91,7 @@ def test_nested_mobilenetv3_small_converts_end_to_end(tmp_path):
     from sdk.litert import LiteRTModel
     from sdk.manifest import load_manifest
 
-    keras.utils.set_random_seed(1)
-    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
-                                                   alpha=0.75)
-    inp = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inp))
-    model = keras.Model(inp, keras.layers.Dense(4, name="classes")(x), name="wrapped_v3")
+    model = _v3_wrapped()
     frames = np.random.default_rng(0).integers(0, 256, (60, 32, 32, 3), dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConversionWarning)  # --preprocess given: no warning
@@ -101,15 +106,6 @@ def test_nested_mobilenetv3_small_converts_end_to_end(tmp_path):
     head = LiteRTModel(tmp_path / "b" / splits[0].head.path)
     (info,) = head.inputs.values()
     assert info.dtype == np.uint8 and (info.scale, info.zero_point) in ((0.0, 0), (1.0, 0))  # raw bytes in
-
-
-def _v3_wrapped(seed: int = 1):
-    keras.utils.set_random_seed(seed)
-    backbone = keras.applications.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, include_top=False,
-                                                   alpha=0.75)
-    inp = keras.Input((32, 32, 3), name="image")
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inp))
-    return keras.Model(inp, keras.layers.Dense(4, name="classes")(x), name="wrapped_v3")
 
 
 @pytest.mark.slow
