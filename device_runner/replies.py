@@ -3,8 +3,9 @@
 A mixin of :class:`~device_runner.runner.DeviceRunner`; its handlers run on the transport's thread (paho's network
 thread) and only decode, pop and mark under the runner's lock (the runner's module doc, "Threads"):
 
-* a :class:`~sdk.messages.ResultMessage` answers its frame if the frame is still in flight and before its deadline
-  (else it counts as a late or duplicate answer); a shadow probe's result only measures (matched by seq and cut);
+* a :class:`~sdk.messages.ResultMessage` answers its frame if the frame is still in flight and before its deadline,
+  or overdue while its device-model fallback runs (the runner's ``expire``), else it counts as a late or duplicate
+  answer; a shadow probe's result only measures (matched by seq and cut);
 * a :class:`~sdk.messages.ReportMessage` (the worker's decode, queue and tail times) is joined with the result's
   arrival into one network sample and one tail sample for the estimator (:meth:`CloudReplies._join`);
 * an :class:`~sdk.messages.ErrorMessage` marks its frame refused: the loop answers it locally at once.
@@ -26,7 +27,7 @@ from sdk.transport import Message
 
 if TYPE_CHECKING:
     from device_runner.estimator import Estimator
-    from device_runner.inflight import InFlight
+    from device_runner.inflight import InFlight, Pending
 
 log = logging.getLogger("device_runner.runner")
 
@@ -58,6 +59,7 @@ class CloudReplies:
     _lock: threading.RLock
     _wake: threading.Condition
     _inflight: InFlight
+    _falling_back: dict[int, Pending]
     _timings: OrderedDict[int, ReplyTiming]
     _shadows: OrderedDict[int, ReplyTiming]
     _answered: OrderedDict[int, AnsweredBy]
@@ -104,6 +106,7 @@ class CloudReplies:
                     self._join(m.seq, shadow)
                 return
             p = self._inflight.get(m.seq)
+            racing = self._falling_back.pop(m.seq, None) if p is None else None  # its fallback model is running
             t = self._timings.get(m.seq)
             if t is not None and t.arrival is None:
                 t.arrival = arrival
@@ -116,6 +119,8 @@ class CloudReplies:
                 return
             if p is not None:
                 self._inflight.pop(m.seq)
+            elif racing is not None:
+                p = racing  # it beat the device model: the cloud answers (DeviceRunner._answer_fallback)
             else:
                 previous = self._answered.get(m.seq)
                 if previous is AnsweredBy.CLOUD:

@@ -11,7 +11,9 @@ earlier (``overdue``) once the answer is later than the policy's wait for it
 (``CutPolicy.answer_within_ms``: a few times its expected time at the live estimates) - the cloud
 sent an ErrorMessage, the publish failed (broker gone: ``BrokerUnavailableError``), or the
 in-flight map was full. A cloud answer for a frame already answered is counted (``late_answers``)
-and never written. The local answer is the early exit's prediction when there is one, else the
+and never written. An overdue frame whose local answer is the device cut's model *races* it: it waits
+in ``_falling_back`` while the model runs, and a cloud answer arriving meanwhile answers it instead
+(:meth:`DeviceRunner.expire`); either way once. The local answer is the early exit's prediction when there is one, else the
 device cut's full model (run then, on the main thread - interpreters are not shared across
 threads), else class ``-1``.
 
@@ -144,6 +146,8 @@ class DeviceRunner(CloudReplies):
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._inflight = InFlight()  # escalated frames waiting for the cloud (device_runner/inflight.py)
+        #: overdue frames whose device-model fallback is running: the cloud's answer still wins if it comes first
+        self._falling_back: dict[int, Pending] = {}
         self._timings: OrderedDict[int, ReplyTiming] = OrderedDict()
         self._shadows: OrderedDict[int, ReplyTiming] = OrderedDict()  # shadow probes in flight, by seq (their cut differs)
         self._answered: OrderedDict[int, AnsweredBy] = OrderedDict()
@@ -470,11 +474,16 @@ class DeviceRunner(CloudReplies):
         capture_ts: float,
         offset_ms: float,
         full_model: bool = False,
+        racing: bool = False,
         **base: int,
     ) -> None:
         """A local answer in place of the cloud's; runs the device cut's model when there is no exit prediction,
         or with ``full_model`` (the broker is unreachable, the frame is still fresh) when the device cut's
-        expected time still fits the frame's deadline: the whole model answers, not a weak early exit."""
+        expected time still fits the frame's deadline: the whole model answers, not a weak early exit.
+
+        ``racing`` (an overdue frame, :meth:`expire`): the frame waits in ``_falling_back`` while the device
+        model runs, and a cloud answer arriving meanwhile answers it (``CloudReplies._on_result``); the local
+        answer is then dropped. The frame costs min(cloud, wait + device model), not wait + device model."""
         device_cut = self.manifest.device_cut
         if full_model and pred is not None and device_cut is not None and frame is not None:
             with self._lock:
@@ -484,31 +493,50 @@ class DeviceRunner(CloudReplies):
             else:
                 pred = None
         if pred is None and frame is not None and device_cut is not None:
-            out = self.executor.run(device_cut, frame)
-            pred = out.prediction
-            if out.emulated and not self.options.stretch_emulated:
-                offset_ms += max(0.0, out.device_ms - out.measured_ms)
+            out, extra_ms = self._run_cut(device_cut, frame)
+            pred = out.prediction if out is not None else None
+            offset_ms += extra_ms
+        if racing:
+            with self._lock:
+                if self._falling_back.pop(base["seq"], None) is None:
+                    return  # the cloud answered while the model ran (CloudReplies._on_result)
+                self._answer_local(pred, AnsweredBy.DEADLINE, reason, capture_ts, offset_ms, **base)  # type: ignore[arg-type]
+            return
         self._answer_local(pred, AnsweredBy.DEADLINE, reason, capture_ts, offset_ms, **base)  # type: ignore[arg-type]
 
     def expire(self, now: float | None = None) -> int:
-        """Answer locally every in-flight frame past its deadline or refused by the cloud; return how many.
+        """Answer every in-flight frame past its deadline or refused by the cloud; return how many came due.
 
-        O(1) when nothing is due (see the module docstring), O(k log n) for k frames due.
+        O(1) when nothing is due (see the module docstring), O(k log n) for k frames due. An overdue frame
+        whose fallback is the device model races it (:meth:`_answer_fallback`, ``racing``): on the bursty
+        mahimahi traces 6 % of the frames sent went overdue and cost the wait plus the whole model, while the
+        answers of some came during that model's run (docs/DYNAMIC.md, "Session 15").
         """
         now = self.clock() if now is None else now
         with self._lock:
             if self._inflight.nothing_due(now):
                 return 0
             due = self._inflight.take_due(now)
+            racing = set()
             for p in due:
                 if p.error is None and not p.late_result and p.seq >= self._bundle_seq0:
                     elapsed_ms = (now - p.send_ts) * 1000.0
                     self.estimator.observe_timeout(p.cut, p.nbytes, elapsed_ms)
+                if self._can_race(p):
+                    self._falling_back[p.seq] = p
+                    racing.add(p.seq)
         for p in due:
             reason = f"cloud_error:{p.error}" if p.error is not None else "overdue" if p.overdue else "deadline"
             base = dict(seq=p.seq, cut=p.cut, bits=p.bits, probe=p.probe, nbytes=p.nbytes)
-            self._answer_fallback(p.fallback, p.frame, reason, p.capture_ts, p.offset_ms, **base)
+            self._answer_fallback(p.fallback, p.frame, reason, p.capture_ts, p.offset_ms, racing=p.seq in racing, **base)
         return len(due)
+
+    def _can_race(self, p: Pending) -> bool:
+        """Whether an expired frame's cloud answer may still beat its fallback: not refused, its fallback is the
+        device model (an exit's prediction answers at once), and the model's run takes board time on this clock
+        (emulated times not slept are added afterwards, so a race in wall time would not be the board's)."""
+        return (p.error is None and p.fallback is None and p.frame is not None and self.manifest.device_cut is not None
+                and (not self.emulated or self.options.stretch_emulated))
 
     def abandon(self, reason: str) -> int:
         """Answer every in-flight frame locally now (shutdown); returns how many."""

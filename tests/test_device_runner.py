@@ -228,6 +228,61 @@ def test_an_overdue_answer_is_answered_locally_before_the_deadline_and_caps_the_
     assert off.policy.answer_within_ms(off.estimator.snapshot(), 1, 1) == 100
 
 
+class ReleasingExecutor(FakeExecutor):
+    """A FakeExecutor whose device-cut run takes its head time on the clock and, with ``cloud`` set, lets the
+    held cloud answers through halfway (an answer arriving while the fallback model runs)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__()
+        self.clock, self.cloud = clock, None
+
+    def run(self, cut: CutSpec, frame: np.ndarray) -> CutOutput:
+        if cut.kind is CutKind.DEVICE:
+            self.clock.advance(cut.head_ms / 2000.0)
+            if self.cloud is not None:
+                self.cloud.release()
+            self.clock.advance(cut.head_ms / 2000.0)
+        return super().run(cut, frame)
+
+
+@pytest.mark.parametrize("arrives", [True, False])
+def test_an_overdue_frame_races_its_device_model_and_the_first_answer_counts(arrives: bool) -> None:
+    # the raw cut's fallback is the whole model (20 ms): the cloud's answer coming during it answers the frame
+    clock = FakeClock()
+    runner, answers, hub, clock = make_runner(clock=clock, initial=Choice(0, 0), overdue_factor=2,
+                                              overdue_slack_ms=10, deadline_ms=500)
+    executor = ReleasingExecutor(clock)
+    runner.executor = executor
+    cloud = Responder(hub, clock, mode="hold")
+    executor.cloud = cloud if arrives else None
+    runner.process(FRAME)
+    wait_ms = runner.policy.answer_within_ms(runner.estimator.snapshot(), 0, runner.bytes_sent)
+    clock.advance(wait_ms / 1000 + 0.001)
+    assert runner.expire() == 1
+    (a,) = answers
+    if arrives:
+        assert (a.answered_by, a.cls, a.reason) == (AnsweredBy.CLOUD, 7, "cloud")
+        assert a.latency_ms == pytest.approx(wait_ms + 1 + 10, abs=0.01)  # halfway through the 20 ms model
+        assert runner.late_answers == 0
+    else:
+        assert (a.answered_by, a.cls, a.reason) == (AnsweredBy.DEADLINE, 3, "overdue")  # the device model's
+        assert a.latency_ms == pytest.approx(wait_ms + 1 + 20, abs=0.01)
+        cloud.release()  # after the local answer: counted, never written
+        assert runner.late_answers == 1 and len(answers) == 1
+    assert runner.inflight == 0 and runner._falling_back == {}
+    assert_exactly_once(answers, 1)
+
+
+def test_a_refused_frame_does_not_race_its_fallback() -> None:
+    # a cloud ErrorMessage: the cloud will not answer, so the fallback answers without waiting for it
+    runner, answers, hub, clock = make_runner(initial=Choice(0, 0))
+    Responder(hub, clock, mode="error")
+    runner.process(FRAME)
+    runner.expire()
+    assert [(a.answered_by, a.reason) for a in answers] == [(AnsweredBy.DEADLINE, "cloud_error:overloaded")]
+    assert runner._falling_back == {}
+
+
 class RefusingTransport:
     """The hub's transport, except that ``act`` publishes raise BrokerUnavailableError while ``refuse`` is set,
     with no disconnect notice first (a publish racing the connection's loss)."""
