@@ -121,11 +121,21 @@ def test_recorded_heads_replay_each_frames_outputs_after_the_measured_time() -> 
 
 
 def test_the_replay_never_waits_in_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    def blocked(*a: object, **k: object) -> None:
-        raise AssertionError("the replay waited in real time")
+    # Only this thread's waits count: a background thread another test left behind (a paho loop) may sleep.
+    me, wait, sleep = threading.get_ident(), threading.Condition.wait, time.sleep
 
-    monkeypatch.setattr(threading.Condition, "wait", blocked)
-    monkeypatch.setattr(time, "sleep", blocked)
+    def blocked_wait(self: threading.Condition, *a: float | None) -> bool:
+        if threading.get_ident() == me:
+            raise AssertionError("the replay waited in real time")
+        return wait(self, *a)
+
+    def blocked_sleep(seconds: float) -> None:
+        if threading.get_ident() == me:
+            raise AssertionError("the replay waited in real time")
+        sleep(seconds)
+
+    monkeypatch.setattr(threading.Condition, "wait", blocked_wait)
+    monkeypatch.setattr(time, "sleep", blocked_sleep)
     s = dr.make_setup(fake_manifest(), parse_config(profile()), frame_data())
     sc = dr.Scenario(trace((0.0, 1e5), (2.0, 1e3), period=4.0), fps=10.0, duration_s=60.0, deadline_ms=100.0)
     t0 = time.perf_counter()

@@ -184,6 +184,9 @@ def test_last_will_marks_device_offline_when_killed(mosquitto, connect):
     # The payloads are opaque to the transport (devices send the status messages of docs/WIRE.md).
     dev = MqttTransport(mosquitto.url, client_id="will-dev", will=status_will("cam-will", b"offline"))
     dev.publish(status, b"online", qos=1, retain=True)
+    # The broker handles one connection's packets in order: once this SUBACK is back, the retained PUBLISH
+    # before it is stored, and the fleet's subscription below gets it as retained (not live, retain=False).
+    dev.subscribe(status, Inbox(), qos=1)
     fleet = connect(mosquitto.url, client_id="will-fleet")
     inbox = Inbox()
     fleet.subscribe(topics.filter_for(TopicKind.STATUS), inbox, qos=1)
